@@ -1,0 +1,33 @@
+"""Differentiable PatchMatch kernels behind torch.library ops.
+
+>>> import torch, cocosnet_ops
+>>> fq = torch.nn.functional.normalize(torch.randn(1, 16, 32, 32), dim=1)
+>>> fk = torch.nn.functional.normalize(torch.randn(1, 16, 40, 24), dim=1)
+>>> nnf, scores = cocosnet_ops.patch_match(fq, fk, k=8)
+>>> warp = cocosnet_ops.weighted_gather(fq, fk, torch.rand(1, 3, 40, 24), nnf, temperature=0.01)
+"""
+
+from .ops import (
+    BACKENDS,
+    HAS_COMPILED,
+    bilinear_weighted_gather,
+    dense_warp,
+    evaluate_candidates,
+    exact_knn,
+    nnf_upsample,
+    patch_match,
+    weighted_gather,
+)
+
+__all__ = [
+    "BACKENDS",
+    "HAS_COMPILED",
+    "bilinear_weighted_gather",
+    "dense_warp",
+    "evaluate_candidates",
+    "exact_knn",
+    "nnf_upsample",
+    "patch_match",
+    "weighted_gather",
+]
+__version__ = "0.1.0"

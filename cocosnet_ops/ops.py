@@ -1,0 +1,495 @@
+"""Python side of the ops: input validation, backend choice, fake kernels and autograd.
+
+The schemas live in ``csrc/ops.cpp``; importing ``cocosnet_ops._C`` registers them together
+with the CPU (and, when built, CUDA) kernels. This module adds what torch needs to trace and
+differentiate them, and the public functions that check their arguments before dispatching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+try:
+    from . import _C  # noqa: F401  (importing registers the compiled kernels)
+
+    HAS_COMPILED = True
+except ImportError:  # a source checkout that has not been built: the torch backend still works
+    HAS_COMPILED = False
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ops = torch.ops.cocosnet_ops
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_features(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D tensor (B, C, H, W), got shape {tuple(t.shape)}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_pair(query: Tensor, key: Tensor, names: tuple[str, str] = ("query", "key")) -> None:
+    _check_features(names[0], query)
+    _check_features(names[1], key)
+    if query.device != key.device:
+        raise ValueError(f"{names[1]}: expected device {query.device} like {names[0]}, got {key.device}")
+    if query.dtype != key.dtype:
+        raise TypeError(f"{names[1]}: expected dtype {query.dtype} like {names[0]}, got {key.dtype}")
+    if query.shape[0] != key.shape[0]:
+        raise ValueError(f"{names[1]}: batch {key.shape[0]} does not match {names[0]} batch {query.shape[0]}")
+    if query.shape[1] != key.shape[1]:
+        raise ValueError(
+            f"{names[1]}: {key.shape[1]} channels do not match {names[0]}'s {query.shape[1]}"
+        )
+
+
+def _check_value(value: Tensor, key: Tensor) -> None:
+    _check_features("value", value)
+    if value.device != key.device:
+        raise ValueError(f"value: expected device {key.device} like key, got {value.device}")
+    if value.dtype != key.dtype:
+        raise TypeError(f"value: expected dtype {key.dtype} like key, got {value.dtype}")
+    if value.shape[0] != key.shape[0] or value.shape[2:] != key.shape[2:]:
+        raise ValueError(
+            f"value: expected shape (B={key.shape[0]}, Cv, {key.shape[2]}, {key.shape[3]}) to match "
+            f"key, got {tuple(value.shape)}"
+        )
+
+
+def _check_int(name: str, x: object, low: int, high: int | None = None) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    if x < low or (high is not None and x > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an int {bound}, got {x}")
+    return x
+
+
+def _check_patch_size(patch_size: object) -> int:
+    _check_int("patch_size", patch_size, 1)
+    if patch_size % 2 == 0:
+        raise ValueError(f"patch_size: expected an odd size >= 1, got {patch_size}")
+    return patch_size
+
+
+def _check_temperature(temperature: object) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+    return float(temperature)
+
+
+def _check_index_map(name: str, t: object, query: Tensor, key_pixels: int, k: int | None = None) -> Tensor:
+    """An int32 (B, K, Hq, Wq) map of key indices, checked to lie in [0, key_pixels)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name}: expected dtype torch.int32 (flat key indices), got {t.dtype}")
+    if t.dim() != 4 or t.shape[0] != query.shape[0] or t.shape[2:] != query.shape[2:]:
+        raise ValueError(
+            f"{name}: expected shape (B={query.shape[0]}, K, {query.shape[2]}, {query.shape[3]}), "
+            f"got {tuple(t.shape)}"
+        )
+    if t.device != query.device:
+        raise ValueError(f"{name}: expected device {query.device}, got {t.device}")
+    if k is not None and t.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one candidate per pixel, got K=0")
+    if not torch.compiler.is_compiling():
+        low, high = torch.aminmax(t)
+        if int(low) < 0 or int(high) >= key_pixels:
+            raise ValueError(
+                f"{name}: entries must be flat key indices in [0, {key_pixels}), got values in "
+                f"[{int(low)}, {int(high)}]"
+            )
+    return t
+
+
+def _choose_backend(backend: str | None, device: torch.device) -> str:
+    if backend is None:
+        if device.type == "cuda":
+            if HAS_COMPILED and torch.cuda.is_available() and hasattr(_C, "CUDA"):
+                return "cuda"
+            return "torch"
+        return "cpu" if HAS_COMPILED and device.type == "cpu" else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+    if backend == "cpu" and (device.type != "cpu" or not HAS_COMPILED):
+        why = "the extension cocosnet_ops._C is not built" if not HAS_COMPILED else f"tensors are on {device}"
+        raise ValueError(f"backend: 'cpu' is not available here ({why})")
+    if backend in ("cuda", "triton"):
+        raise ValueError(f"backend: {backend!r} kernels are not part of this build; use 'cpu' or 'torch'")
+    return backend
+
+
+def _as_float(t: Tensor) -> Tensor:
+    """Half-precision inputs are computed in float32: the kernels take float32 and float64."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _contiguous(t: Tensor) -> Tensor:
+    return _as_float(t).contiguous()
+
+
+# ----------------------------------------------------------------------------- public ops
+
+
+def patch_match(
+    query: Tensor,
+    key: Tensor,
+    k: int = 16,
+    iters: int = 5,
+    init: Tensor | None = None,
+    patch_size: int = 1,
+    jump: Sequence[int] | None = None,
+    random_search: bool = True,
+    seed: int = 0,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Approximate top-``k`` matches of every query pixel among the key pixels.
+
+    Scores are inner products (cosine on L2-normalised features), averaged over a
+    ``patch_size`` square window. Returns ``(nnf, scores)``: int32 (B, k, Hq, Wq) flat key
+    indices ``row * Wk + col`` and their scores, best first, no index twice per pixel.
+
+    ``init`` (int32 (B, M, Hq, Wq), entries < 0 ignored) seeds the search, e.g. from
+    ``nnf_upsample``; missing candidates are drawn at random. ``jump`` gives the propagation
+    step of each iteration (default: halving from up to 8, ending at 1). The result depends
+    only on the inputs and ``seed``, never on thread count or scheduling. Not differentiable.
+    """
+    _check_pair(query, key)
+    key_pixels = key.shape[2] * key.shape[3]
+    _check_int("k", k, 1, key_pixels)
+    _check_int("iters", iters, 0, 65535)
+    _check_patch_size(patch_size)
+    _check_int("seed", seed, 0, 2**32 - 1)
+    if not isinstance(random_search, bool):
+        raise TypeError(f"random_search: expected a bool, got {type(random_search).__name__}")
+    if jump is None:
+        steps = reference.default_jumps(query.shape[2], query.shape[3], iters)
+    else:
+        if isinstance(jump, (str, bytes)) or not isinstance(jump, Sequence):
+            raise TypeError(f"jump: expected a sequence of ints, got {type(jump).__name__}")
+        steps = [_check_int("jump", s, 1) for s in jump]
+        if iters > 0 and not steps:
+            raise ValueError("jump: expected at least one step when iters > 0")
+    if init is not None:
+        if not isinstance(init, Tensor):
+            raise TypeError(f"init: expected a torch.Tensor or None, got {type(init).__name__}")
+        if init.dtype != torch.int32:
+            raise TypeError(f"init: expected dtype torch.int32 (flat key indices), got {init.dtype}")
+        if init.dim() != 4 or init.shape[0] != query.shape[0] or init.shape[2:] != query.shape[2:]:
+            raise ValueError(
+                f"init: expected shape (B={query.shape[0]}, M, {query.shape[2]}, {query.shape[3]}), "
+                f"got {tuple(init.shape)}"
+            )
+        if init.device != query.device:
+            raise ValueError(f"init: expected device {query.device}, got {init.device}")
+        if not torch.compiler.is_compiling() and init.numel() and int(init.max()) >= key_pixels:
+            raise ValueError(f"init: entries must be < {key_pixels} (or < 0 for none), got {int(init.max())}")
+    chosen = _choose_backend(backend, query.device)
+    query, key = _contiguous(query), _contiguous(key)
+    if chosen == "torch":
+        return reference.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
+    init = init.contiguous() if init is not None else None
+    return _ops.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
+
+
+def evaluate_candidates(
+    query: Tensor,
+    key: Tensor,
+    candidates: Tensor,
+    k: int,
+    patch_size: int = 1,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Score M candidate key indices per pixel (int32 (B, M, Hq, Wq), < 0 for none) and keep the
+    best ``k`` distinct ones, as ``(nnf, scores)``. A pixel with fewer than k distinct
+    candidates is topped up with deterministic random ones."""
+    _check_pair(query, key)
+    key_pixels = key.shape[2] * key.shape[3]
+    _check_int("k", k, 1, key_pixels)
+    _check_patch_size(patch_size)
+    if not isinstance(candidates, Tensor):
+        raise TypeError(f"candidates: expected a torch.Tensor, got {type(candidates).__name__}")
+    if candidates.dtype != torch.int32:
+        raise TypeError(f"candidates: expected dtype torch.int32 (flat key indices), got {candidates.dtype}")
+    if candidates.dim() != 4 or candidates.shape[0] != query.shape[0] or candidates.shape[2:] != query.shape[2:]:
+        raise ValueError(
+            f"candidates: expected shape (B={query.shape[0]}, M, {query.shape[2]}, {query.shape[3]}), "
+            f"got {tuple(candidates.shape)}"
+        )
+    if candidates.device != query.device:
+        raise ValueError(f"candidates: expected device {query.device}, got {candidates.device}")
+    if not torch.compiler.is_compiling() and candidates.numel() and int(candidates.max()) >= key_pixels:
+        raise ValueError(
+            f"candidates: entries must be < {key_pixels} (or < 0 for none), got {int(candidates.max())}"
+        )
+    chosen = _choose_backend(backend, query.device)
+    query, key = _contiguous(query), _contiguous(key)
+    if chosen == "torch":
+        return reference.evaluate_candidates(query, key, candidates, k, patch_size)
+    return _ops.evaluate_candidates(query, key, candidates.contiguous(), k, patch_size)
+
+
+def _check_size(name: str, size: object) -> tuple[int, int]:
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise TypeError(f"{name}: expected a pair (height, width), got {size!r}")
+    return _check_int(f"{name}[0]", size[0], 1), _check_int(f"{name}[1]", size[1], 1)
+
+
+def nnf_upsample(
+    nnf: Tensor,
+    key_size: Sequence[int],
+    query_size: Sequence[int],
+    window: int = 4,
+    dilation: int = 2,
+    coarse_key_size: Sequence[int] | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """Candidates int32 (B, K * window**2, Hq, Wq) for a finer level from a coarser NNF.
+
+    Each fine pixel takes the K matches of its coarse pixel, maps them into the fine key map
+    (``key_size``), and spreads a ``window`` x ``window`` grid of offsets
+    ``(i - (window - 1) // 2) * dilation`` around each, clamped to the map. The coarse key map
+    size defaults to ``key_size`` scaled like the query map. Feed the result to
+    ``patch_match(init=...)`` or ``evaluate_candidates``.
+    """
+    if not isinstance(nnf, Tensor):
+        raise TypeError(f"nnf: expected a torch.Tensor, got {type(nnf).__name__}")
+    if nnf.dtype != torch.int32:
+        raise TypeError(f"nnf: expected dtype torch.int32 (flat key indices), got {nnf.dtype}")
+    if nnf.dim() != 4 or nnf.numel() == 0:
+        raise ValueError(f"nnf: expected a non-empty 4-D tensor (B, K, H, W), got shape {tuple(nnf.shape)}")
+    key_size = _check_size("key_size", key_size)
+    query_size = _check_size("query_size", query_size)
+    _check_int("window", window, 1)
+    _check_int("dilation", dilation, 0)
+    if coarse_key_size is None:
+        coarse = reference.coarse_key_size_for(nnf.shape[2:], key_size, query_size)
+    else:
+        coarse = _check_size("coarse_key_size", coarse_key_size)
+    if query_size[0] < nnf.shape[2] or query_size[1] < nnf.shape[3]:
+        raise ValueError(f"query_size: {query_size} is smaller than the coarse NNF's {tuple(nnf.shape[2:])}")
+    coarse_pixels = coarse[0] * coarse[1]
+    if not torch.compiler.is_compiling():
+        low, high = torch.aminmax(nnf)
+        if int(low) < 0 or int(high) >= coarse_pixels:
+            raise ValueError(
+                f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map, "
+                f"got values in [{int(low)}, {int(high)}]"
+            )
+    chosen = _choose_backend(backend, nnf.device)
+    if chosen == "torch":
+        return reference.nnf_upsample(nnf, key_size, query_size, window, dilation, coarse)
+    return _ops.nnf_upsample(nnf.contiguous(), list(coarse), list(key_size), list(query_size), window, dilation)
+
+
+def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Exact top-``k`` key pixels by inner product, ties to the lower index, as ``(nnf, scores)``.
+
+    Computed in chunks of query pixels so memory stays bounded whatever the map sizes.
+    """
+    _check_pair(query, key)
+    _check_int("k", k, 1, key.shape[2] * key.shape[3])
+    chosen = _choose_backend(backend, query.device)
+    query, key = _contiguous(query), _contiguous(key)
+    if chosen == "torch":
+        return reference.exact_knn(query, key, k)
+    return _ops.exact_knn(query, key, k)
+
+
+def weighted_gather(
+    query: Tensor, key: Tensor, value: Tensor, nnf: Tensor, temperature: float, *, backend: str | None = None
+) -> Tensor:
+    """out[p] = sum_k softmax_k(<query[p], key[nnf[p, k]]> / temperature) * value[nnf[p, k]].
+
+    Fused: never builds the (B, K, C, Hq, Wq) gathered features. Differentiable in query, key
+    and value; ``nnf`` is int32 (B, K, Hq, Wq) from ``patch_match`` or ``exact_knn``.
+    """
+    _check_pair(query, key)
+    _check_value(value, key)
+    _check_index_map("nnf", nnf, query, key.shape[2] * key.shape[3], k=1)
+    temperature = _check_temperature(temperature)
+    chosen = _choose_backend(backend, query.device)
+    dtype = value.dtype
+    query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
+    if chosen == "torch":
+        return reference.weighted_gather(query, key, value, nnf, temperature).to(dtype)
+    return _ops.weighted_gather(query, key, value, nnf.contiguous(), temperature).to(dtype)
+
+
+def bilinear_weighted_gather(
+    query: Tensor, key: Tensor, value: Tensor, coords: Tensor, temperature: float, *, backend: str | None = None
+) -> Tensor:
+    """``weighted_gather`` at continuous key coordinates ``coords`` (B, K, Hq, Wq, 2), given as
+    (x, y) in key pixels and sampled bilinearly (clamped to the map). Differentiable in query,
+    key, value and coords, so a network that moves the coordinates gets gradients."""
+    _check_pair(query, key)
+    _check_value(value, key)
+    if not isinstance(coords, Tensor):
+        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
+    if coords.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"coords: expected a floating-point tensor of (x, y) positions, got {coords.dtype}")
+    if (
+        coords.dim() != 5
+        or coords.shape[0] != query.shape[0]
+        or coords.shape[2:4] != query.shape[2:]
+        or coords.shape[4] != 2
+        or coords.shape[1] < 1
+    ):
+        raise ValueError(
+            f"coords: expected shape (B={query.shape[0]}, K, {query.shape[2]}, {query.shape[3]}, 2), "
+            f"got {tuple(coords.shape)}"
+        )
+    if coords.device != query.device:
+        raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
+    temperature = _check_temperature(temperature)
+    chosen = _choose_backend(backend, query.device)
+    dtype = value.dtype
+    query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
+    coords = coords.to(query.dtype).contiguous()
+    if chosen == "torch":
+        return reference.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
+    return _ops.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
+
+
+def dense_warp(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    temperature: float,
+    cycle: bool = False,
+    *,
+    backend: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The exact softmax warp over every key pixel (CoCosNet v1), memory-efficient.
+
+    Returns the warp (B, Cv, Hq, Wq); with ``cycle=True`` also the warp of that result back
+    onto the key map (B, Cv, Hk, Wk), for the cycle loss. Differentiable in all inputs.
+    """
+    _check_pair(query, key)
+    _check_value(value, key)
+    temperature = _check_temperature(temperature)
+    if not isinstance(cycle, bool):
+        raise TypeError(f"cycle: expected a bool, got {type(cycle).__name__}")
+    chosen = _choose_backend(backend, query.device)
+    dtype = value.dtype
+    query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
+    if chosen == "torch":
+        warp = reference.attention_warp(query, key, value, temperature)
+        back = reference.attention_warp(key, query, warp, temperature) if cycle else None
+    else:
+        warp = _ops.dense_warp(query, key, value, temperature)[0]
+        back = _ops.dense_warp(key, query, warp, temperature)[0] if cycle else None
+    return (warp.to(dtype), back.to(dtype)) if cycle else warp.to(dtype)
+
+
+# ----------------------------------------------------------------------------- registration
+# Fake kernels (shapes only, for torch.compile and meta tensors) and autograd of the compiled ops.
+
+
+def _register_compiled_ops() -> None:
+    lib = "cocosnet_ops::"
+
+    def nnf_like(query: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        B, _, Hq, Wq = query.shape
+        return query.new_empty((B, k, Hq, Wq), dtype=torch.int32), query.new_empty((B, k, Hq, Wq))
+
+    @torch.library.register_fake(lib + "patch_match")
+    def _(query, key, k, iters, init, patch_size, jumps, random_search, seed):
+        return nnf_like(query, k)
+
+    @torch.library.register_fake(lib + "evaluate_candidates")
+    def _(query, key, candidates, k, patch_size):
+        return nnf_like(query, k)
+
+    @torch.library.register_fake(lib + "exact_knn")
+    def _(query, key, k):
+        return nnf_like(query, k)
+
+    @torch.library.register_fake(lib + "nnf_upsample")
+    def _(nnf, coarse_key_size, key_size, query_size, window, dilation):
+        B, K = nnf.shape[:2]
+        return nnf.new_empty((B, K * window * window, query_size[0], query_size[1]))
+
+    @torch.library.register_fake(lib + "weighted_gather")
+    def _(query, key, value, nnf, temperature):
+        return query.new_empty((query.shape[0], value.shape[1], query.shape[2], query.shape[3]))
+
+    @torch.library.register_fake(lib + "weighted_gather_backward")
+    def _(grad_out, query, key, value, nnf, temperature):
+        return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+    @torch.library.register_fake(lib + "bilinear_weighted_gather")
+    def _(query, key, value, coords, temperature):
+        return query.new_empty((query.shape[0], value.shape[1], query.shape[2], query.shape[3]))
+
+    @torch.library.register_fake(lib + "bilinear_weighted_gather_backward")
+    def _(grad_out, query, key, value, coords, temperature):
+        return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), torch.empty_like(coords)
+
+    @torch.library.register_fake(lib + "dense_warp")
+    def _(query, key, value, temperature):
+        B, _, Hq, Wq = query.shape
+        return query.new_empty((B, value.shape[1], Hq, Wq)), query.new_empty((B, 1, Hq * Wq))
+
+    @torch.library.register_fake(lib + "dense_warp_backward")
+    def _(grad_out, query, key, value, out, logsumexp, temperature):
+        return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+    def save_inputs(ctx, inputs, output):
+        *tensors, temperature = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.temperature = temperature
+
+    def weighted_gather_backward(ctx, grad):
+        query, key, value, nnf = ctx.saved_tensors
+        grads = _ops.weighted_gather_backward(grad.contiguous(), query, key, value, nnf, ctx.temperature)
+        return *grads, None, None
+
+    def bilinear_gather_backward(ctx, grad):
+        query, key, value, coords = ctx.saved_tensors
+        grads = _ops.bilinear_weighted_gather_backward(grad.contiguous(), query, key, value, coords, ctx.temperature)
+        return *grads, None
+
+    def dense_warp_setup(ctx, inputs, output):
+        query, key, value, temperature = inputs
+        out, logsumexp = output
+        ctx.mark_non_differentiable(logsumexp)
+        ctx.save_for_backward(query, key, value, out, logsumexp)
+        ctx.temperature = temperature
+
+    def dense_warp_backward(ctx, grad, _grad_logsumexp):
+        query, key, value, out, logsumexp = ctx.saved_tensors
+        grads = _ops.dense_warp_backward(grad.contiguous(), query, key, value, out, logsumexp, ctx.temperature)
+        return *grads, None
+
+    torch.library.register_autograd(lib + "weighted_gather", weighted_gather_backward, setup_context=save_inputs)
+    torch.library.register_autograd(
+        lib + "bilinear_weighted_gather", bilinear_gather_backward, setup_context=save_inputs
+    )
+    torch.library.register_autograd(lib + "dense_warp", dense_warp_backward, setup_context=dense_warp_setup)
+
+
+if HAS_COMPILED:
+    _register_compiled_ops()

@@ -1,0 +1,447 @@
+// Per-pixel logic shared by the CPU and CUDA kernels of cocosnet_ops.
+//
+// Everything here works on one query pixel and raw pointers, so the CPU kernels (tested in CI)
+// run exactly the code the GPU runs. Feature maps are channels-last per batch item:
+// pixel (y, x) of an H x W map with C channels starts at ((y * W) + x) * C. The definitions
+// match cocosnet_ops/reference.py, which is the oracle for the tests.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define HOST_DEVICE inline
+#endif
+
+namespace cocosnet_ops {
+
+// Random streams: the purpose in the high 16 bits, the iteration in the low 16.
+constexpr uint32_t kStreamFill = 1u << 16;
+constexpr uint32_t kStreamSearchY = 2u << 16;
+constexpr uint32_t kStreamSearchX = 3u << 16;
+// Random-search draws are numbered anchor * kMaxRadii + radius level.
+constexpr int kMaxRadii = 32;
+constexpr int kSearchAnchors = 4;
+
+// ------------------------------------------------------------------------------ random numbers
+
+// PCG-RXS-M-XS 32-bit hash (Jarzynski and Olano, 2020).
+HOST_DEVICE uint32_t pcg_hash(uint32_t x) {
+  const uint32_t state = x * 747796405u + 2891336453u;
+  const uint32_t word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+  return (word >> 22u) ^ word;
+}
+
+// A random number that is a pure function of its arguments: no state, so no thread order.
+HOST_DEVICE uint32_t counter_random(uint32_t seed, uint32_t stream, uint32_t pixel, uint32_t counter) {
+  uint32_t h = pcg_hash(seed);
+  h = pcg_hash(h ^ stream);
+  h = pcg_hash(h ^ pixel);
+  return pcg_hash(h ^ counter);
+}
+
+// ------------------------------------------------------------------------------ geometry
+
+// A query-map displacement in key-map pixels, rounded half away from zero.
+HOST_DEVICE int scale_shift(int d, int key_extent, int query_extent) {
+  const int magnitude = (2 * (d < 0 ? -d : d) * key_extent + query_extent) / (2 * query_extent);
+  return d < 0 ? -magnitude : magnitude;
+}
+
+HOST_DEVICE int clamp_int(int v, int low, int high) { return v < low ? low : (v > high ? high : v); }
+
+HOST_DEVICE float exp_of(float x) { return expf(x); }
+HOST_DEVICE double exp_of(double x) { return exp(x); }
+
+struct MapSize {
+  int height;
+  int width;
+  HOST_DEVICE int pixels() const { return height * width; }
+  HOST_DEVICE bool contains(int y, int x) const { return y >= 0 && y < height && x >= 0 && x < width; }
+};
+
+// ------------------------------------------------------------------------------ scores
+
+// Inner product with a fixed summation order (eight partial sums), so the CPU loop vectorises
+// without -ffast-math and gives the same result whatever the thread count.
+template <typename T>
+HOST_DEVICE T dot(const T* a, const T* b, int n) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+    s4 += a[i + 4] * b[i + 4];
+    s5 += a[i + 5] * b[i + 5];
+    s6 += a[i + 6] * b[i + 6];
+    s7 += a[i + 7] * b[i + 7];
+  }
+  for (; i < n; ++i) s0 += a[i] * b[i];
+  return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+}
+
+// A NaN score ranks as -inf, so every candidate has a place in the order.
+template <typename T>
+HOST_DEVICE T rankable(T score) {
+  return score != score ? -static_cast<T>(INFINITY) : score;
+}
+
+// Mean over the patch of the inner products at equal displacements, features zero outside.
+template <typename T>
+HOST_DEVICE T patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
+                          int ky, int kx, int radius) {
+  if (radius == 0) {
+    return rankable(dot(query + static_cast<int64_t>(qy * qs.width + qx) * channels,
+                        key + static_cast<int64_t>(ky * ks.width + kx) * channels, channels));
+  }
+  T total = 0;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      if (!qs.contains(qy + dy, qx + dx) || !ks.contains(ky + dy, kx + dx)) continue;
+      total += dot(query + static_cast<int64_t>((qy + dy) * qs.width + qx + dx) * channels,
+                   key + static_cast<int64_t>((ky + dy) * ks.width + kx + dx) * channels, channels);
+    }
+  }
+  const int side = 2 * radius + 1;
+  return rankable(total / static_cast<T>(side * side));
+}
+
+// ------------------------------------------------------------------------------ top-K list
+
+// Candidate a ranks before b: higher score, ties to the lower index.
+template <typename T>
+HOST_DEVICE bool ranks_before(T score_a, int index_a, T score_b, int index_b) {
+  return score_a > score_b || (score_a == score_b && index_a < index_b);
+}
+
+// A sorted, duplicate-free list of at most k candidates in caller-provided storage.
+template <typename T>
+struct TopK {
+  int* index;
+  T* score;
+  int k;
+  int count;
+
+  HOST_DEVICE bool contains(int candidate) const {
+    for (int i = 0; i < count; ++i)
+      if (index[i] == candidate) return true;
+    return false;
+  }
+
+  HOST_DEVICE bool full() const { return count == k; }
+
+  // Whether a candidate of this score would enter the list (ignoring duplicates).
+  HOST_DEVICE bool admits(T s, int candidate) const {
+    return count < k || ranks_before(s, candidate, score[k - 1], index[k - 1]);
+  }
+
+  // Insert a candidate known to be absent and admitted.
+  HOST_DEVICE void insert(int candidate, T s) {
+    int i = count < k ? count++ : k - 1;
+    for (; i > 0 && ranks_before(s, candidate, score[i - 1], index[i - 1]); --i) {
+      index[i] = index[i - 1];
+      score[i] = score[i - 1];
+    }
+    index[i] = candidate;
+    score[i] = s;
+  }
+};
+
+// Everything one pixel's search needs to score key indices.
+template <typename T>
+struct Scorer {
+  const T* query;  // this batch item's query map, channels-last
+  const T* key;    // this batch item's key map, channels-last
+  int channels;
+  MapSize qs;
+  MapSize ks;
+  int qy;
+  int qx;
+  int radius;  // patch_size / 2
+
+  HOST_DEVICE T operator()(int candidate) const {
+    return patch_score(query, key, channels, qs, ks, qy, qx, candidate / ks.width, candidate % ks.width, radius);
+  }
+};
+
+// Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
+template <typename T>
+HOST_DEVICE void offer(TopK<T>& list, const Scorer<T>& scorer, int candidate) {
+  if (list.contains(candidate)) return;
+  const T s = scorer(candidate);
+  if (list.admits(s, candidate)) list.insert(candidate, s);
+}
+
+// The start of every search: the given candidates (negative entries mean none), then, while
+// fewer than k distinct are listed, 2k random draws and a scan of every key index from a random
+// start. `candidates` has `count` entries with stride `stride`.
+template <typename T>
+HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride,
+                              uint32_t seed, uint32_t pixel) {
+  list.count = 0;
+  for (int m = 0; m < count; ++m) {
+    const int candidate = candidates[m * stride];
+    if (candidate >= 0) offer(list, scorer, candidate);
+  }
+  const int key_pixels = scorer.ks.pixels();
+  for (int j = 0; j < 2 * list.k && !list.full(); ++j) {
+    const int candidate = static_cast<int>(counter_random(seed, kStreamFill, pixel, j) % key_pixels);
+    if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
+  }
+  const uint32_t start = counter_random(seed, kStreamFill, pixel, 2 * list.k) % key_pixels;
+  for (int t = 0; t < key_pixels && !list.full(); ++t) {
+    const int candidate = static_cast<int>((start + t) % key_pixels);
+    if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
+  }
+}
+
+// ------------------------------------------------------------------------------ PatchMatch
+
+// One double-buffered PatchMatch iteration for one pixel. `previous`/`previous_score` hold the
+// whole NNF of this batch item before the iteration, laid out (Hq, Wq, k); the result goes to
+// `list`, whose storage must not alias `previous`.
+template <typename T>
+HOST_DEVICE void patch_match_step(TopK<T>& list, const Scorer<T>& scorer, const int* previous, const T* previous_score,
+                                  int step, const int* radii, int num_radii, uint32_t seed, int iteration,
+                                  uint32_t pixel) {
+  const int k = list.k;
+  const MapSize qs = scorer.qs, ks = scorer.ks;
+  const int* own = previous + (scorer.qy * qs.width + scorer.qx) * k;
+  const T* own_score = previous_score + (scorer.qy * qs.width + scorer.qx) * k;
+  for (int i = 0; i < k; ++i) {
+    list.index[i] = own[i];
+    list.score[i] = own_score[i];
+  }
+  list.count = k;
+
+  const int neighbour_dy[4] = {-step, step, 0, 0};
+  const int neighbour_dx[4] = {0, 0, -step, step};
+  for (int n = 0; n < 4; ++n) {
+    const int ny = scorer.qy + neighbour_dy[n], nx = scorer.qx + neighbour_dx[n];
+    if (!qs.contains(ny, nx)) continue;
+    const int shift_y = scale_shift(neighbour_dy[n], ks.height, qs.height);
+    const int shift_x = scale_shift(neighbour_dx[n], ks.width, qs.width);
+    const int* theirs = previous + (ny * qs.width + nx) * k;
+    for (int i = 0; i < k; ++i) {
+      const int ky = theirs[i] / ks.width - shift_y, kx = theirs[i] % ks.width - shift_x;
+      if (ks.contains(ky, kx)) offer(list, scorer, ky * ks.width + kx);
+    }
+  }
+
+  const int anchors = k < kSearchAnchors ? k : kSearchAnchors;
+  for (int a = 0; a < anchors; ++a) {
+    const int ay = own[a] / ks.width, ax = own[a] % ks.width;
+    for (int level = 0; level < num_radii; ++level) {
+      const int r = radii[level];
+      const uint32_t draw = static_cast<uint32_t>(a * kMaxRadii + level);
+      const int oy = static_cast<int>(counter_random(seed, kStreamSearchY | iteration, pixel, draw) % (2 * r + 1)) - r;
+      const int ox = static_cast<int>(counter_random(seed, kStreamSearchX | iteration, pixel, draw) % (2 * r + 1)) - r;
+      const int sy = clamp_int(ay + oy, 0, ks.height - 1), sx = clamp_int(ax + ox, 0, ks.width - 1);
+      offer(list, scorer, sy * ks.width + sx);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ NNF upsampling
+
+// Candidate `m * window^2 + i * window + j` of fine query pixel (y, x), see nnf_upsample.
+// `coarse` is this batch item's coarse NNF, laid out (K, coarse height, coarse width).
+HOST_DEVICE void upsample_pixel(int* out, int out_stride, const int* coarse, int k, int y, int x,
+                                MapSize coarse_query, MapSize query, MapSize coarse_key, MapSize key, int window,
+                                int dilation) {
+  const int cy = y * coarse_query.height / query.height, cx = x * coarse_query.width / query.width;
+  const int off_y = ((y - cy * query.height / coarse_query.height) * key.height * coarse_query.height) /
+                    (query.height * coarse_key.height);
+  const int off_x = ((x - cx * query.width / coarse_query.width) * key.width * coarse_query.width) /
+                    (query.width * coarse_key.width);
+  const int first = (window - 1) / 2;
+  for (int m = 0; m < k; ++m) {
+    const int match = coarse[m * coarse_query.pixels() + cy * coarse_query.width + cx];
+    const int base_y = (match / coarse_key.width) * key.height / coarse_key.height + off_y;
+    const int base_x = (match % coarse_key.width) * key.width / coarse_key.width + off_x;
+    for (int i = 0; i < window; ++i) {
+      const int gy = clamp_int(base_y + (i - first) * dilation, 0, key.height - 1);
+      for (int j = 0; j < window; ++j) {
+        const int gx = clamp_int(base_x + (j - first) * dilation, 0, key.width - 1);
+        out[((m * window + i) * window + j) * out_stride] = gy * key.width + gx;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ weighted gathers
+
+// A continuous (x, y) key position as four corners and their bilinear weights, clamped to the
+// map (border padding). `moves_x`/`moves_y`: whether the coordinate was inside, so has a gradient.
+template <typename T>
+struct Bilinear {
+  int corner[4];  // flat key indices: (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+  T weight[4];
+  T wx, wy;
+  bool moves_x, moves_y;
+
+  HOST_DEVICE Bilinear(T x, T y, MapSize ks) {
+    moves_x = x >= 0 && x <= ks.width - 1;
+    moves_y = y >= 0 && y <= ks.height - 1;
+    // Written so that a NaN coordinate lands on 0 instead of indexing out of the map.
+    x = x >= 0 ? (x <= ks.width - 1 ? x : T(ks.width - 1)) : T(0);
+    y = y >= 0 ? (y <= ks.height - 1 ? y : T(ks.height - 1)) : T(0);
+    const int x0 = static_cast<int>(x), y0 = static_cast<int>(y);  // x, y >= 0: truncation is floor
+    const int x1 = x0 + 1 < ks.width ? x0 + 1 : ks.width - 1;
+    const int y1 = y0 + 1 < ks.height ? y0 + 1 : ks.height - 1;
+    wx = x - x0;
+    wy = y - y0;
+    corner[0] = y0 * ks.width + x0;
+    corner[1] = y0 * ks.width + x1;
+    corner[2] = y1 * ks.width + x0;
+    corner[3] = y1 * ks.width + x1;
+    weight[0] = (1 - wx) * (1 - wy);
+    weight[1] = wx * (1 - wy);
+    weight[2] = (1 - wx) * wy;
+    weight[3] = wx * wy;
+  }
+
+  // <a, t(x, y)> from the inner products with the four corners.
+  HOST_DEVICE T blend(const T corner_dots[4]) const {
+    const T top = corner_dots[0] * (1 - wx) + corner_dots[1] * wx;
+    const T bottom = corner_dots[2] * (1 - wx) + corner_dots[3] * wx;
+    return top * (1 - wy) + bottom * wy;
+  }
+
+  // d<a, t(x, y)>/dx and /dy from the same corner products; zero where clamped.
+  HOST_DEVICE T d_dx(const T c[4]) const { return moves_x ? (c[1] - c[0]) * (1 - wy) + (c[3] - c[2]) * wy : T(0); }
+  HOST_DEVICE T d_dy(const T c[4]) const { return moves_y ? (c[2] - c[0]) * (1 - wx) + (c[3] - c[1]) * wx : T(0); }
+};
+
+// Softmax over k logits in place; returns nothing, `logits` becomes the weights.
+template <typename T>
+HOST_DEVICE void softmax_inplace(T* logits, int k) {
+  T top = logits[0];
+  for (int i = 1; i < k; ++i) top = logits[i] > top ? logits[i] : top;
+  T total = 0;
+  for (int i = 0; i < k; ++i) {
+    logits[i] = exp_of(logits[i] - top);
+    total += logits[i];
+  }
+  for (int i = 0; i < k; ++i) logits[i] /= total;
+}
+
+// Forward of weighted_gather for one pixel: `weights` (k scratch) ends as the softmax weights.
+template <typename T>
+HOST_DEVICE void weighted_gather_pixel(T* out, T* weights, const T* query_pixel, const T* key, const T* value,
+                                       const int* nnf, int nnf_stride, int k, int channels, int value_channels,
+                                       T inv_temperature) {
+  for (int i = 0; i < k; ++i)
+    weights[i] = dot(query_pixel, key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels, channels) * inv_temperature;
+  softmax_inplace(weights, k);
+  for (int c = 0; c < value_channels; ++c) out[c] = 0;
+  for (int i = 0; i < k; ++i) {
+    const T* v = value + static_cast<int64_t>(nnf[i * nnf_stride]) * value_channels;
+    for (int c = 0; c < value_channels; ++c) out[c] += weights[i] * v[c];
+  }
+}
+
+// Backward of weighted_gather for one pixel. On return `weights` holds the softmax weights and
+// `logit_grads` dL/dlogit / T (the coefficient of query and key in each other's gradient), and
+// `grad_query_pixel` is complete. The key and value gradients are scattered by the caller.
+template <typename T>
+HOST_DEVICE void weighted_gather_backward_pixel(T* grad_query_pixel, T* weights, T* logit_grads, const T* grad_out_pixel,
+                                                const T* query_pixel, const T* key, const T* value, const int* nnf,
+                                                int nnf_stride, int k, int channels, int value_channels,
+                                                T inv_temperature) {
+  T mean_grad = 0;
+  for (int i = 0; i < k; ++i) {
+    const int64_t q = nnf[i * nnf_stride];
+    weights[i] = dot(query_pixel, key + q * channels, channels) * inv_temperature;
+    logit_grads[i] = dot(grad_out_pixel, value + q * value_channels, value_channels);
+  }
+  softmax_inplace(weights, k);
+  for (int i = 0; i < k; ++i) mean_grad += weights[i] * logit_grads[i];
+  for (int c = 0; c < channels; ++c) grad_query_pixel[c] = 0;
+  for (int i = 0; i < k; ++i) {
+    logit_grads[i] = weights[i] * (logit_grads[i] - mean_grad) * inv_temperature;
+    const T* kf = key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels;
+    for (int c = 0; c < channels; ++c) grad_query_pixel[c] += logit_grads[i] * kf[c];
+  }
+}
+
+// Inner products of `a` with the four corners of `t`.
+template <typename T>
+HOST_DEVICE void corner_dots(T out[4], const T* a, const T* t, const Bilinear<T>& b, int channels) {
+  for (int c = 0; c < 4; ++c) out[c] = dot(a, t + static_cast<int64_t>(b.corner[c]) * channels, channels);
+}
+
+// Forward of bilinear_weighted_gather for one pixel; `coords` holds k (x, y) pairs.
+template <typename T>
+HOST_DEVICE void bilinear_gather_pixel(T* out, T* weights, const T* query_pixel, const T* key, const T* value,
+                                       const T* coords, int coords_stride, int k, MapSize ks, int channels,
+                                       int value_channels, T inv_temperature) {
+  for (int i = 0; i < k; ++i) {
+    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    T dots[4];
+    corner_dots(dots, query_pixel, key, b, channels);
+    weights[i] = b.blend(dots) * inv_temperature;
+  }
+  softmax_inplace(weights, k);
+  for (int c = 0; c < value_channels; ++c) out[c] = 0;
+  for (int i = 0; i < k; ++i) {
+    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    for (int n = 0; n < 4; ++n) {
+      const T w = weights[i] * b.weight[n];
+      const T* v = value + static_cast<int64_t>(b.corner[n]) * value_channels;
+      for (int c = 0; c < value_channels; ++c) out[c] += w * v[c];
+    }
+  }
+}
+
+// Backward of bilinear_weighted_gather for one pixel. Writes the query gradient and the (x, y)
+// gradient of each coordinate, and per candidate the coefficients of the scatter the caller
+// does: key corner[4i+n] gets key_coef[4i+n] * query, value corner[4i+n] gets
+// value_coef[4i+n] * grad_out.
+template <typename T>
+HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coords, int grad_coords_stride, T* weights,
+                                                T* key_coef, T* value_coef, int* corners, const T* grad_out_pixel,
+                                                const T* query_pixel, const T* key, const T* value, const T* coords,
+                                                int coords_stride, int k, MapSize ks, int channels,
+                                                int value_channels, T inv_temperature) {
+  // weights[i]: softmax weight; key_coef/value_coef first hold per-candidate intermediates.
+  for (int i = 0; i < k; ++i) {
+    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    T kd[4], vd[4];
+    corner_dots(kd, query_pixel, key, b, channels);
+    corner_dots(vd, grad_out_pixel, value, b, value_channels);
+    weights[i] = b.blend(kd) * inv_temperature;
+    key_coef[4 * i] = b.blend(vd);  // g_i = <grad_out, v(x_i)>
+    // d<query, key(x)>/dx, /dy and d<grad_out, value(x)>/dx, /dy, kept until the weights exist.
+    key_coef[4 * i + 1] = b.d_dx(kd);
+    key_coef[4 * i + 2] = b.d_dy(kd);
+    value_coef[4 * i] = b.d_dx(vd);
+    value_coef[4 * i + 1] = b.d_dy(vd);
+  }
+  softmax_inplace(weights, k);
+  T mean_grad = 0;
+  for (int i = 0; i < k; ++i) mean_grad += weights[i] * key_coef[4 * i];
+  for (int c = 0; c < channels; ++c) grad_query_pixel[c] = 0;
+  for (int i = 0; i < k; ++i) {
+    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    const T logit_grad = weights[i] * (key_coef[4 * i] - mean_grad) * inv_temperature;
+    grad_coords[i * grad_coords_stride] = logit_grad * key_coef[4 * i + 1] + weights[i] * value_coef[4 * i];
+    grad_coords[i * grad_coords_stride + 1] = logit_grad * key_coef[4 * i + 2] + weights[i] * value_coef[4 * i + 1];
+    for (int n = 0; n < 4; ++n) {
+      const T* kf = key + static_cast<int64_t>(b.corner[n]) * channels;
+      const T coef = logit_grad * b.weight[n];
+      for (int c = 0; c < channels; ++c) grad_query_pixel[c] += coef * kf[c];
+    }
+    for (int n = 0; n < 4; ++n) {
+      key_coef[4 * i + n] = logit_grad * b.weight[n];
+      value_coef[4 * i + n] = weights[i] * b.weight[n];
+      corners[4 * i + n] = b.corner[n];
+    }
+  }
+}
+
+}  // namespace cocosnet_ops
