@@ -91,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor> exact_knn_cpu(const at::Tensor& query, const 
     }
   }
   const auto shape = std::vector<int64_t>{B, k, query.size(2), query.size(3)};
-  return {index.transpose(1, 2).to(at::kInt).reshape(shape), score.transpose(1, 2).reshape(shape)};
+  return {index.transpose(1, 2).to(at::kInt).reshape(shape).contiguous(),
+          score.transpose(1, 2).reshape(shape).contiguous()};
 }
 
 }  // namespace

@@ -1,0 +1,29 @@
+# make test: install what is missing, then lint and run the whole suite.
+# make demo: train the demo configuration for a few steps and translate an image.
+PYTHON ?= python3
+STAMP := build/.installed
+SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+
+.PHONY: install test lint demo bench
+
+# torch==2.13.0 only when no torch is installed, so a user's CUDA build of torch is kept.
+$(STAMP): $(SOURCES)
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -q setuptools wheel ninja
+	$(PYTHON) -m pip install -q --no-build-isolation -e ".[test,train]"
+	@mkdir -p build && touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(PYTHON) -m ruff check .
+
+test: install lint
+	$(PYTHON) -m pytest -q
+
+demo: install
+	$(PYTHON) demo.py
+
+bench: install
+	$(PYTHON) benchmarks/bench_warp.py
+	$(PYTHON) benchmarks/bench_recall.py
