@@ -176,6 +176,31 @@ HOST_DEVICE void offer(TopK<T>& list, const Scorer<T>& scorer, int candidate) {
   if (list.admits(s, candidate)) list.insert(candidate, s);
 }
 
+// How many candidates ahead of the one being scored the CPU asks for its key row: rows are
+// scattered over a map larger than the caches, so the loads would otherwise stall in turn.
+constexpr int kPrefetchDistance = 6;
+
+template <typename T>
+HOST_DEVICE void prefetch_row(const T* row, int length) {
+#if !defined(__CUDA_ARCH__) && defined(__GNUC__)
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int offset = 0; offset < length * static_cast<int>(sizeof(T)); offset += 64) __builtin_prefetch(bytes + offset);
+#endif
+}
+
+// Offer `count` candidates (stride `stride`; negative entries mean none) in order.
+template <typename T>
+HOST_DEVICE void offer_all(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride) {
+  for (int i = 0; i < count; ++i) {
+    if (i + kPrefetchDistance < count) {
+      const int ahead = candidates[(i + kPrefetchDistance) * stride];
+      if (ahead >= 0) prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
+    }
+    const int candidate = candidates[i * stride];
+    if (candidate >= 0) offer(list, scorer, candidate);
+  }
+}
+
 // The start of every search: the given candidates (negative entries mean none), then, while
 // fewer than k distinct are listed, 2k random draws and a scan of every key index from a random
 // start. `candidates` has `count` entries with stride `stride`.
@@ -183,12 +208,13 @@ template <typename T>
 HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride,
                               uint32_t seed, uint32_t pixel) {
   list.count = 0;
-  for (int m = 0; m < count; ++m) {
-    const int candidate = candidates[m * stride];
-    if (candidate >= 0) offer(list, scorer, candidate);
-  }
+  offer_all(list, scorer, candidates, count, stride);
   const int key_pixels = scorer.ks.pixels();
   for (int j = 0; j < 2 * list.k && !list.full(); ++j) {
+    if (j + kPrefetchDistance < 2 * list.k) {
+      const uint32_t ahead = counter_random(seed, kStreamFill, pixel, j + kPrefetchDistance) % key_pixels;
+      prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
+    }
     const int candidate = static_cast<int>(counter_random(seed, kStreamFill, pixel, j) % key_pixels);
     if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
   }
@@ -201,37 +227,33 @@ HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int*
 
 // ------------------------------------------------------------------------------ PatchMatch
 
-// One double-buffered PatchMatch iteration for one pixel. `previous`/`previous_score` hold the
-// whole NNF of this batch item before the iteration, laid out (Hq, Wq, k); the result goes to
-// `list`, whose storage must not alias `previous`.
-template <typename T>
-HOST_DEVICE void patch_match_step(TopK<T>& list, const Scorer<T>& scorer, const int* previous, const T* previous_score,
-                                  int step, const int* radii, int num_radii, uint32_t seed, int iteration,
-                                  uint32_t pixel) {
-  const int k = list.k;
-  const MapSize qs = scorer.qs, ks = scorer.ks;
-  const int* own = previous + (scorer.qy * qs.width + scorer.qx) * k;
-  const T* own_score = previous_score + (scorer.qy * qs.width + scorer.qx) * k;
-  for (int i = 0; i < k; ++i) {
-    list.index[i] = own[i];
-    list.score[i] = own_score[i];
-  }
-  list.count = k;
+// Most candidates one PatchMatch iteration proposes for a pixel (see step_candidates).
+HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMaxRadii; }
 
+// The candidates one double-buffered PatchMatch iteration proposes for a pixel, written to
+// `out` (room for max_step_candidates(k)); returns their number. `previous` holds the whole NNF
+// of this batch item before the iteration, laid out (Hq, Wq, k), best first.
+//  * propagation: the k matches of each neighbour at distance `step` along the axes, shifted
+//    back by that distance in key pixels (dropped when outside the key map);
+//  * random search: for each of the best kSearchAnchors matches and each radius, one uniform
+//    draw in the square of that radius around it, clamped to the key map.
+HOST_DEVICE int step_candidates(int* out, const int* previous, int k, MapSize qs, MapSize ks, int qy, int qx, int step,
+                                const int* radii, int num_radii, uint32_t seed, int iteration, uint32_t pixel) {
+  int count = 0;
   const int neighbour_dy[4] = {-step, step, 0, 0};
   const int neighbour_dx[4] = {0, 0, -step, step};
   for (int n = 0; n < 4; ++n) {
-    const int ny = scorer.qy + neighbour_dy[n], nx = scorer.qx + neighbour_dx[n];
+    const int ny = qy + neighbour_dy[n], nx = qx + neighbour_dx[n];
     if (!qs.contains(ny, nx)) continue;
     const int shift_y = scale_shift(neighbour_dy[n], ks.height, qs.height);
     const int shift_x = scale_shift(neighbour_dx[n], ks.width, qs.width);
     const int* theirs = previous + (ny * qs.width + nx) * k;
     for (int i = 0; i < k; ++i) {
       const int ky = theirs[i] / ks.width - shift_y, kx = theirs[i] % ks.width - shift_x;
-      if (ks.contains(ky, kx)) offer(list, scorer, ky * ks.width + kx);
+      if (ks.contains(ky, kx)) out[count++] = ky * ks.width + kx;
     }
   }
-
+  const int* own = previous + (qy * qs.width + qx) * k;
   const int anchors = k < kSearchAnchors ? k : kSearchAnchors;
   for (int a = 0; a < anchors; ++a) {
     const int ay = own[a] / ks.width, ax = own[a] % ks.width;
@@ -240,10 +262,29 @@ HOST_DEVICE void patch_match_step(TopK<T>& list, const Scorer<T>& scorer, const 
       const uint32_t draw = static_cast<uint32_t>(a * kMaxRadii + level);
       const int oy = static_cast<int>(counter_random(seed, kStreamSearchY | iteration, pixel, draw) % (2 * r + 1)) - r;
       const int ox = static_cast<int>(counter_random(seed, kStreamSearchX | iteration, pixel, draw) % (2 * r + 1)) - r;
-      const int sy = clamp_int(ay + oy, 0, ks.height - 1), sx = clamp_int(ax + ox, 0, ks.width - 1);
-      offer(list, scorer, sy * ks.width + sx);
+      out[count++] = clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1);
     }
   }
+  return count;
+}
+
+// One double-buffered PatchMatch iteration for one pixel: its previous matches (`previous`,
+// `previous_score`: this batch item's NNF before the iteration, (Hq, Wq, k)) compete with the
+// step_candidates, which go through `scratch` (room for max_step_candidates(k)). The result goes
+// to `list`, whose storage must not alias `previous`.
+template <typename T>
+HOST_DEVICE void patch_match_step(TopK<T>& list, int* scratch, const Scorer<T>& scorer, const int* previous,
+                                  const T* previous_score, int step, const int* radii, int num_radii, uint32_t seed,
+                                  int iteration, uint32_t pixel) {
+  const int own = scorer.qy * scorer.qs.width + scorer.qx;
+  for (int i = 0; i < list.k; ++i) {
+    list.index[i] = previous[own * list.k + i];
+    list.score[i] = previous_score[own * list.k + i];
+  }
+  list.count = list.k;
+  const int count = step_candidates(scratch, previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii,
+                                    num_radii, seed, iteration, pixel);
+  offer_all(list, scorer, scratch, count, 1);
 }
 
 // ------------------------------------------------------------------------------ NNF upsampling

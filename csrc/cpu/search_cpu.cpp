@@ -101,14 +101,15 @@ void search_iterations(const at::Tensor& query_cl, const at::Tensor& key_cl, at:
     int* out_index = next_index.data_ptr<int>();
     T* out_score = next_score.data_ptr<T>();
     at::parallel_for(0, int64_t{B} * qs.pixels(), kGrain, [&](int64_t begin, int64_t end) {
+      std::vector<int> candidates(max_step_candidates(k));
       for (int64_t pixel = begin; pixel < end; ++pixel) {
         const int b = pixel / qs.pixels(), p = pixel % qs.pixels();
         const int64_t batch_nnf = int64_t{b} * qs.pixels() * k;
         const Scorer<T> scorer{q + int64_t{b} * qs.pixels() * C, kf + int64_t{b} * ks.pixels() * C, C, qs, ks,
                                p / qs.width, p % qs.width, patch_size / 2};
         TopK<T> list{out_index + pixel * k, out_score + pixel * k, k, 0};
-        patch_match_step(list, scorer, previous + batch_nnf, previous_score + batch_nnf, step, radii.data(),
-                         static_cast<int>(radii.size()), seed, it, static_cast<uint32_t>(pixel));
+        patch_match_step(list, candidates.data(), scorer, previous + batch_nnf, previous_score + batch_nnf, step,
+                         radii.data(), static_cast<int>(radii.size()), seed, it, static_cast<uint32_t>(pixel));
       }
     });
     std::swap(index, next_index);
