@@ -8,6 +8,7 @@ differentiate them, and the public functions that check their arguments before d
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -52,9 +53,7 @@ def _check_pair(query: Tensor, key: Tensor, names: tuple[str, str] = ("query", "
     if query.shape[0] != key.shape[0]:
         raise ValueError(f"{names[1]}: batch {key.shape[0]} does not match {names[0]} batch {query.shape[0]}")
     if query.shape[1] != key.shape[1]:
-        raise ValueError(
-            f"{names[1]}: {key.shape[1]} channels do not match {names[0]}'s {query.shape[1]}"
-        )
+        raise ValueError(f"{names[1]}: {key.shape[1]} channels do not match {names[0]}'s {query.shape[1]}")
 
 
 def _check_value(value: Tensor, key: Tensor) -> None:
@@ -70,28 +69,47 @@ def _check_value(value: Tensor, key: Tensor) -> None:
         )
 
 
+def _type_name(x: object) -> str:
+    kind = type(x)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
 def _check_int(name: str, x: object, low: int, high: int | None = None) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    if isinstance(x, (bool, Tensor)) or not hasattr(type(x), "__index__"):
+        raise TypeError(f"{name}: expected an int, got {_type_name(x)}")
+    x = operator.index(x)
     if x < low or (high is not None and x > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}: expected an int {bound}, got {x}")
     return x
 
 
+MAX_PATCH_SIZE = 31
+MAX_ITERS = 65535  # the iteration number is 16 bits of the random stream
+MAX_STEP = 2**30  # offsets and indices are int32 in the kernels
+MAX_WINDOW = 64
+MIN_TEMPERATURE = 1e-30
+
+
 def _check_patch_size(patch_size: object) -> int:
-    _check_int("patch_size", patch_size, 1)
+    patch_size = _check_int("patch_size", patch_size, 1, MAX_PATCH_SIZE)
     if patch_size % 2 == 0:
-        raise ValueError(f"patch_size: expected an odd size >= 1, got {patch_size}")
+        raise ValueError(f"patch_size: expected an odd size in [1, {MAX_PATCH_SIZE}], got {patch_size}")
     return patch_size
 
 
 def _check_temperature(temperature: object) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
-    return float(temperature)
+    if isinstance(temperature, (bool, Tensor)) or not hasattr(type(temperature), "__float__"):
+        raise TypeError(f"temperature: expected a float, got {_type_name(temperature)}")
+    temperature = float(temperature)
+    if not math.isfinite(temperature) or temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature: expected a finite value >= {MIN_TEMPERATURE}, got {temperature}")
+    return temperature
+
+
+def _inspectable(t: Tensor) -> bool:
+    """Whether values may be read for checks: not while tracing, not on the meta device."""
+    return not torch.compiler.is_compiling() and t.device.type != "meta"
 
 
 def _check_index_map(name: str, t: object, query: Tensor, key_pixels: int, k: int | None = None) -> Tensor:
@@ -109,7 +127,7 @@ def _check_index_map(name: str, t: object, query: Tensor, key_pixels: int, k: in
         raise ValueError(f"{name}: expected device {query.device}, got {t.device}")
     if k is not None and t.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one candidate per pixel, got K=0")
-    if not torch.compiler.is_compiling():
+    if _inspectable(t):
         low, high = torch.aminmax(t)
         if int(low) < 0 or int(high) >= key_pixels:
             raise ValueError(
@@ -145,6 +163,11 @@ def _contiguous(t: Tensor) -> Tensor:
     return _as_float(t).contiguous()
 
 
+def _search_input(t: Tensor) -> Tensor:
+    """Search results are not differentiable: cut the features from the graph up front."""
+    return _contiguous(t.detach())
+
+
 # ----------------------------------------------------------------------------- public ops
 
 
@@ -175,17 +198,18 @@ def patch_match(
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
     _check_int("k", k, 1, key_pixels)
-    _check_int("iters", iters, 0, 65535)
-    _check_patch_size(patch_size)
-    _check_int("seed", seed, 0, 2**32 - 1)
+    iters = _check_int("iters", iters, 0, MAX_ITERS)
+    patch_size = _check_patch_size(patch_size)
+    seed = _check_int("seed", seed, 0, 2**32 - 1)
     if not isinstance(random_search, bool):
-        raise TypeError(f"random_search: expected a bool, got {type(random_search).__name__}")
+        raise TypeError(f"random_search: expected a bool, got {_type_name(random_search)}")
     if jump is None:
         steps = reference.default_jumps(query.shape[2], query.shape[3], iters)
     else:
         if isinstance(jump, (str, bytes)) or not isinstance(jump, Sequence):
             raise TypeError(f"jump: expected a sequence of ints, got {type(jump).__name__}")
-        steps = [_check_int("jump", s, 1) for s in jump]
+        # A step beyond the map only looks outside it: any larger one behaves the same.
+        steps = [_check_int("jump", s, 1, MAX_STEP) for s in jump]
         if iters > 0 and not steps:
             raise ValueError("jump: expected at least one step when iters > 0")
     if init is not None:
@@ -200,13 +224,13 @@ def patch_match(
             )
         if init.device != query.device:
             raise ValueError(f"init: expected device {query.device}, got {init.device}")
-        if not torch.compiler.is_compiling() and init.numel() and int(init.max()) >= key_pixels:
+        if _inspectable(init) and init.numel() and int(init.max()) >= key_pixels:
             raise ValueError(f"init: entries must be < {key_pixels} (or < 0 for none), got {int(init.max())}")
     chosen = _choose_backend(backend, query.device)
-    query, key = _contiguous(query), _contiguous(key)
+    query, key = _search_input(query), _search_input(key)
+    init = init.contiguous() if init is not None else None
     if chosen == "torch":
         return reference.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
-    init = init.contiguous() if init is not None else None
     return _ops.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
 
 
@@ -230,19 +254,23 @@ def evaluate_candidates(
         raise TypeError(f"candidates: expected a torch.Tensor, got {type(candidates).__name__}")
     if candidates.dtype != torch.int32:
         raise TypeError(f"candidates: expected dtype torch.int32 (flat key indices), got {candidates.dtype}")
-    if candidates.dim() != 4 or candidates.shape[0] != query.shape[0] or candidates.shape[2:] != query.shape[2:]:
+    if (
+        candidates.dim() != 4
+        or candidates.shape[0] != query.shape[0]
+        or candidates.shape[2:] != query.shape[2:]
+    ):
         raise ValueError(
             f"candidates: expected shape (B={query.shape[0]}, M, {query.shape[2]}, {query.shape[3]}), "
             f"got {tuple(candidates.shape)}"
         )
     if candidates.device != query.device:
         raise ValueError(f"candidates: expected device {query.device}, got {candidates.device}")
-    if not torch.compiler.is_compiling() and candidates.numel() and int(candidates.max()) >= key_pixels:
+    if _inspectable(candidates) and candidates.numel() and int(candidates.max()) >= key_pixels:
         raise ValueError(
             f"candidates: entries must be < {key_pixels} (or < 0 for none), got {int(candidates.max())}"
         )
     chosen = _choose_backend(backend, query.device)
-    query, key = _contiguous(query), _contiguous(key)
+    query, key, candidates = _search_input(query), _search_input(key), candidates.contiguous()
     if chosen == "torch":
         return reference.evaluate_candidates(query, key, candidates, k, patch_size)
     return _ops.evaluate_candidates(query, key, candidates.contiguous(), k, patch_size)
@@ -282,8 +310,8 @@ def nnf_upsample(
         raise ValueError(f"nnf: expected a non-empty 4-D tensor (B, K, H, W), got shape {tuple(nnf.shape)}")
     key_size = _check_size("key_size", key_size)
     query_size = _check_size("query_size", query_size)
-    _check_int("window", window, 1)
-    _check_int("dilation", dilation, 0)
+    window = _check_int("window", window, 1, MAX_WINDOW)
+    dilation = _check_int("dilation", dilation, 0, MAX_STEP // MAX_WINDOW)
     if coarse_key_size is None:
         coarse = reference.coarse_key_size_for(nnf.shape[2:], key_size, query_size)
     else:
@@ -291,7 +319,7 @@ def nnf_upsample(
     if query_size[0] < nnf.shape[2] or query_size[1] < nnf.shape[3]:
         raise ValueError(f"query_size: {query_size} is smaller than the coarse NNF's {tuple(nnf.shape[2:])}")
     coarse_pixels = coarse[0] * coarse[1]
-    if not torch.compiler.is_compiling():
+    if _inspectable(nnf):
         low, high = torch.aminmax(nnf)
         if int(low) < 0 or int(high) >= coarse_pixels:
             raise ValueError(
@@ -301,7 +329,9 @@ def nnf_upsample(
     chosen = _choose_backend(backend, nnf.device)
     if chosen == "torch":
         return reference.nnf_upsample(nnf, key_size, query_size, window, dilation, coarse)
-    return _ops.nnf_upsample(nnf.contiguous(), list(coarse), list(key_size), list(query_size), window, dilation)
+    return _ops.nnf_upsample(
+        nnf.contiguous(), list(coarse), list(key_size), list(query_size), window, dilation
+    )
 
 
 def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
@@ -312,7 +342,7 @@ def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None)
     _check_pair(query, key)
     _check_int("k", k, 1, key.shape[2] * key.shape[3])
     chosen = _choose_backend(backend, query.device)
-    query, key = _contiguous(query), _contiguous(key)
+    query, key = _search_input(query), _search_input(key)
     if chosen == "torch":
         return reference.exact_knn(query, key, k)
     return _ops.exact_knn(query, key, k)
@@ -339,7 +369,13 @@ def weighted_gather(
 
 
 def bilinear_weighted_gather(
-    query: Tensor, key: Tensor, value: Tensor, coords: Tensor, temperature: float, *, backend: str | None = None
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    coords: Tensor,
+    temperature: float,
+    *,
+    backend: str | None = None,
 ) -> Tensor:
     """``weighted_gather`` at continuous key coordinates ``coords`` (B, K, Hq, Wq, 2), given as
     (x, y) in key pixels and sampled bilinearly (clamped to the map). Differentiable in query,
@@ -363,6 +399,8 @@ def bilinear_weighted_gather(
         )
     if coords.device != query.device:
         raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
+    if _inspectable(coords) and not bool(torch.isnan(coords).logical_not().all()):
+        raise ValueError("coords: expected no NaN positions")
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
@@ -391,7 +429,7 @@ def dense_warp(
     _check_value(value, key)
     temperature = _check_temperature(temperature)
     if not isinstance(cycle, bool):
-        raise TypeError(f"cycle: expected a bool, got {type(cycle).__name__}")
+        raise TypeError(f"cycle: expected a bool, got {_type_name(cycle)}")
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
     query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
@@ -446,7 +484,12 @@ def _register_compiled_ops() -> None:
 
     @torch.library.register_fake(lib + "bilinear_weighted_gather_backward")
     def _(grad_out, query, key, value, coords, temperature):
-        return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), torch.empty_like(coords)
+        return (
+            torch.empty_like(query),
+            torch.empty_like(key),
+            torch.empty_like(value),
+            torch.empty_like(coords),
+        )
 
     @torch.library.register_fake(lib + "dense_warp")
     def _(query, key, value, temperature):
@@ -469,7 +512,9 @@ def _register_compiled_ops() -> None:
 
     def bilinear_gather_backward(ctx, grad):
         query, key, value, coords = ctx.saved_tensors
-        grads = _ops.bilinear_weighted_gather_backward(grad.contiguous(), query, key, value, coords, ctx.temperature)
+        grads = _ops.bilinear_weighted_gather_backward(
+            grad.contiguous(), query, key, value, coords, ctx.temperature
+        )
         return *grads, None
 
     def dense_warp_setup(ctx, inputs, output):
@@ -481,10 +526,14 @@ def _register_compiled_ops() -> None:
 
     def dense_warp_backward(ctx, grad, _grad_logsumexp):
         query, key, value, out, logsumexp = ctx.saved_tensors
-        grads = _ops.dense_warp_backward(grad.contiguous(), query, key, value, out, logsumexp, ctx.temperature)
+        grads = _ops.dense_warp_backward(
+            grad.contiguous(), query, key, value, out, logsumexp, ctx.temperature
+        )
         return *grads, None
 
-    torch.library.register_autograd(lib + "weighted_gather", weighted_gather_backward, setup_context=save_inputs)
+    torch.library.register_autograd(
+        lib + "weighted_gather", weighted_gather_backward, setup_context=save_inputs
+    )
     torch.library.register_autograd(
         lib + "bilinear_weighted_gather", bilinear_gather_backward, setup_context=save_inputs
     )

@@ -192,7 +192,9 @@ def _initial_topk(
         if cand.shape[1] < k:
             pad = torch.full((B, k - cand.shape[1], Hq, Wq), sentinel, device=fq.device)
             cand = torch.cat([cand, pad], 1)
-            score = torch.cat([score, torch.full(pad.shape, float("-inf"), dtype=score.dtype, device=fq.device)], 1)
+            score = torch.cat(
+                [score, torch.full(pad.shape, float("-inf"), dtype=score.dtype, device=fq.device)], 1
+            )
         chosen, _ = select_topk(cand, score, k)
         # With fewer than k distinct candidates, select_topk pads with repeats: drop them.
         earlier = torch.ones(k, k, dtype=torch.bool, device=fq.device).tril(-1).view(1, k, k, 1, 1)
@@ -341,8 +343,8 @@ def exact_knn(fq: Tensor, fk: Tensor, k: int) -> tuple[Tensor, Tensor]:
     logits = torch.einsum("bcn,bcm->bnm", fq.flatten(2), fk.flatten(2))
     logits = torch.where(torch.isnan(logits), torch.full_like(logits, float("-inf")), logits)
     scores, index = torch.sort(logits, dim=2, descending=True, stable=True)
-    nnf = index[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).int()
-    return nnf, scores[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq)
+    nnf = index[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).int().contiguous()
+    return nnf, scores[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).contiguous()
 
 
 # ----------------------------------------------------------------------------- warps
@@ -355,10 +357,15 @@ def _gather_pixels(t: Tensor, index: Tensor) -> Tensor:
     return t.flatten(2).gather(2, flat).view(B, C, *index.shape[1:])
 
 
+def softmax_over_candidates(dots: Tensor, temperature: float) -> Tensor:
+    """softmax_k(dots / T) over dim 1, shifted by the maximum before dividing, so that a tiny
+    temperature gives the arg-max instead of inf - inf."""
+    return torch.softmax((dots - dots.amax(1, keepdim=True).detach()) / temperature, dim=1)
+
+
 def weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, nnf: Tensor, temperature: float) -> Tensor:
     """out[p] = sum_k softmax_k(<fq[p], fk[nnf[p, k]]> / T) v[nnf[p, k]]."""
-    logits = (fq.unsqueeze(2) * _gather_pixels(fk, nnf)).sum(1) / temperature
-    weights = torch.softmax(logits, dim=1)
+    weights = softmax_over_candidates((fq.unsqueeze(2) * _gather_pixels(fk, nnf)).sum(1), temperature)
     return (weights.unsqueeze(1) * _gather_pixels(v, nnf)).sum(2)
 
 
@@ -382,12 +389,9 @@ def bilinear_sample(t: Tensor, coords: Tensor) -> Tensor:
     return top * (1 - wy) + bottom * wy
 
 
-def bilinear_weighted_gather(
-    fq: Tensor, fk: Tensor, v: Tensor, coords: Tensor, temperature: float
-) -> Tensor:
+def bilinear_weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, coords: Tensor, temperature: float) -> Tensor:
     """weighted_gather at continuous (x, y) key coordinates (B, K, Hq, Wq, 2), bilinearly sampled."""
-    logits = (fq.unsqueeze(2) * bilinear_sample(fk, coords)).sum(1) / temperature
-    weights = torch.softmax(logits, dim=1)
+    weights = softmax_over_candidates((fq.unsqueeze(2) * bilinear_sample(fk, coords)).sum(1), temperature)
     return (weights.unsqueeze(1) * bilinear_sample(v, coords)).sum(2)
 
 

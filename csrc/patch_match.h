@@ -358,27 +358,28 @@ struct Bilinear {
   HOST_DEVICE T d_dy(const T c[4]) const { return moves_y ? (c[2] - c[0]) * (1 - wx) + (c[3] - c[1]) * wx : T(0); }
 };
 
-// Softmax over k logits in place; returns nothing, `logits` becomes the weights.
+// softmax_k(dots / temperature) in place. Shifting by the maximum before dividing keeps a tiny
+// temperature finite: it tends to the arg-max instead of inf - inf.
 template <typename T>
-HOST_DEVICE void softmax_inplace(T* logits, int k) {
-  T top = logits[0];
-  for (int i = 1; i < k; ++i) top = logits[i] > top ? logits[i] : top;
+HOST_DEVICE void softmax_inplace(T* dots, int k, T temperature) {
+  T top = dots[0];
+  for (int i = 1; i < k; ++i) top = dots[i] > top ? dots[i] : top;
   T total = 0;
   for (int i = 0; i < k; ++i) {
-    logits[i] = exp_of(logits[i] - top);
-    total += logits[i];
+    dots[i] = exp_of((dots[i] - top) / temperature);
+    total += dots[i];
   }
-  for (int i = 0; i < k; ++i) logits[i] /= total;
+  for (int i = 0; i < k; ++i) dots[i] /= total;
 }
 
 // Forward of weighted_gather for one pixel: `weights` (k scratch) ends as the softmax weights.
 template <typename T>
 HOST_DEVICE void weighted_gather_pixel(T* out, T* weights, const T* query_pixel, const T* key, const T* value,
                                        const int* nnf, int nnf_stride, int k, int channels, int value_channels,
-                                       T inv_temperature) {
+                                       T temperature) {
   for (int i = 0; i < k; ++i)
-    weights[i] = dot(query_pixel, key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels, channels) * inv_temperature;
-  softmax_inplace(weights, k);
+    weights[i] = dot(query_pixel, key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels, channels);
+  softmax_inplace(weights, k, temperature);
   for (int c = 0; c < value_channels; ++c) out[c] = 0;
   for (int i = 0; i < k; ++i) {
     const T* v = value + static_cast<int64_t>(nnf[i * nnf_stride]) * value_channels;
@@ -393,18 +394,18 @@ template <typename T>
 HOST_DEVICE void weighted_gather_backward_pixel(T* grad_query_pixel, T* weights, T* logit_grads, const T* grad_out_pixel,
                                                 const T* query_pixel, const T* key, const T* value, const int* nnf,
                                                 int nnf_stride, int k, int channels, int value_channels,
-                                                T inv_temperature) {
+                                                T temperature) {
   T mean_grad = 0;
   for (int i = 0; i < k; ++i) {
     const int64_t q = nnf[i * nnf_stride];
-    weights[i] = dot(query_pixel, key + q * channels, channels) * inv_temperature;
+    weights[i] = dot(query_pixel, key + q * channels, channels);
     logit_grads[i] = dot(grad_out_pixel, value + q * value_channels, value_channels);
   }
-  softmax_inplace(weights, k);
+  softmax_inplace(weights, k, temperature);
   for (int i = 0; i < k; ++i) mean_grad += weights[i] * logit_grads[i];
   for (int c = 0; c < channels; ++c) grad_query_pixel[c] = 0;
   for (int i = 0; i < k; ++i) {
-    logit_grads[i] = weights[i] * (logit_grads[i] - mean_grad) * inv_temperature;
+    logit_grads[i] = weights[i] * (logit_grads[i] - mean_grad) / temperature;
     const T* kf = key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels;
     for (int c = 0; c < channels; ++c) grad_query_pixel[c] += logit_grads[i] * kf[c];
   }
@@ -420,14 +421,14 @@ HOST_DEVICE void corner_dots(T out[4], const T* a, const T* t, const Bilinear<T>
 template <typename T>
 HOST_DEVICE void bilinear_gather_pixel(T* out, T* weights, const T* query_pixel, const T* key, const T* value,
                                        const T* coords, int coords_stride, int k, MapSize ks, int channels,
-                                       int value_channels, T inv_temperature) {
+                                       int value_channels, T temperature) {
   for (int i = 0; i < k; ++i) {
     const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
     T dots[4];
     corner_dots(dots, query_pixel, key, b, channels);
-    weights[i] = b.blend(dots) * inv_temperature;
+    weights[i] = b.blend(dots);
   }
-  softmax_inplace(weights, k);
+  softmax_inplace(weights, k, temperature);
   for (int c = 0; c < value_channels; ++c) out[c] = 0;
   for (int i = 0; i < k; ++i) {
     const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
@@ -448,14 +449,14 @@ HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coo
                                                 T* key_coef, T* value_coef, int* corners, const T* grad_out_pixel,
                                                 const T* query_pixel, const T* key, const T* value, const T* coords,
                                                 int coords_stride, int k, MapSize ks, int channels,
-                                                int value_channels, T inv_temperature) {
+                                                int value_channels, T temperature) {
   // weights[i]: softmax weight; key_coef/value_coef first hold per-candidate intermediates.
   for (int i = 0; i < k; ++i) {
     const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
     T kd[4], vd[4];
     corner_dots(kd, query_pixel, key, b, channels);
     corner_dots(vd, grad_out_pixel, value, b, value_channels);
-    weights[i] = b.blend(kd) * inv_temperature;
+    weights[i] = b.blend(kd);
     key_coef[4 * i] = b.blend(vd);  // g_i = <grad_out, v(x_i)>
     // d<query, key(x)>/dx, /dy and d<grad_out, value(x)>/dx, /dy, kept until the weights exist.
     key_coef[4 * i + 1] = b.d_dx(kd);
@@ -463,13 +464,13 @@ HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coo
     value_coef[4 * i] = b.d_dx(vd);
     value_coef[4 * i + 1] = b.d_dy(vd);
   }
-  softmax_inplace(weights, k);
+  softmax_inplace(weights, k, temperature);
   T mean_grad = 0;
   for (int i = 0; i < k; ++i) mean_grad += weights[i] * key_coef[4 * i];
   for (int c = 0; c < channels; ++c) grad_query_pixel[c] = 0;
   for (int i = 0; i < k; ++i) {
     const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
-    const T logit_grad = weights[i] * (key_coef[4 * i] - mean_grad) * inv_temperature;
+    const T logit_grad = weights[i] * (key_coef[4 * i] - mean_grad) / temperature;
     grad_coords[i * grad_coords_stride] = logit_grad * key_coef[4 * i + 1] + weights[i] * value_coef[4 * i];
     grad_coords[i * grad_coords_stride + 1] = logit_grad * key_coef[4 * i + 2] + weights[i] * value_coef[4 * i + 1];
     for (int n = 0; n < 4; ++n) {

@@ -65,7 +65,9 @@ def test_nnf_upsample_equals_reference(window, dilation):
     g = torch.Generator().manual_seed(window * 10 + dilation)
     coarse = torch.randint(0, 6 * 7, (2, 3, 5, 4), generator=g, dtype=torch.int32)
     for key_size, query_size, coarse_key in (((12, 14), (10, 8), (6, 7)), ((13, 20), (11, 9), (6, 7))):
-        out = cocosnet_ops.nnf_upsample(coarse, key_size, query_size, window, dilation, coarse_key, backend="cpu")
+        out = cocosnet_ops.nnf_upsample(
+            coarse, key_size, query_size, window, dilation, coarse_key, backend="cpu"
+        )
         ref = reference.nnf_upsample(coarse, key_size, query_size, window, dilation, coarse_key)
         assert torch.equal(out, ref)
         assert int(out.min()) >= 0 and int(out.max()) < key_size[0] * key_size[1]
@@ -127,7 +129,8 @@ def test_weighted_gather_matches_reference():
 def test_bilinear_weighted_gather_matches_reference():
     fq, fk, v, _, coords = gather_inputs()
     assert_same_forward_backward(
-        lambda be, a, b, c, d: cocosnet_ops.bilinear_weighted_gather(a, b, c, d, 0.3, backend=be), (fq, fk, v, coords)
+        lambda be, a, b, c, d: cocosnet_ops.bilinear_weighted_gather(a, b, c, d, 0.3, backend=be),
+        (fq, fk, v, coords),
     )
 
 
@@ -158,7 +161,8 @@ def test_gradcheck_weighted_gather():
 def test_gradcheck_bilinear_weighted_gather_including_coordinates():
     fq, fk, v, _, coords = gather_inputs()
     assert torch.autograd.gradcheck(
-        lambda a, b, c, d: cocosnet_ops.bilinear_weighted_gather(a, b, c, d, 0.5, backend="cpu"), (fq, fk, v, coords)
+        lambda a, b, c, d: cocosnet_ops.bilinear_weighted_gather(a, b, c, d, 0.5, backend="cpu"),
+        (fq, fk, v, coords),
     )
     # The coordinate gradient is really there (not all zero) for coordinates inside the map.
     inside = coords.detach().clamp(0.2, 3.7).requires_grad_()

@@ -66,7 +66,7 @@ at::Tensor weighted_gather_cpu(const at::Tensor& query, const at::Tensor& key, c
   const at::Tensor index = nnf.contiguous();
   at::Tensor out = at::empty({s.batch, s.qs.height, s.qs.width, s.value_channels}, query.options());
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "weighted_gather_cpu", [&] {
-    const scalar_t inv_t = static_cast<scalar_t>(1.0 / temperature);
+    const scalar_t t = static_cast<scalar_t>(temperature);
     at::parallel_for(0, int64_t{s.batch} * s.qs.pixels(), kGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> weights(s.k);
       for (int64_t pixel = begin; pixel < end; ++pixel) {
@@ -76,7 +76,7 @@ at::Tensor weighted_gather_cpu(const at::Tensor& query, const at::Tensor& key, c
                               k_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.channels,
                               v_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.value_channels,
                               index.data_ptr<int>() + b * s.k * s.qs.pixels() + p, s.qs.pixels(), s.k, s.channels,
-                              s.value_channels, inv_t);
+                              s.value_channels, t);
       }
     });
   });
@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_gather_backward_cpu(cons
   at::Tensor logit_grads = at::empty_like(weights);
   at::Tensor targets = index.view({s.batch, s.k, s.qs.pixels()}).transpose(1, 2).contiguous();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "weighted_gather_backward_cpu", [&] {
-    const scalar_t inv_t = static_cast<scalar_t>(1.0 / temperature);
+    const scalar_t t = static_cast<scalar_t>(temperature);
     at::parallel_for(0, int64_t{s.batch} * s.qs.pixels(), kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t pixel = begin; pixel < end; ++pixel) {
         const int64_t b = pixel / s.qs.pixels(), p = pixel % s.qs.pixels();
@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_gather_backward_cpu(cons
             q_cl.data_ptr<scalar_t>() + pixel * s.channels, k_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.channels,
             v_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.value_channels,
             index.data_ptr<int>() + b * s.k * s.qs.pixels() + p, s.qs.pixels(), s.k, s.channels, s.value_channels,
-            inv_t);
+            t);
       }
     });
     const int64_t entries = int64_t{s.qs.pixels()} * s.k;
@@ -144,7 +144,7 @@ at::Tensor bilinear_weighted_gather_cpu(const at::Tensor& query, const at::Tenso
   const at::Tensor xy = coords.contiguous();
   at::Tensor out = at::empty({s.batch, s.qs.height, s.qs.width, s.value_channels}, query.options());
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "bilinear_weighted_gather_cpu", [&] {
-    const scalar_t inv_t = static_cast<scalar_t>(1.0 / temperature);
+    const scalar_t t = static_cast<scalar_t>(temperature);
     at::parallel_for(0, int64_t{s.batch} * s.qs.pixels(), kGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> weights(s.k);
       for (int64_t pixel = begin; pixel < end; ++pixel) {
@@ -154,7 +154,7 @@ at::Tensor bilinear_weighted_gather_cpu(const at::Tensor& query, const at::Tenso
                               k_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.channels,
                               v_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.value_channels,
                               xy.data_ptr<scalar_t>() + (b * s.k * s.qs.pixels() + p) * 2, s.qs.pixels() * 2, s.k,
-                              s.ks, s.channels, s.value_channels, inv_t);
+                              s.ks, s.channels, s.value_channels, t);
       }
     });
   });
@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_weighted_gat
   at::Tensor value_coef = at::empty_like(key_coef);
   at::Tensor corners = at::empty({s.batch, s.qs.pixels(), entries_per_pixel}, query.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "bilinear_weighted_gather_backward_cpu", [&] {
-    const scalar_t inv_t = static_cast<scalar_t>(1.0 / temperature);
+    const scalar_t t = static_cast<scalar_t>(temperature);
     at::parallel_for(0, int64_t{s.batch} * s.qs.pixels(), kGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> weights(s.k);
       for (int64_t pixel = begin; pixel < end; ++pixel) {
@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_weighted_gat
             corners.data_ptr<int>() + pixel * entries_per_pixel, g_cl.data_ptr<scalar_t>() + pixel * s.value_channels,
             q_cl.data_ptr<scalar_t>() + pixel * s.channels, k_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.channels,
             v_cl.data_ptr<scalar_t>() + b * s.ks.pixels() * s.value_channels, xy.data_ptr<scalar_t>() + xy_offset,
-            s.qs.pixels() * 2, s.k, s.ks, s.channels, s.value_channels, inv_t);
+            s.qs.pixels() * 2, s.k, s.ks, s.channels, s.value_channels, t);
       }
     });
     const int64_t entries = int64_t{s.qs.pixels()} * entries_per_pixel;

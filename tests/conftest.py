@@ -1,0 +1,72 @@
+"""Shared helpers of the op tests: the backends to run on and seeded feature makers.
+
+Any test that takes a ``backend`` argument is parametrised over :data:`BACKENDS` by
+``pytest_generate_tests`` (a parametrisation, not a function-scoped fixture, so hypothesis
+tests can take it too). The feature makers are session-scoped fixtures returning plain
+functions, for the same reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cocosnet_ops
+
+# "torch" (reference.py) always works; "cpu" needs the compiled extension cocosnet_ops._C.
+BACKENDS = ["torch"] + (["cpu"] if cocosnet_ops.HAS_COMPILED else [])
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):  # a test's own choice wins
+        names = mark.args[0]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        if "backend" in names:
+            return
+    metafunc.parametrize("backend", BACKENDS)
+
+
+def make_features(b, c, h, w, seed=0, dtype=torch.float32):
+    """L2-normalised (over channels) Gaussian features from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
+    return F.normalize(x, dim=1).to(dtype)
+
+
+def make_int_features(b, c, h, w, seed=0, low=-3, high=3, dtype=torch.float32):
+    """Features holding small integers in [low, high] as floats.
+
+    Every inner product (and patch sum) is then an exact small integer whatever the summation
+    order, so a kernel that ranks like the reference must give bitwise the same indices.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high + 1, (b, c, h, w), generator=gen).to(dtype)
+
+
+def make_values(b, c, h, w, seed=0, dtype=torch.float32):
+    """Uniform [0, 1) values, like an image to be warped."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(b, c, h, w, generator=gen, dtype=torch.float64).to(dtype)
+
+
+@pytest.fixture(scope="session")
+def backends():
+    return list(BACKENDS)
+
+
+@pytest.fixture(scope="session")
+def feats():
+    return make_features
+
+
+@pytest.fixture(scope="session")
+def int_feats():
+    return make_int_features
+
+
+@pytest.fixture(scope="session")
+def values():
+    return make_values
