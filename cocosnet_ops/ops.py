@@ -57,11 +57,11 @@ def _check_pair(query: Tensor, key: Tensor, names: tuple[str, str] = ("query", "
 
 
 def _check_value(value: Tensor, key: Tensor) -> None:
+    """Values may have another float dtype than the features (half features under autocast,
+    float32 images): the op computes in the wider of the two and returns the value's dtype."""
     _check_features("value", value)
     if value.device != key.device:
         raise ValueError(f"value: expected device {key.device} like key, got {value.device}")
-    if value.dtype != key.dtype:
-        raise TypeError(f"value: expected dtype {key.dtype} like key, got {value.dtype}")
     if value.shape[0] != key.shape[0] or value.shape[2:] != key.shape[2:]:
         raise ValueError(
             f"value: expected shape (B={key.shape[0]}, Cv, {key.shape[2]}, {key.shape[3]}) to match "
@@ -161,6 +161,12 @@ def _as_float(t: Tensor) -> Tensor:
 
 def _contiguous(t: Tensor) -> Tensor:
     return _as_float(t).contiguous()
+
+
+def _warp_inputs(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Features and values in one computation dtype: the wider of theirs, at least float32."""
+    dtype = torch.promote_types(_as_float(query).dtype, _as_float(value).dtype)
+    return query.to(dtype).contiguous(), key.to(dtype).contiguous(), value.to(dtype).contiguous()
 
 
 def _search_input(t: Tensor) -> Tensor:
@@ -362,7 +368,7 @@ def weighted_gather(
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
-    query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
+    query, key, value = _warp_inputs(query, key, value)
     if chosen == "torch":
         return reference.weighted_gather(query, key, value, nnf, temperature).to(dtype)
     return _ops.weighted_gather(query, key, value, nnf.contiguous(), temperature).to(dtype)
@@ -404,7 +410,7 @@ def bilinear_weighted_gather(
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
-    query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
+    query, key, value = _warp_inputs(query, key, value)
     coords = coords.to(query.dtype).contiguous()
     if chosen == "torch":
         return reference.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
@@ -432,7 +438,7 @@ def dense_warp(
         raise TypeError(f"cycle: expected a bool, got {_type_name(cycle)}")
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
-    query, key, value = _contiguous(query), _contiguous(key), _contiguous(value)
+    query, key, value = _warp_inputs(query, key, value)
     if chosen == "torch":
         warp = reference.attention_warp(query, key, value, temperature)
         back = reference.attention_warp(key, query, warp, temperature) if cycle else None

@@ -51,8 +51,9 @@ def counter_random(seed: int, stream: int, pixel: Tensor, counter: int | Tensor)
 
 
 def _pixel_ids(batch: int, height: int, width: int, device: torch.device) -> Tensor:
-    """Global pixel number b * H * W + y * W + x as (B, 1, H, W) int64."""
-    return torch.arange(batch * height * width, device=device).view(batch, 1, height, width)
+    """Pixel number y * W + x as (B, 1, H, W) int64: the same for every batch item, so a
+    sample's search does not depend on its place in the batch."""
+    return torch.arange(height * width, device=device).view(1, 1, height, width).expand(batch, 1, -1, -1)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -35,6 +35,7 @@ HOST_DEVICE uint32_t pcg_hash(uint32_t x) {
 }
 
 // A random number that is a pure function of its arguments: no state, so no thread order.
+// `pixel` is the query pixel's flat index within its map, so batch items draw alike.
 HOST_DEVICE uint32_t counter_random(uint32_t seed, uint32_t stream, uint32_t pixel, uint32_t counter) {
   uint32_t h = pcg_hash(seed);
   h = pcg_hash(h ^ stream);

@@ -64,7 +64,7 @@ void initial_search(const at::Tensor& query_cl, const at::Tensor& key_cl, const 
       const Scorer<T> scorer{q + int64_t{b} * qs.pixels() * C, kf + int64_t{b} * ks.pixels() * C, C, qs, ks,
                              p / qs.width, p % qs.width, patch_size / 2};
       TopK<T> list{idx + pixel * k, sc + pixel * k, k, 0};
-      initial_topk(list, scorer, cand + pixel * M, M, 1, seed, static_cast<uint32_t>(pixel));
+      initial_topk(list, scorer, cand + pixel * M, M, 1, seed, static_cast<uint32_t>(p));
     }
   });
 }
@@ -109,7 +109,7 @@ void search_iterations(const at::Tensor& query_cl, const at::Tensor& key_cl, at:
                                p / qs.width, p % qs.width, patch_size / 2};
         TopK<T> list{out_index + pixel * k, out_score + pixel * k, k, 0};
         patch_match_step(list, candidates.data(), scorer, previous + batch_nnf, previous_score + batch_nnf, step,
-                         radii.data(), static_cast<int>(radii.size()), seed, it, static_cast<uint32_t>(pixel));
+                         radii.data(), static_cast<int>(radii.size()), seed, it, static_cast<uint32_t>(p));
       }
     });
     std::swap(index, next_index);

@@ -1,0 +1,223 @@
+"""Hierarchical correspondence: a dense warp at 1/8, then GRU-assisted PatchMatch up to full size.
+
+Level 0 (1/8 of the image) warps the exemplar with the exact softmax over every pair
+(``dense_warp``), plus the cycle warp back onto the exemplar for its loss, and takes its top-K
+matches with ``exact_knn``. Each finer level (1/4, 1/2, 1/1) spreads the coarser level's best
+matches over a window (``nnf_upsample``), improves them with ``patch_match``, and lets a ConvGRU
+(one module for all levels) move the K candidates by sub-pixel amounts; the exemplar is then
+warped with ``bilinear_weighted_gather`` at the moved coordinates, so the GRU is trained by the
+warp losses. Query (label) and key (exemplar) maps may differ in size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import cocosnet_ops
+
+from .alignment import NUM_LEVELS, AlignedFeatures, DomainAlignment
+from .gru import UpdateBlock
+
+# The public implementation's PatchMatch is pure PyTorch; its mode runs the "torch" backend.
+REFERENCE_BACKEND = "torch"
+
+
+def index_to_coords(nnf: Tensor, key_width: int) -> Tensor:
+    """Flat key indices ``row * Wk + col`` (B, K, H, W) -> float (x, y) pixel coordinates (B, K, H, W, 2)."""
+    index = nnf.long()
+    return torch.stack([index % key_width, index // key_width], dim=-1).float()
+
+
+def coords_to_index(coords: Tensor, key_size: tuple[int, int]) -> Tensor:
+    """Float (x, y) coordinates (B, K, H, W, 2) -> int32 flat indices of the nearest key pixels."""
+    height, width = key_size
+    x = coords[..., 0].round().clamp(0, width - 1).long()
+    y = coords[..., 1].round().clamp(0, height - 1).long()
+    return (y * width + x).int()
+
+
+def query_positions_in_key(
+    query_size: tuple[int, int], key_size: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The key-map coordinates (x (1, 1, 1, Wq), y (1, 1, Hq, 1)) of the query pixel centres when
+    the two maps cover the same image extent: the zero-offset position of every query pixel."""
+    (hq, wq), (hk, wk) = query_size, key_size
+    x = (torch.arange(wq, device=device, dtype=torch.float32) + 0.5) * (wk / wq) - 0.5
+    y = (torch.arange(hq, device=device, dtype=torch.float32) + 0.5) * (hk / hq) - 0.5
+    return x.view(1, 1, 1, wq), y.view(1, 1, hq, 1)
+
+
+@torch.no_grad()
+def scores_at(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
+    """Inner products (B, K, Hq, Wq) of the query features with the key features sampled bilinearly
+    at ``coords`` (border-clamped), one candidate at a time to keep memory at one feature map."""
+    hk, wk = key.shape[-2:]
+    # align_corners=True maps -1 and 1 to the centres of the first and last pixels.
+    scale = coords.new_tensor([2.0 / max(wk - 1, 1), 2.0 / max(hk - 1, 1)])
+    grid = coords.float() * scale - 1.0
+    key = key.float()
+    query = query.float()
+    scores = [
+        (
+            query * F.grid_sample(key, grid[:, i], mode="bilinear", padding_mode="border", align_corners=True)
+        ).sum(1)
+        for i in range(coords.shape[1])
+    ]
+    return torch.stack(scores, dim=1)
+
+
+@dataclass
+class CorrespondenceOutput:
+    """Everything the correspondence computes for one batch, coarsest level first.
+
+    ``warps``: the exemplar warped to the label at 1/8, 1/4, 1/2, 1/1 (B, 3, H/s, W/s).
+    ``cycle_warp``: the level-0 warp warped back onto the exemplar (B, 3, He/8, We/8), or None
+    when not requested. ``nnfs``: int32 (B, K, H/s, W/s) flat exemplar indices per level
+    (``exact_knn`` at level 0, ``patch_match`` above). ``coords``: the GRU-refined (x, y)
+    coordinates (B, K, H/s, W/s, 2) per level, None at level 0 and without the GRU.
+    """
+
+    warps: list[Tensor]
+    cycle_warp: Tensor | None
+    nnfs: list[Tensor]
+    coords: list[Tensor | None]
+    features: AlignedFeatures
+
+
+class Correspondence(nn.Module):
+    """Domain alignment plus the hierarchical GRU-assisted PatchMatch of CoCosNet v2.
+
+    ``reference_mode`` reproduces what the public implementation does, for comparison: the
+    pure-PyTorch backend, propagation without random search, only the best coarse match
+    upsampled, and no GRU (the public GRU's output never reaches the warp), so the warps come
+    from ``weighted_gather`` on the integer matches.
+    """
+
+    def __init__(
+        self,
+        label_nc: int,
+        nef: int = 32,
+        match_nc: int = 32,
+        norm: str = "pono",
+        spade_nc: int = 128,
+        k: int = 16,
+        iters: int = 5,
+        patch_size: int = 1,
+        temperature: float = 0.01,
+        upsample_matches: int = 4,
+        window: int = 4,
+        dilation: int = 2,
+        gru_iters: int = 3,
+        gru_hidden_nc: int = 32,
+        max_delta: float = 1.0,
+        reference_mode: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 1 <= upsample_matches <= k:
+            raise ValueError(f"upsample_matches: expected an int in [1, k={k}], got {upsample_matches}")
+        self.alignment = DomainAlignment(label_nc, nef, match_nc, norm, spade_nc)
+        self.k = k
+        self.iters = iters
+        self.patch_size = patch_size
+        self.temperature = temperature
+        self.window = window
+        self.dilation = dilation
+        self.reference_mode = reference_mode
+        self.upsample_matches = 1 if reference_mode else upsample_matches
+        self.random_search = not reference_mode
+        self.backend = REFERENCE_BACKEND if reference_mode else None
+        self.gru_iters = 0 if reference_mode else gru_iters
+        # Without GRU steps the update block would hold parameters that never get a gradient.
+        self.update = (
+            UpdateBlock(k, match_nc, gru_hidden_nc, max_delta=max_delta) if self.gru_iters > 0 else None
+        )
+
+    def _seed(self, level: int) -> int:
+        """PatchMatch's random-search seed: fresh draws while training (from torch's generator, so
+        seeded runs repeat), fixed per level in evaluation so inference is deterministic."""
+        if self.training:
+            return int(torch.randint(0, 2**31 - 1, ()))
+        return level
+
+    def forward(
+        self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, cycle: bool | None = None
+    ) -> CorrespondenceOutput:
+        """Warps of ``exemplar`` (B, 3, He, We) onto ``label`` (B, label_nc, H, W), sides divisible by 8.
+
+        ``cycle`` (default: in training mode) also returns the level-0 cycle warp.
+        """
+        features = self.alignment(label, exemplar, exemplar_label)
+        with_cycle = self.training if cycle is None else cycle
+        query, key = features.query[0], features.key[0]
+        value = F.avg_pool2d(exemplar, 2 ** (NUM_LEVELS - 1)).to(key.dtype)
+        cycle_warp = None
+        if with_cycle:
+            warp, cycle_warp = cocosnet_ops.dense_warp(
+                query, key, value, self.temperature, cycle=True, backend=self.backend
+            )
+        else:
+            warp = cocosnet_ops.dense_warp(query, key, value, self.temperature, backend=self.backend)
+        nnf, _ = cocosnet_ops.exact_knn(query.detach(), key.detach(), self.k, backend=self.backend)
+        warps, nnfs, all_coords = [warp], [nnf], [None]
+        matches = nnf
+        for level in range(1, NUM_LEVELS):
+            coarse_key_size = tuple(key.shape[-2:])
+            query, key = features.query[level], features.key[level]
+            scale = 2 ** (NUM_LEVELS - 1 - level)
+            value = (F.avg_pool2d(exemplar, scale) if scale > 1 else exemplar).to(key.dtype)
+            init = cocosnet_ops.nnf_upsample(
+                matches[:, : self.upsample_matches].contiguous(),
+                tuple(key.shape[-2:]),
+                tuple(query.shape[-2:]),
+                window=self.window,
+                dilation=self.dilation,
+                coarse_key_size=coarse_key_size,
+                backend=self.backend,
+            )
+            nnf, scores = cocosnet_ops.patch_match(
+                query.detach(),
+                key.detach(),
+                k=self.k,
+                iters=self.iters,
+                init=init,
+                patch_size=self.patch_size,
+                random_search=self.random_search,
+                seed=self._seed(level),
+                backend=self.backend,
+            )
+            if self.update is None:
+                warp = cocosnet_ops.weighted_gather(
+                    query, key, value, nnf, self.temperature, backend=self.backend
+                )
+                coords, matches = None, nnf
+            else:
+                coords = self._refine(query, key, nnf, scores)
+                warp = cocosnet_ops.bilinear_weighted_gather(query, key, value, coords, self.temperature)
+                matches = coords_to_index(coords.detach(), tuple(key.shape[-2:]))
+            warps.append(warp)
+            nnfs.append(nnf)
+            all_coords.append(coords)
+        return CorrespondenceOutput(warps, cycle_warp, nnfs, all_coords, features)
+
+    def _refine(self, query: Tensor, key: Tensor, nnf: Tensor, scores: Tensor) -> Tensor:
+        """GRU iterations moving the K candidates of every pixel; returns (B, K, Hq, Wq, 2) coordinates."""
+        assert self.update is not None
+        key_size = tuple(key.shape[-2:])
+        hk, wk = key_size
+        base_x, base_y = query_positions_in_key(tuple(query.shape[-2:]), key_size, query.device)
+        matched = cocosnet_ops.weighted_gather(query, key, key, nnf, self.temperature)
+        hidden = self.update.initial_state(query, matched)
+        coords = index_to_coords(nnf, wk)
+        scores = scores.float()
+        for step in range(self.gru_iters):
+            # Offsets in units of the key map's extent, so the one GRU serves every level.
+            offsets = torch.cat([(coords[..., 0] - base_x) / wk, (coords[..., 1] - base_y) / hk], dim=1)
+            hidden, delta = self.update(hidden, scores.to(hidden.dtype), offsets.to(hidden.dtype))
+            coords = coords + delta.float()
+            if step + 1 < self.gru_iters:
+                scores = scores_at(query, key, coords)
+        return coords

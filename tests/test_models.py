@@ -1,0 +1,380 @@
+"""The CoCosNet v2 networks: shapes, sizes, correspondence semantics, training losses, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+import cocosnet_ops
+from models import CoCosNet, CoCosNetOptions, Correspondence, TrainingStep
+from models.alignment import AlignmentUNet
+from models.correspondence import coords_to_index, index_to_coords, query_positions_in_key, scores_at
+from models.normalization import SPADE, positional_norm
+
+LABEL_NC = 4
+# (label height, width), (exemplar height, width): square, then non-square with a different exemplar.
+SIZES = [((64, 64), (64, 64)), ((128, 96), (96, 128))]
+SIZE_IDS = ["64x64", "128x96-exemplar96x128"]
+
+
+def tiny_options(**overrides) -> CoCosNetOptions:
+    """Small widths: these tests are about behaviour, not capacity."""
+    base = dict(
+        label_nc=LABEL_NC,
+        nef=8,
+        match_nc=8,
+        spade_nc=16,
+        ngf=8,
+        ndf=8,
+        k=4,
+        patch_match_iters=2,
+        upsample_matches=2,
+        gru_iters=2,
+    )
+    base.update(overrides)
+    return CoCosNetOptions(**base)
+
+
+def tiny_correspondence(**overrides) -> Correspondence:
+    base = dict(nef=8, match_nc=8, spade_nc=16, k=4, iters=2, upsample_matches=2, gru_iters=2)
+    base.update(overrides)
+    return Correspondence(LABEL_NC, **base)
+
+
+def make_batch(label_size, exemplar_size, batch=2, seed=0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def label(size):
+        # One-hot maps of smooth random blobs, so that features have structure to match.
+        logits = F.interpolate(
+            torch.randn(batch, LABEL_NC, size[0] // 8, size[1] // 8, generator=gen), size=size
+        )
+        return F.one_hot(logits.argmax(1), LABEL_NC).permute(0, 3, 1, 2).float()
+
+    def image(size):
+        return torch.rand(batch, 3, *size, generator=gen) * 2 - 1
+
+    return {
+        "label": label(label_size),
+        "image": image(label_size),
+        "exemplar": image(exemplar_size),
+        "exemplar_label": label(exemplar_size),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """The tensors here are tiny: more intra-op threads only add synchronisation, which on a busy
+    2-core CI machine costs far more than the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("label_size", "exemplar_size"), SIZES, ids=SIZE_IDS)
+def test_forward_shapes(label_size, exemplar_size):
+    model = CoCosNet(tiny_options()).eval()
+    batch = make_batch(label_size, exemplar_size)
+    with torch.no_grad():
+        out = model(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    h, w = label_size
+    he, we = exemplar_size
+    assert out.image.shape == (2, 3, h, w)
+    assert out.image.abs().max() <= 1
+    assert out.cycle_warp is None  # only computed in training mode
+    for level, (warp, nnf) in enumerate(zip(out.warps, out.nnfs, strict=True)):
+        scale = 2 ** (3 - level)
+        assert warp.shape == (2, 3, h // scale, w // scale)
+        assert nnf.dtype == torch.int32 and nnf.shape == (2, 4, h // scale, w // scale)
+        assert 0 <= nnf.min() and nnf.max() < (he // scale) * (we // scale)
+    assert out.coords[0] is None
+    for level in (1, 2, 3):
+        scale = 2 ** (3 - level)
+        assert out.coords[level].shape == (2, 4, h // scale, w // scale, 2)
+
+
+@pytest.mark.parametrize(("label_size", "exemplar_size"), SIZES, ids=SIZE_IDS)
+def test_training_losses_forward_backward(label_size, exemplar_size):
+    model = CoCosNet(tiny_options()).train()
+    losses = model.losses(make_batch(label_size, exemplar_size))
+    expected_g = {"alignment", "warp", "cycle", "gan", "gan_feature", "vgg", "perceptual", "contextual"}
+    assert set(losses.generator) == expected_g
+    assert set(losses.discriminator) == {"fake", "real"}
+    for name, value in {**losses.generator, **losses.discriminator}.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    he, we = exemplar_size
+    assert losses.translation.cycle_warp.shape == (2, 3, he // 8, we // 8)
+    losses.total.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert all(p.grad is None for p in model.vgg.parameters())
+
+
+def test_generator_terms_leave_discriminator_alone_and_vice_versa():
+    model = CoCosNet(tiny_options()).train()
+    losses = model.losses(make_batch((64, 64), (64, 64)))
+    sum(losses.generator.values()).backward(retain_graph=True)
+    assert all(p.grad is None for p in model.discriminator.parameters())
+    assert all(p.grad is not None for p in model.generator.parameters())
+    model.zero_grad(set_to_none=True)
+    sum(losses.discriminator.values()).backward()
+    assert all(p.grad is not None for p in model.discriminator.parameters())
+    assert all(p.grad is None for p in model.generator.parameters())
+    assert all(p.grad is None for p in model.correspondence.parameters())
+
+
+def test_self_ref_weights_select_the_warp_loss_samples():
+    # Evaluation mode: fixed PatchMatch seeds and no spectral-norm updates between the calls.
+    model = CoCosNet(tiny_options()).eval()
+    batch = make_batch((64, 64), (64, 64))
+    both = model.losses({**batch, "self_ref": torch.tensor([1.0, 1.0])}).generator["warp"]
+    first = model.losses({**batch, "self_ref": torch.tensor([1.0, 0.0])}).generator["warp"]
+    second = model.losses({**batch, "self_ref": torch.tensor([0.0, 1.0])}).generator["warp"]
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(both, (first + second) / 2)
+
+
+def test_training_under_autocast():
+    model = CoCosNet(tiny_options()).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.losses(make_batch((64, 64), (64, 64)))
+    for name, value in {**losses.generator, **losses.discriminator}.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+    losses.total.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_pix2pixhd_generator_option_trains():
+    options = tiny_options(generator="pix2pixhd", pix2pixhd_ngf=4, n_blocks_global=1, n_blocks_local=1)
+    model = CoCosNet(options).train()
+    losses = model.losses(make_batch((64, 64), (64, 64)))
+    losses.total.backward()
+    assert losses.translation.image.shape == (2, 3, 64, 64)
+    assert all(p.grad is not None for p in model.generator.parameters())
+
+
+def test_instance_edges_channel():
+    model = CoCosNet(tiny_options(instance_edges=True)).train()
+    assert model.discriminator.discriminators[0].layers[0][0].in_channels == LABEL_NC + 1 + 3
+    batch = make_batch((64, 64), (64, 64))
+    with pytest.raises(ValueError, match="instance"):
+        model.losses(batch)
+    instance = torch.zeros(2, 1, 64, 64)
+    instance[:, :, :, 32:] = 1
+    d_input = model.discriminator_input(batch["label"], batch["image"], instance)
+    assert d_input.shape == (2, LABEL_NC + 4, 64, 64)
+    assert d_input[:, LABEL_NC, :, 31:33].eq(1).all() and d_input[:, LABEL_NC].sum() == 2 * 2 * 64
+    model.losses({**batch, "instance": instance}).total.backward()
+
+
+def test_ddp_find_unused_parameters_false(tmp_path):
+    """Two steps under DistributedDataParallel(find_unused_parameters=False): a parameter without a
+    gradient in the first step would make the second step raise."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        model = CoCosNet(tiny_options()).train()
+        step = DistributedDataParallel(TrainingStep(model), find_unused_parameters=False)
+        batch = make_batch((64, 64), (64, 64))
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            step(batch).total.backward()
+            without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+            assert not without
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_eval_forward_is_deterministic():
+    model = CoCosNet(tiny_options()).eval()
+    batch = make_batch((64, 64), (64, 64))
+    with torch.no_grad():
+        a = model(batch["label"], batch["exemplar"], batch["exemplar_label"])
+        b = model(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
+    for x, y in zip(a.nnfs, b.nnfs, strict=True):
+        assert torch.equal(x, y)
+
+
+# ----------------------------------------------------------------------------- correspondence
+
+
+@pytest.mark.parametrize(("label_size", "exemplar_size"), [((40, 24), (24, 48)), ((64, 64), (32, 32))])
+def test_correspondence_any_size_divisible_by_8(label_size, exemplar_size):
+    corr = tiny_correspondence().train()
+    batch = make_batch(label_size, exemplar_size)
+    out = corr(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    assert out.warps[-1].shape == (2, 3, *label_size)
+    assert out.cycle_warp.shape == (2, 3, exemplar_size[0] // 8, exemplar_size[1] // 8)
+    sum(w.mean() for w in out.warps).backward()
+
+
+def test_correspondence_rejects_sizes_not_divisible_by_8():
+    corr = tiny_correspondence()
+    batch = make_batch((64, 64), (64, 64))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        corr(batch["label"][..., :60], batch["exemplar"], batch["exemplar_label"])
+
+
+def test_level0_is_the_dense_warp_and_level1_searches_from_it():
+    corr = tiny_correspondence().eval()
+    batch = make_batch((64, 64), (64, 64))
+    with torch.no_grad():
+        out = corr(batch["label"], batch["exemplar"], batch["exemplar_label"], cycle=True)
+    fq, fk = out.features.query[0], out.features.key[0]
+    pooled = F.avg_pool2d(batch["exemplar"], 8)
+    # The dense warp, written out: softmax over all exemplar pixels of the cosine / temperature.
+    logits = torch.einsum("bcn,bcm->bnm", fq.flatten(2), fk.flatten(2)) / 0.01
+    expected = torch.einsum("bnm,bcm->bcn", logits.softmax(2), pooled.flatten(2)).view_as(out.warps[0])
+    torch.testing.assert_close(out.warps[0], expected, rtol=1e-4, atol=1e-5)
+    back = torch.einsum("bmn,bcn->bcm", logits.transpose(1, 2).softmax(2), expected.flatten(2))
+    torch.testing.assert_close(out.cycle_warp, back.view_as(out.cycle_warp), rtol=1e-4, atol=1e-5)
+    top = logits.topk(4, dim=2).indices.transpose(1, 2).reshape(2, 4, 8, 8)
+    assert torch.equal(out.nnfs[0].long(), top)
+
+
+def test_matching_features_are_centred_and_unit_norm():
+    corr = tiny_correspondence()
+    batch = make_batch((64, 64), (64, 64))
+    features = corr.alignment(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    for f in features.query + features.key:
+        assert f.shape[1] == 8
+        torch.testing.assert_close(f.mean(1), torch.zeros_like(f[:, 0]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(f.norm(dim=1), torch.ones_like(f[:, 0]), rtol=0, atol=1e-5)
+    assert [f.shape[-1] for f in features.query] == [8, 16, 32, 64]
+
+
+def test_reference_mode_is_plain_patch_match_with_integer_warps():
+    corr = tiny_correspondence(reference_mode=True).eval()
+    assert corr.update is None and not any("update" in n for n, _ in corr.named_parameters())
+    batch = make_batch((64, 64), (64, 64))
+    with torch.no_grad():
+        out = corr(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    assert out.coords == [None] * 4
+    for level in (1, 2, 3):
+        fq, fk = out.features.query[level], out.features.key[level]
+        value = F.avg_pool2d(batch["exemplar"], 2 ** (3 - level))
+        expected = cocosnet_ops.weighted_gather(fq, fk, value, out.nnfs[level], 0.01, backend="torch")
+        torch.testing.assert_close(out.warps[level], expected)
+        # Without random search, PatchMatch from the previous level's best match is what ran.
+        coarse = out.nnfs[level - 1][:, :1].contiguous()
+        init = cocosnet_ops.nnf_upsample(coarse, fk.shape[-2:], fq.shape[-2:], backend="torch")
+        nnf, _ = cocosnet_ops.patch_match(
+            fq, fk, k=4, iters=2, init=init, random_search=False, seed=level, backend="torch"
+        )
+        assert torch.equal(nnf, out.nnfs[level])
+
+
+def test_batch_samples_do_not_mix():
+    """Reference mode has no random draws, so each sample's result must not depend on its batch
+    (up to the rounding of batched convolutions, magnified by the temperature)."""
+    corr = tiny_correspondence(reference_mode=True).eval()
+    batch = make_batch((64, 48), (48, 64))
+    with torch.no_grad():
+        both = corr(batch["label"], batch["exemplar"], batch["exemplar_label"])
+        second = corr(batch["label"][1:], batch["exemplar"][1:], batch["exemplar_label"][1:])
+    for level in range(4):
+        assert torch.equal(both.nnfs[level][1:], second.nnfs[level])
+        torch.testing.assert_close(both.warps[level][1:], second.warps[level], rtol=1e-3, atol=1e-4)
+
+
+def test_gru_moves_the_candidates_off_the_integer_grid():
+    corr = tiny_correspondence().eval()
+    batch = make_batch((64, 64), (64, 64))
+    with torch.no_grad():
+        out = corr(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    for level in (1, 2, 3):
+        start = index_to_coords(out.nnfs[level], out.features.key[level].shape[-1])
+        moved = (out.coords[level] - start).abs()
+        assert moved.max() > 0 and moved.max() <= corr.gru_iters * 1.0 + 1e-6
+
+
+def test_coordinate_helpers():
+    nnf = torch.tensor([[[[0, 5]], [[11, 7]]]], dtype=torch.int32)  # (1, 2, 1, 2), key map 3 x 4
+    coords = index_to_coords(nnf, 4)
+    assert coords[0, :, 0].tolist() == [[[0, 0], [1, 1]], [[3, 2], [3, 1]]]
+    assert torch.equal(coords_to_index(coords + 0.3, (3, 4)), nnf)
+    assert coords_to_index(coords - 5, (3, 4)).eq(0).all()
+    x, y = query_positions_in_key((2, 4), (4, 8), torch.device("cpu"))
+    assert x.flatten().tolist() == [0.5, 2.5, 4.5, 6.5] and y.flatten().tolist() == [0.5, 2.5]
+
+
+def test_scores_at_matches_direct_bilinear_sampling():
+    gen = torch.Generator().manual_seed(3)
+    fq, fk = torch.randn(1, 5, 2, 3, generator=gen), torch.randn(1, 5, 4, 6, generator=gen)
+    coords = torch.tensor([[0.0, 0.0], [5.0, 3.0], [2.25, 1.5], [-1.0, 9.0], [4.5, 0.75], [1.0, 2.0]])
+    coords = coords.view(1, 1, 2, 3, 2)
+    scores = scores_at(fq, fk, coords)
+    for i in range(2):
+        for j in range(3):
+            x, y = coords[0, 0, i, j].tolist()
+            x, y = min(max(x, 0), 5), min(max(y, 0), 3)
+            x0, y0 = int(x), int(y)
+            x1, y1 = min(x0 + 1, 5), min(y0 + 1, 3)
+            ax, ay = x - x0, y - y0
+            sample = (
+                fk[0, :, y0, x0] * (1 - ax) * (1 - ay)
+                + fk[0, :, y0, x1] * ax * (1 - ay)
+                + fk[0, :, y1, x0] * (1 - ax) * ay
+                + fk[0, :, y1, x1] * ax * ay
+            )
+            torch.testing.assert_close(
+                scores[0, 0, i, j], (fq[0, :, i, j] * sample).sum(), rtol=1e-5, atol=1e-5
+            )
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def test_alignment_unet_levels():
+    unet = AlignmentUNet(LABEL_NC, nef=4, spade_nc=8)
+    outputs = unet(torch.rand(2, LABEL_NC, 32, 48))
+    assert [tuple(o.shape[1:]) for o in outputs] == [(16, 4, 6), (16, 8, 12), (8, 16, 24), (4, 32, 48)]
+
+
+def test_positional_norm_normalises_each_pixel():
+    x = torch.randn(2, 6, 5, 7) * 3 + 2
+    y = positional_norm(x)
+    torch.testing.assert_close(y.mean(1), torch.zeros(2, 5, 7), rtol=0, atol=1e-5)
+    torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(2, 5, 7), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "pono"])
+def test_spade_modulates_the_normalised_input(norm):
+    spade = SPADE(6, 3, norm=norm, hidden_nc=8)
+    torch.nn.init.zeros_(spade.mlp_gamma.weight)
+    torch.nn.init.zeros_(spade.mlp_beta.weight)
+    torch.nn.init.constant_(spade.mlp_gamma.bias, 1.0)  # scale 1 + 1 = 2
+    torch.nn.init.constant_(spade.mlp_beta.bias, 0.5)
+    x = torch.randn(2, 6, 8, 8) * 3 + 1
+    out = spade(x, torch.rand(2, 3, 4, 4))
+    normalised = {
+        "instance": F.instance_norm(x),
+        "batch": F.batch_norm(x, None, None, training=True),
+        "pono": positional_norm(x),
+    }[norm]
+    torch.testing.assert_close(out, 2 * normalised + 0.5, rtol=1e-4, atol=1e-4)
+    assert not any(p.shape == (6,) for p in spade.param_free_norm.parameters())
+
+
+def test_unknown_options_are_rejected():
+    with pytest.raises(ValueError, match="norm"):
+        SPADE(4, 3, norm="group")
+    with pytest.raises(ValueError, match="generator"):
+        CoCosNet(dataclasses.replace(tiny_options(), generator="unet"))
+    with pytest.raises(ValueError, match="gan_mode"):
+        CoCosNet(dataclasses.replace(tiny_options(), gan_mode="wgan"))
+    with pytest.raises(ValueError, match="upsample_matches"):
+        tiny_correspondence(upsample_matches=5)
