@@ -186,6 +186,7 @@ def opcheck_cases():
     coords = torch.rand(2, 4, 6, 5, 2, generator=g) * 4
     ops = torch.ops.cocosnet_ops
     grads = lambda *ts: tuple(t.clone().requires_grad_() for t in ts)  # noqa: E731
+    dense_out = (*torch.ops.cocosnet_ops.dense_warp(fq, fk, v, 0.1), 0.1)
     return [
         (ops.patch_match.default, (fq, fk, 4, 3, None, 1, [2, 1], True, 0)),
         (ops.patch_match.default, (fq, fk, 3, 2, nnf, 3, [1], False, 5)),
@@ -195,10 +196,16 @@ def opcheck_cases():
         (ops.weighted_gather.default, (*grads(fq, fk, v), nnf, 0.1)),
         (ops.bilinear_weighted_gather.default, (*grads(fq, fk, v, coords), 0.1)),
         (ops.dense_warp.default, (*grads(fq, fk, v), 0.1)),
+        (ops.weighted_gather_backward.default, (torch.randn(2, 3, 6, 5, generator=g), fq, fk, v, nnf, 0.1)),
+        (
+            ops.bilinear_weighted_gather_backward.default,
+            (torch.randn(2, 3, 6, 5, generator=g), fq, fk, v, coords, 0.1),
+        ),
+        (ops.dense_warp_backward.default, (torch.randn(2, 3, 6, 5, generator=g), fq, fk, v, *dense_out)),
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(11))
 def test_opcheck(case):
     op, args = opcheck_cases()[case]
     torch.library.opcheck(op, args)

@@ -20,9 +20,9 @@ at::Tensor as_head(const at::Tensor& t, int64_t width) {
   return rows.unsqueeze(1).contiguous();
 }
 
-// (B, 1, N, width) -> (B, C, H, W), dropping the padding.
+// (B, 1, N, width) -> contiguous (B, C, H, W), dropping the padding.
 at::Tensor from_head(const at::Tensor& t, int64_t channels, int64_t height, int64_t width) {
-  return t.squeeze(1).narrow(2, 0, channels).transpose(1, 2).reshape({t.size(0), channels, height, width});
+  return t.squeeze(1).narrow(2, 0, channels).transpose(1, 2).reshape({t.size(0), channels, height, width}).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> dense_warp_cpu(const at::Tensor& query, const at::Tensor& key,
@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> dense_warp_cpu(const at::Tensor& query, const
   const int64_t width = std::max(query.size(1), value.size(1));
   auto [out, logsumexp] = at::_scaled_dot_product_flash_attention_for_cpu(
       as_head(query, width), as_head(key, width), as_head(value, width), 0.0, false, {}, 1.0 / temperature);
-  return {from_head(out, value.size(1), query.size(2), query.size(3)).contiguous(), logsumexp};
+  return {from_head(out, value.size(1), query.size(2), query.size(3)), logsumexp};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_warp_backward_cpu(const at::Tensor& grad_out,
