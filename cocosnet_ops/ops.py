@@ -112,10 +112,13 @@ def _inspectable(t: Tensor) -> bool:
     return not torch.compiler.is_compiling() and t.device.type != "meta"
 
 
-def _check_index_map(name: str, t: object, query: Tensor, key_pixels: int, k: int | None = None) -> Tensor:
-    """An int32 (B, K, Hq, Wq) map of key indices, checked to lie in [0, key_pixels)."""
+def _check_index_map(
+    name: str, t: object, query: Tensor, key_pixels: int, candidates: bool = False
+) -> Tensor:
+    """An int32 (B, K, Hq, Wq) map of flat key indices matching ``query``, checked to lie in
+    [0, key_pixels). ``candidates``: entries < 0 mean 'no candidate' and K may be 0."""
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_type_name(t)}")
     if t.dtype != torch.int32:
         raise TypeError(f"{name}: expected dtype torch.int32 (flat key indices), got {t.dtype}")
     if t.dim() != 4 or t.shape[0] != query.shape[0] or t.shape[2:] != query.shape[2:]:
@@ -125,14 +128,14 @@ def _check_index_map(name: str, t: object, query: Tensor, key_pixels: int, k: in
         )
     if t.device != query.device:
         raise ValueError(f"{name}: expected device {query.device}, got {t.device}")
-    if k is not None and t.shape[1] < 1:
+    if not candidates and t.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one candidate per pixel, got K=0")
-    if _inspectable(t):
-        low, high = torch.aminmax(t)
-        if int(low) < 0 or int(high) >= key_pixels:
+    if _inspectable(t) and t.numel():
+        low, high = (int(x) for x in torch.aminmax(t))
+        if high >= key_pixels or (low < 0 and not candidates):
+            allowed = f"< {key_pixels} (or < 0 for none)" if candidates else f"in [0, {key_pixels})"
             raise ValueError(
-                f"{name}: entries must be flat key indices in [0, {key_pixels}), got values in "
-                f"[{int(low)}, {int(high)}]"
+                f"{name}: entries must be flat key indices {allowed}, got values in [{low}, {high}]"
             )
     return t
 
@@ -219,19 +222,7 @@ def patch_match(
         if iters > 0 and not steps:
             raise ValueError("jump: expected at least one step when iters > 0")
     if init is not None:
-        if not isinstance(init, Tensor):
-            raise TypeError(f"init: expected a torch.Tensor or None, got {type(init).__name__}")
-        if init.dtype != torch.int32:
-            raise TypeError(f"init: expected dtype torch.int32 (flat key indices), got {init.dtype}")
-        if init.dim() != 4 or init.shape[0] != query.shape[0] or init.shape[2:] != query.shape[2:]:
-            raise ValueError(
-                f"init: expected shape (B={query.shape[0]}, M, {query.shape[2]}, {query.shape[3]}), "
-                f"got {tuple(init.shape)}"
-            )
-        if init.device != query.device:
-            raise ValueError(f"init: expected device {query.device}, got {init.device}")
-        if _inspectable(init) and init.numel() and int(init.max()) >= key_pixels:
-            raise ValueError(f"init: entries must be < {key_pixels} (or < 0 for none), got {int(init.max())}")
+        _check_index_map("init", init, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device)
     query, key = _search_input(query), _search_input(key)
     init = init.contiguous() if init is not None else None
@@ -256,25 +247,7 @@ def evaluate_candidates(
     key_pixels = key.shape[2] * key.shape[3]
     _check_int("k", k, 1, key_pixels)
     _check_patch_size(patch_size)
-    if not isinstance(candidates, Tensor):
-        raise TypeError(f"candidates: expected a torch.Tensor, got {type(candidates).__name__}")
-    if candidates.dtype != torch.int32:
-        raise TypeError(f"candidates: expected dtype torch.int32 (flat key indices), got {candidates.dtype}")
-    if (
-        candidates.dim() != 4
-        or candidates.shape[0] != query.shape[0]
-        or candidates.shape[2:] != query.shape[2:]
-    ):
-        raise ValueError(
-            f"candidates: expected shape (B={query.shape[0]}, M, {query.shape[2]}, {query.shape[3]}), "
-            f"got {tuple(candidates.shape)}"
-        )
-    if candidates.device != query.device:
-        raise ValueError(f"candidates: expected device {query.device}, got {candidates.device}")
-    if _inspectable(candidates) and candidates.numel() and int(candidates.max()) >= key_pixels:
-        raise ValueError(
-            f"candidates: entries must be < {key_pixels} (or < 0 for none), got {int(candidates.max())}"
-        )
+    _check_index_map("candidates", candidates, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device)
     query, key, candidates = _search_input(query), _search_input(key), candidates.contiguous()
     if chosen == "torch":
@@ -364,7 +337,7 @@ def weighted_gather(
     """
     _check_pair(query, key)
     _check_value(value, key)
-    _check_index_map("nnf", nnf, query, key.shape[2] * key.shape[3], k=1)
+    _check_index_map("nnf", nnf, query, key.shape[2] * key.shape[3])
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
