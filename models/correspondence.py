@@ -18,26 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import cocosnet_ops
+from cocosnet_ops.nnf import coords_to_nnf, nnf_to_coords
 
 from .alignment import NUM_LEVELS, AlignedFeatures, DomainAlignment
 from .gru import UpdateBlock
 
 # The public implementation's PatchMatch is pure PyTorch; its mode runs the "torch" backend.
 REFERENCE_BACKEND = "torch"
-
-
-def index_to_coords(nnf: Tensor, key_width: int) -> Tensor:
-    """Flat key indices ``row * Wk + col`` (B, K, H, W) -> float (x, y) pixel coordinates (B, K, H, W, 2)."""
-    index = nnf.long()
-    return torch.stack([index % key_width, index // key_width], dim=-1).float()
-
-
-def coords_to_index(coords: Tensor, key_size: tuple[int, int]) -> Tensor:
-    """Float (x, y) coordinates (B, K, H, W, 2) -> int32 flat indices of the nearest key pixels."""
-    height, width = key_size
-    x = coords[..., 0].round().clamp(0, width - 1).long()
-    y = coords[..., 1].round().clamp(0, height - 1).long()
-    return (y * width + x).int()
 
 
 def query_positions_in_key(
@@ -197,7 +184,7 @@ class Correspondence(nn.Module):
             else:
                 coords = self._refine(query, key, nnf, scores)
                 warp = cocosnet_ops.bilinear_weighted_gather(query, key, value, coords, self.temperature)
-                matches = coords_to_index(coords.detach(), tuple(key.shape[-2:]))
+                matches = coords_to_nnf(coords.detach(), key_size=tuple(key.shape[-2:]))
             warps.append(warp)
             nnfs.append(nnf)
             all_coords.append(coords)
@@ -211,7 +198,7 @@ class Correspondence(nn.Module):
         base_x, base_y = query_positions_in_key(tuple(query.shape[-2:]), key_size, query.device)
         matched = cocosnet_ops.weighted_gather(query, key, key, nnf, self.temperature)
         hidden = self.update.initial_state(query, matched)
-        coords = index_to_coords(nnf, wk)
+        coords = nnf_to_coords(nnf, key_size)
         scores = scores.float()
         for step in range(self.gru_iters):
             # Offsets in units of the key map's extent, so the one GRU serves every level.

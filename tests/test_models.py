@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import cocosnet_ops
+from cocosnet_ops.nnf import nnf_to_coords
 from models import CoCosNet, CoCosNetOptions, Correspondence, TrainingStep
 from models.alignment import AlignmentUNet
-from models.correspondence import coords_to_index, index_to_coords, query_positions_in_key, scores_at
+from models.correspondence import query_positions_in_key, scores_at
 from models.normalization import SPADE, positional_norm
 
 LABEL_NC = 4
@@ -296,17 +297,12 @@ def test_gru_moves_the_candidates_off_the_integer_grid():
     with torch.no_grad():
         out = corr(batch["label"], batch["exemplar"], batch["exemplar_label"])
     for level in (1, 2, 3):
-        start = index_to_coords(out.nnfs[level], out.features.key[level].shape[-1])
+        start = nnf_to_coords(out.nnfs[level], out.features.key[level].shape[-2:])
         moved = (out.coords[level] - start).abs()
         assert moved.max() > 0 and moved.max() <= corr.gru_iters * 1.0 + 1e-6
 
 
-def test_coordinate_helpers():
-    nnf = torch.tensor([[[[0, 5]], [[11, 7]]]], dtype=torch.int32)  # (1, 2, 1, 2), key map 3 x 4
-    coords = index_to_coords(nnf, 4)
-    assert coords[0, :, 0].tolist() == [[[0, 0], [1, 1]], [[3, 2], [3, 1]]]
-    assert torch.equal(coords_to_index(coords + 0.3, (3, 4)), nnf)
-    assert coords_to_index(coords - 5, (3, 4)).eq(0).all()
+def test_query_positions_in_key():
     x, y = query_positions_in_key((2, 4), (4, 8), torch.device("cpu"))
     assert x.flatten().tolist() == [0.5, 2.5, 4.5, 6.5] and y.flatten().tolist() == [0.5, 2.5]
 

@@ -1,0 +1,420 @@
+"""Recall of patch_match against exact kNN, versus iterations, random search and hierarchical init.
+
+Reproduce the README table (side 256: about 8 minutes on 2 cores with the compiled cpu
+backend, most of it exact kNN; the reference backend is far slower there):
+
+    python benchmarks/bench_recall.py --side 256 --out benchmarks/results/recall.csv
+
+The same with ``nnf_upsample(window=3, dilation=1)`` instead of the op's defaults:
+
+    python benchmarks/bench_recall.py --side 256 --window 3 --dilation 1 \
+        --out benchmarks/results/recall_window3.csv
+
+Development size (under a minute, on either backend):
+
+    python benchmarks/bench_recall.py --side 64 --out benchmarks/results/recall_64.csv
+
+Definitions, per query pixel, averaged over the map:
+
+* recall@1: the found best match is as good as the exact best: its score is at least the exact
+  top-1 score minus 1e-6 (so a tie with a different pixel counts as found), or it is the same
+  index;
+* recall@K: |found top-K intersected with exact top-K| / K (K = 16);
+* EPE (photo pair only): distance in key pixels from the found best match to the true
+  corresponding point, over the query pixels whose true point lies inside the key map (mean
+  and median; exact kNN's own EPE, the floor the features allow, is reported too).
+
+Exact top-K comes from ``cocosnet_ops.exact_knn``, run on bands of query rows so that its
+memory stays bounded on every backend.
+
+Search configurations: init "random" (``patch_match`` from random candidates) or
+"hierarchical" (features average-pooled by 2**levels and renormalised, exact kNN there, then
+per finer level ``nnf_upsample`` feeding ``patch_match(init=...)``, each level running the
+same number of iterations), each with and without random search; iterations swept 0..--iters,
+each run from scratch with seed 0.
+
+Data (query and key maps of side S, C = 32 channels, L2-normalised per pixel):
+
+* smooth: Gaussian-filtered white noise (sigma 2 px) on a canvas larger than the map; the
+  query is its centre crop, the key the same canvas seen through a smooth random displacement
+  field (Gaussian-filtered noise of scale S/8 scaled to at most S/16 px, applied with
+  bilinear ``grid_sample``) plus white noise of 0.3 times the feature level per channel;
+* photo: scikit-image's ``astronaut`` photo resized to S x S is the query image; the key
+  image is the same rotated by 10 degrees, scaled by 1.1 about the centre and shifted by
+  (0.04 S, -0.03 S) with ``cv2.warpAffine``, so key = A(query) for a known affine A. Each
+  image becomes features by a fixed random (seed 0) 3x3 convolution bank with 32 outputs over
+  its RGB at three Gaussian blur scales (sigma 1, 2, 4 px), then tanh, per-channel
+  standardisation over the image, and L2 normalisation per pixel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import cocosnet_ops
+from cocosnet_ops import nnf as nnf_utils
+
+COLUMNS = (
+    "dataset",
+    "side",
+    "k",
+    "init",
+    "random_search",
+    "iters",
+    "recall_at_1",
+    "recall_at_k",
+    "epe_px",
+    "epe_median_px",
+    "seconds",
+)
+DATASETS = ("smooth", "photo")
+INITS = ("random", "hierarchical")
+CHANNELS = 32
+SCORE_TOLERANCE = 1e-6
+SMOOTH_FEATURE_SIGMA = 2.0
+SMOOTH_NOISE_LEVEL = 0.3
+PHOTO_ROTATION_DEG = 10.0
+PHOTO_SCALE = 1.1
+PHOTO_SHIFT = (0.04, -0.03)
+PHOTO_BLUR_SIGMAS = (1.0, 2.0, 4.0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def gaussian_kernel(sigma: float) -> Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_filter_valid(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian filter of (B, C, H, W) without padding: the result is smaller by
+    2 * ceil(3 sigma) per axis, so it has no border effects."""
+    kernel = gaussian_kernel(sigma)
+    channels = x.shape[1]
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+
+
+def smooth_noise(channels: int, height: int, width: int, sigma: float, generator: torch.Generator) -> Tensor:
+    """(1, channels, height, width) white noise filtered by a Gaussian, unit std per channel."""
+    margin = 2 * max(1, math.ceil(3 * sigma))
+    noise = torch.randn(1, channels, height + margin, width + margin, generator=generator)
+    smooth = gaussian_filter_valid(noise, sigma)
+    return smooth / smooth.std(dim=(2, 3), keepdim=True)
+
+
+def smooth_pair(side: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Query and key (1, C, S, S): smooth features and a smoothly deformed, noisy copy."""
+    generator = torch.Generator().manual_seed(seed)
+    max_displacement = side / 16
+    margin = math.ceil(max_displacement) + 2
+    canvas_side = side + 2 * margin
+    canvas = smooth_noise(CHANNELS, canvas_side, canvas_side, SMOOTH_FEATURE_SIGMA, generator)
+    query = canvas[:, :, margin : margin + side, margin : margin + side]
+    displacement = smooth_noise(2, side, side, side / 8, generator)
+    displacement = displacement * (max_displacement / displacement.abs().amax())
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    source_x = x + margin + displacement[0, 0]
+    source_y = y + margin + displacement[0, 1]
+    grid = torch.stack([source_x, source_y], dim=-1) * (2 / (canvas_side - 1)) - 1
+    key = F.grid_sample(canvas, grid.unsqueeze(0), mode="bilinear", align_corners=True)
+    key = key + SMOOTH_NOISE_LEVEL * torch.randn(key.shape, generator=generator)
+    return F.normalize(query, dim=1), F.normalize(key, dim=1)
+
+
+def photo_transform(side: int) -> np.ndarray:
+    """The 2x3 affine map A from query pixel (x, y) to its key pixel."""
+    matrix = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), PHOTO_ROTATION_DEG, PHOTO_SCALE)
+    matrix[:, 2] += np.array(PHOTO_SHIFT) * side
+    return matrix
+
+
+def photo_features(image: np.ndarray) -> Tensor:
+    """(1, C, H, W) features of an RGB float image (see the module docstring)."""
+    blurred = [cv2.GaussianBlur(image, (0, 0), sigma) for sigma in PHOTO_BLUR_SIGMAS]
+    stack = torch.from_numpy(np.concatenate(blurred, axis=2)).permute(2, 0, 1).unsqueeze(0)
+    bank = torch.randn(CHANNELS, stack.shape[1], 3, 3, generator=torch.Generator().manual_seed(0))
+    features = torch.tanh(F.conv2d(stack, bank, padding=1))
+    mean = features.mean(dim=(2, 3), keepdim=True)
+    std = features.std(dim=(2, 3), keepdim=True)
+    return F.normalize((features - mean) / std, dim=1)
+
+
+def photo_pair(side: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Query and key features (1, C, S, S) and the true key point (x, y) of every query pixel
+    (S, S, 2): the key is an affine warp of the query photo."""
+    from skimage import data
+
+    photo = cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+    photo = photo.astype(np.float32) / 255.0
+    matrix = photo_transform(side)
+    warped = cv2.warpAffine(
+        photo, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    y, x = np.mgrid[0:side, 0:side].astype(np.float64)
+    true_xy = np.stack([x, y, np.ones_like(x)], axis=-1) @ matrix.T
+    return photo_features(photo), photo_features(warped), torch.from_numpy(true_xy).float()
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def exact_in_bands(query: Tensor, key: Tensor, k: int, max_pairs: int = 2**27) -> tuple[Tensor, Tensor]:
+    """``exact_knn`` over bands of query rows, each scoring at most ``max_pairs`` pairs."""
+    Hk, Wk = key.shape[2:]
+    rows = max(1, max_pairs // (query.shape[3] * Hk * Wk))
+    bands = [
+        cocosnet_ops.exact_knn(query[:, :, r : r + rows], key, k) for r in range(0, query.shape[2], rows)
+    ]
+    return torch.cat([b[0] for b in bands], dim=2), torch.cat([b[1] for b in bands], dim=2)
+
+
+def pooled(features: Tensor, factor: int) -> Tensor:
+    return features if factor == 1 else F.normalize(F.avg_pool2d(features, factor), dim=1)
+
+
+def hierarchical_search(
+    query: Tensor,
+    key: Tensor,
+    k: int,
+    iters: int,
+    random_search: bool,
+    levels: int,
+    upsample_options: dict[str, int],
+) -> tuple[Tensor, Tensor]:
+    """Exact kNN at 1 / 2**levels, then upsample + patch_match level by level to full size.
+
+    ``upsample_options`` (window, dilation) go to ``nnf_upsample``; empty: its defaults."""
+    factor = 2**levels
+    nnf, scores = exact_in_bands(pooled(query, factor), pooled(key, factor), k)
+    while factor > 1:
+        factor //= 2
+        fq, fk = pooled(query, factor), pooled(key, factor)
+        init = cocosnet_ops.nnf_upsample(nnf, fk.shape[2:], fq.shape[2:], **upsample_options)
+        nnf, scores = cocosnet_ops.patch_match(fq, fk, k, iters, init=init, random_search=random_search)
+    return nnf, scores
+
+
+def recall(found: tuple[Tensor, Tensor], exact: tuple[Tensor, Tensor]) -> tuple[float, float]:
+    """(recall@1, recall@K) of found (nnf, scores) against exact (nnf, scores)."""
+    found_nnf, found_scores = found
+    exact_nnf, exact_scores = exact
+    top1 = (found_scores[:, 0] >= exact_scores[:, 0] - SCORE_TOLERANCE) | (found_nnf[:, 0] == exact_nnf[:, 0])
+    shared = (found_nnf.unsqueeze(2) == exact_nnf.unsqueeze(1)).any(dim=2).sum(dim=1)
+    return top1.float().mean().item(), (shared.float() / found_nnf.shape[1]).mean().item()
+
+
+def end_point_errors(nnf: Tensor, key_size: tuple[int, int], true_xy: Tensor | None) -> dict:
+    """Mean and median distance from the top-1 match to the true key point, over the query
+    pixels whose true point lies inside the key map (empty without a true correspondence)."""
+    if true_xy is None:
+        return {"epe_px": "", "epe_median_px": ""}
+    found = nnf_utils.index_to_xy(nnf[:, :1], key_size)[0, 0].float()
+    inside = (
+        (true_xy[..., 0] >= 0)
+        & (true_xy[..., 0] <= key_size[1] - 1)
+        & (true_xy[..., 1] >= 0)
+        & (true_xy[..., 1] <= key_size[0] - 1)
+    )
+    errors = (found - true_xy).norm(dim=-1)[inside]
+    return {"epe_px": errors.mean().item(), "epe_median_px": errors.median().item()}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    upsample_options = {
+        name: getattr(args, name) for name in ("window", "dilation") if getattr(args, name) is not None
+    }
+    rows = []
+    for dataset in args.datasets:
+        if dataset == "smooth":
+            query, key = smooth_pair(args.side)
+            true_xy = None
+        else:
+            query, key, true_xy = photo_pair(args.side)
+        key_size = (key.shape[2], key.shape[3])
+        start = time.perf_counter()
+        exact = exact_in_bands(query, key, args.k)
+        base = {"dataset": dataset, "side": args.side, "k": args.k}
+        rows.append(
+            {
+                **base,
+                "init": "exact",
+                "random_search": "",
+                "iters": "",
+                "recall_at_1": 1.0,
+                "recall_at_k": 1.0,
+                **end_point_errors(exact[0], key_size, true_xy),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(format_progress(rows[-1]), flush=True)
+        for init in INITS:
+            for random_search in (True, False):
+                for iters in range(args.iters + 1):
+                    start = time.perf_counter()
+                    if init == "hierarchical":
+                        found = hierarchical_search(
+                            query, key, args.k, iters, random_search, args.levels, upsample_options
+                        )
+                    else:
+                        found = cocosnet_ops.patch_match(
+                            query, key, args.k, iters, random_search=random_search
+                        )
+                    seconds = time.perf_counter() - start
+                    recall_at_1, recall_at_k = recall(found, exact)
+                    rows.append(
+                        {
+                            **base,
+                            "init": init,
+                            "random_search": random_search,
+                            "iters": iters,
+                            "recall_at_1": recall_at_1,
+                            "recall_at_k": recall_at_k,
+                            **end_point_errors(found[0], key_size, true_xy),
+                            "seconds": seconds,
+                        }
+                    )
+                    print(format_progress(rows[-1]), flush=True)
+    return rows
+
+
+def format_epe(row: dict) -> str:
+    return f"{row['epe_px']:.2f} / {row['epe_median_px']:.2f}" if row["epe_px"] != "" else ""
+
+
+def format_progress(row: dict) -> str:
+    search = "" if row["init"] == "exact" else f", random search {row['random_search']}, iters {row['iters']}"
+    epe = f", EPE mean / median {format_epe(row)} px" if row["epe_px"] != "" else ""
+    return (
+        f"{row['dataset']} {row['init']}{search}: recall@1 {row['recall_at_1']:.4f}, "
+        f"recall@{row['k']} {row['recall_at_k']:.4f}{epe} ({row['seconds']:.1f} s)"
+    )
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: round(v, 6) if isinstance(v, float) else v for c, v in row.items()})
+
+
+def searches(rows: list[dict]) -> dict[tuple[str, str, bool], list[dict]]:
+    """Rows of each (dataset, init, random_search), ordered by iterations."""
+    groups: dict[tuple[str, str, bool], list[dict]] = {}
+    for row in rows:
+        if row["init"] != "exact":
+            groups.setdefault((row["dataset"], row["init"], row["random_search"]), []).append(row)
+    return {key: sorted(group, key=lambda r: r["iters"]) for key, group in groups.items()}
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows}, key=DATASETS.index)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 8), squeeze=False)
+    for (dataset, init, random_search), group in searches(rows).items():
+        column = datasets.index(dataset)
+        label = f"{init} init, random search {'on' if random_search else 'off'}"
+        style = "-" if random_search else "--"
+        colour = "C0" if init == "random" else "C1"
+        iters = [r["iters"] for r in group]
+        for row_index, metric in enumerate(("recall_at_1", "recall_at_k")):
+            ax = axes[row_index, column]
+            ax.plot(iters, [r[metric] for r in group], style, color=colour, marker="o", label=label)
+    k = rows[0]["k"]
+    for column, dataset in enumerate(datasets):
+        for row_index, name in enumerate(("recall@1", f"recall@{k}")):
+            ax = axes[row_index, column]
+            ax.set_title(f"{dataset}, side {rows[0]['side']}: {name}")
+            ax.set_xlabel("patch_match iterations (per level)")
+            ax.set_ylim(0, 1.02)
+            ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    groups = searches(rows)
+    iters = [r["iters"] for r in next(iter(groups.values()))]
+    k = rows[0]["k"]
+    header = (
+        "| data | init | random search | "
+        + " | ".join(f"recall@1, {i} it" for i in iters)
+        + f" | recall@{k}, {iters[-1]} it | EPE mean / median (px), {iters[-1]} it |"
+    )
+    lines = [header, "|---|---|---|" + "---:|" * (len(iters) + 2)]
+    for row in rows:
+        if row["init"] == "exact":
+            lines.append(
+                f"| {row['dataset']} | exact kNN | | " + " | " * len(iters) + f"1 | {format_epe(row)} |"
+            )
+    for (dataset, init, random_search), group in groups.items():
+        last = group[-1]
+        recalls = " | ".join(f"{r['recall_at_1']:.3f}" for r in group)
+        lines.append(
+            f"| {dataset} | {init} | {'on' if random_search else 'off'} | {recalls} "
+            f"| {last['recall_at_k']:.3f} | {format_epe(last)} |"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=5, help="sweep patch_match iterations 0..ITERS")
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument(
+        "--levels", type=int, default=2, help="hierarchical init: coarsest level 1 / 2**LEVELS"
+    )
+    parser.add_argument("--window", type=int, help="nnf_upsample window (default: the op's)")
+    parser.add_argument("--dilation", type=int, help="nnf_upsample dilation (default: the op's)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recall.csv"))
+    args = parser.parse_args(argv)
+    if args.iters < 0 or args.levels < 1:
+        parser.error("--iters must be >= 0 and --levels >= 1")
+    if args.side % 2**args.levels or (args.side // 2**args.levels) ** 2 < args.k:
+        parser.error("--side must be a multiple of 2**levels with at least k pixels at that level")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}; torch threads: {torch.get_num_threads()}")
+    with torch.no_grad():
+        rows = run(args)
+    write_csv(rows, args.out)
+    plot_path = args.out.with_suffix(".png")
+    write_plot(rows, plot_path)
+    print(f"\nwrote {args.out} and {plot_path}\n")
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Smoke tests of the benchmark scripts: their smallest configurations, and the recall metric."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import cocosnet_ops
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), BENCHMARKS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_warp_smallest_configuration(tmp_path):
+    out = tmp_path / "warp.csv"
+    patchmatch = "patchmatch_cpu" if cocosnet_ops.HAS_COMPILED else "patchmatch_torch"
+    stdout = run_script(
+        "bench_warp.py",
+        *("--sides", "32", "64", "--channels", "32", "--methods", "dense", patchmatch, "--iters", "2"),
+        *("--repeats", "1", "--memory-limit-gib", "0.1", "--out", str(out)),
+    )
+    columns, rows = read_csv(out)
+    assert columns == list(load_script("bench_warp.py").COLUMNS)
+    assert (tmp_path / "warp.png").stat().st_size > 0
+    status = {(r["method"], r["side"]): r["status"] for r in rows}
+    assert status[("dense", "32")] == "ok"
+    assert status[("dense", "64")] == "skipped (needs 1 GiB)"
+    assert status[(patchmatch, "32")] == "ok"
+    for row in rows:
+        if row["status"] == "ok":
+            assert float(row["forward_backward_s"]) > 0
+            assert float(row["forward_backward_peak_mib"]) >= 0
+    assert "| dense | 64 | 32 | skipped (needs 1 GiB) |" in stdout
+
+
+def test_bench_warp_memory_estimates_skip_the_dense_warp_from_side_256():
+    bench_warp = load_script("bench_warp.py")
+    gib = 2**30
+    assert bench_warp.estimate_bytes("dense", 128, 64, 16) / gib == 4
+    assert bench_warp.estimate_bytes("dense", 256, 64, 16) / gib > 20
+    assert bench_warp.estimate_bytes("sdpa", 1024, 64, 16) / gib < 20
+    assert bench_warp.estimate_bytes("patchmatch_cpu", 1024, 64, 16) / gib < 2
+
+
+def test_bench_recall_smallest_configuration(tmp_path):
+    out = tmp_path / "recall.csv"
+    stdout = run_script("bench_recall.py", "--side", "32", "--iters", "1", "--out", str(out))
+    columns, rows = read_csv(out)
+    assert columns == list(load_script("bench_recall.py").COLUMNS)
+    assert (tmp_path / "recall.png").stat().st_size > 0
+    assert {r["dataset"] for r in rows} == {"smooth", "photo"}
+    assert {(r["init"], r["random_search"]) for r in rows} == {
+        ("exact", ""),
+        ("random", "True"),
+        ("random", "False"),
+        ("hierarchical", "True"),
+        ("hierarchical", "False"),
+    }
+    for row in rows:
+        assert 0 <= float(row["recall_at_1"]) <= 1 and 0 <= float(row["recall_at_k"]) <= 1
+        assert (row["epe_px"] != "") == (row["dataset"] == "photo")
+    assert "| photo | hierarchical | on |" in stdout
+
+
+def test_recall_definitions():
+    bench_recall = load_script("bench_recall.py")
+    exact_nnf = torch.tensor([[1, 2], [3, 4]], dtype=torch.int32).view(1, 2, 1, 2)
+    exact_scores = torch.tensor([[0.9, 0.5], [0.8, 0.4]]).view(1, 2, 1, 2)
+    # pixel 0: another index with the same best score (a tie) and one shared of two;
+    # pixel 1: a worse best match, and nothing shared.
+    found_nnf = torch.tensor([[7, 5], [3, 6]], dtype=torch.int32).view(1, 2, 1, 2)
+    found_scores = torch.tensor([[0.9, 0.3], [0.8, 0.2]]).view(1, 2, 1, 2)
+    recall_at_1, recall_at_k = bench_recall.recall((found_nnf, found_scores), (exact_nnf, exact_scores))
+    assert recall_at_1 == 0.5
+    assert recall_at_k == 0.25
