@@ -14,7 +14,9 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17"]
+    # at::parallel_for expands to an OpenMP loop in the including file: without -fopenmp it runs
+    # on one thread.
+    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fopenmp"]
     want_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     if os.environ.get("FORCE_CPU") == "1" or not cuda_sources or torch.version.cuda is None:
         want_cuda = False
@@ -24,8 +26,11 @@ def extension():
             sources + cuda_sources,
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+            extra_link_args=["-fopenmp"],
         )
-    return CppExtension("cocosnet_ops._C", sources, extra_compile_args={"cxx": cxx_flags})
+    return CppExtension(
+        "cocosnet_ops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
+    )
 
 
 setup(
