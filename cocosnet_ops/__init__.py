@@ -7,6 +7,7 @@
 >>> warp = cocosnet_ops.weighted_gather(fq, fk, torch.rand(1, 3, 40, 24), nnf, temperature=0.01)
 """
 
+from . import nnf
 from .ops import (
     BACKENDS,
     HAS_COMPILED,
@@ -26,6 +27,7 @@ __all__ = [
     "dense_warp",
     "evaluate_candidates",
     "exact_knn",
+    "nnf",
     "nnf_upsample",
     "patch_match",
     "weighted_gather",
