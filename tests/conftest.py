@@ -70,3 +70,13 @@ def int_feats():
 @pytest.fixture(scope="session")
 def values():
     return make_values
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """For modules of tiny tensors: more intra-op threads only add synchronisation, which on a
+    busy 2-core CI machine costs far more than the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

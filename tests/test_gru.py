@@ -9,15 +9,7 @@ from models import Correspondence, SepConvGRU, UpdateBlock
 from models.gru import CandidateEncoder
 from models.losses import warp_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """The tensors here are tiny: more intra-op threads only add synchronisation, which on a busy
-    2-core CI machine costs far more than the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def test_sep_conv_gru_with_zero_weights_halves_the_state_twice():
