@@ -202,7 +202,8 @@ HOST_DEVICE void offer_all(TopK<T>& list, const Scorer<T>& scorer, const int* ca
       if (ahead >= 0) prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
     }
     const int candidate = candidates[i * stride];
-    if (candidate >= 0) offer(list, scorer, candidate);
+    // Out-of-range entries are skipped, so no input reads outside the key map.
+    if (candidate >= 0 && candidate < scorer.ks.pixels()) offer(list, scorer, candidate);
   }
 }
 
@@ -231,6 +232,15 @@ HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int*
 }
 
 // ------------------------------------------------------------------------------ PatchMatch
+
+// The random-search radii for a key map: halving from half its larger side down to 1, at most
+// kMaxRadii of them, written to `radii`; returns their number.
+HOST_DEVICE int search_radii(MapSize ks, int* radii) {
+  int count = 0;
+  for (int r = (ks.height > ks.width ? ks.height : ks.width) / 2; r >= 1 && count < kMaxRadii; r /= 2)
+    radii[count++] = r;
+  return count;
+}
 
 // Most candidates one PatchMatch iteration proposes for a pixel (see step_candidates).
 HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMaxRadii; }
@@ -306,7 +316,8 @@ HOST_DEVICE void upsample_pixel(int* out, int out_stride, const int* coarse, int
                     (query.width * coarse_key.width);
   const int first = (window - 1) / 2;
   for (int m = 0; m < k; ++m) {
-    const int match = coarse[m * coarse_query.pixels() + cy * coarse_query.width + cx];
+    const int match = clamp_int(coarse[m * coarse_query.pixels() + cy * coarse_query.width + cx], 0,
+                                coarse_key.pixels() - 1);
     const int base_y = (match / coarse_key.width) * key.height / coarse_key.height + off_y;
     const int base_x = (match % coarse_key.width) * key.width / coarse_key.width + off_x;
     for (int i = 0; i < window; ++i) {

@@ -44,9 +44,79 @@ inline void check_index_map(const at::Tensor& t, const char* name, const at::Ten
   TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == query.size(0) && t.size(1) > 0 && t.size(2) == query.size(2) &&
                         t.size(3) == query.size(3),
                     name, ": expected shape (B, K, Hq, Wq) matching the query");
+  // Only on the CPU: on a GPU the scan would be a host sync per op, and the kernels clamp.
+  if (!t.is_cpu()) return;
   auto [low, high] = at::aminmax(t);
   TORCH_CHECK_VALUE(low.item<int>() >= 0 && high.item<int>() < key_pixels, name,
                     ": entries must be flat key indices in [0, ", key_pixels, ")");
+}
+
+inline void check_search_args(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
+  check_pair(query, key);
+  TORCH_CHECK_VALUE(k >= 1 && k <= key.size(2) * key.size(3), "k: expected 1 <= k <= key pixels, got ", k);
+  TORCH_CHECK_VALUE(patch_size >= 1 && patch_size % 2 == 1, "patch_size: expected an odd size >= 1, got ",
+                    patch_size);
+}
+
+inline void check_iteration_args(int64_t iters, at::IntArrayRef jumps, int64_t seed) {
+  TORCH_CHECK_VALUE(iters >= 0 && iters < 65536, "iters: expected 0 <= iters < 65536, got ", iters);
+  TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected a 32-bit unsigned value, got ", seed);
+  for (int64_t step : jumps) TORCH_CHECK_VALUE(step >= 1, "jump: steps must be >= 1, got ", step);
+}
+
+// The propagation step of iteration `it`: the last given step repeats; none means 1.
+inline int jump_step(at::IntArrayRef jumps, int64_t it) {
+  return jumps.empty() ? 1 : static_cast<int>(jumps[std::min<size_t>(it, jumps.size() - 1)]);
+}
+
+// Candidates (B, M, Hq, Wq) as contiguous (B, Hq, Wq, M), each pixel's run in one place. Entries
+// < 0 mean none; the kernels also skip entries past the key map, so only the CPU scans for them.
+inline at::Tensor candidates_by_pixel(const c10::optional<at::Tensor>& candidates, const at::Tensor& query,
+                                      int64_t key_pixels) {
+  if (!candidates.has_value() || candidates->size(1) == 0)
+    return at::empty({query.size(0), query.size(2), query.size(3), 0}, query.options().dtype(at::kInt));
+  const at::Tensor& c = *candidates;
+  TORCH_CHECK_TYPE(c.scalar_type() == at::kInt, "candidates: expected int32, got ", c.scalar_type());
+  TORCH_CHECK_VALUE(c.dim() == 4 && c.size(0) == query.size(0) && c.size(2) == query.size(2) &&
+                        c.size(3) == query.size(3),
+                    "candidates: expected shape (B, M, Hq, Wq) matching the query");
+  if (c.is_cpu())
+    TORCH_CHECK_VALUE(c.max().item<int>() < key_pixels, "candidates: entries must be < ", key_pixels,
+                      " (or < 0 for none)");
+  return c.permute({0, 2, 3, 1}).contiguous();
+}
+
+// The search state: (B, Hq, Wq, K) indices and scores, ready for the public (B, K, Hq, Wq).
+inline std::tuple<at::Tensor, at::Tensor> to_nnf(const at::Tensor& index, const at::Tensor& score) {
+  return {index.permute({0, 3, 1, 2}).contiguous(), score.permute({0, 3, 1, 2}).contiguous()};
+}
+
+struct UpsampleSizes {
+  MapSize coarse_query, coarse_key, key, query;
+};
+
+inline UpsampleSizes check_upsample_args(const at::Tensor& nnf, at::IntArrayRef coarse_key_size,
+                                         at::IntArrayRef key_size, at::IntArrayRef query_size, int64_t window,
+                                         int64_t dilation) {
+  TORCH_CHECK_TYPE(nnf.scalar_type() == at::kInt, "nnf: expected int32, got ", nnf.scalar_type());
+  TORCH_CHECK_VALUE(nnf.dim() == 4 && nnf.numel() > 0, "nnf: expected a non-empty (B, K, H, W) tensor");
+  TORCH_CHECK_VALUE(coarse_key_size.size() == 2 && key_size.size() == 2 && query_size.size() == 2,
+                    "key_size, query_size, coarse_key_size: expected (height, width) pairs");
+  TORCH_CHECK_VALUE(window >= 1 && dilation >= 0, "window: expected >= 1 and dilation >= 0");
+  const UpsampleSizes s{map_size(nnf),
+                        {static_cast<int>(coarse_key_size[0]), static_cast<int>(coarse_key_size[1])},
+                        {static_cast<int>(key_size[0]), static_cast<int>(key_size[1])},
+                        {static_cast<int>(query_size[0]), static_cast<int>(query_size[1])}};
+  TORCH_CHECK_VALUE(s.coarse_key.height >= 1 && s.coarse_key.width >= 1 && s.key.height >= 1 && s.key.width >= 1 &&
+                        s.query.height >= s.coarse_query.height && s.query.width >= s.coarse_query.width,
+                    "query_size: must be at least the coarse NNF's size; sizes must be positive");
+  // Only on the CPU: the kernels clamp coarse matches into the map, so none is read out of bounds.
+  if (nnf.is_cpu()) {
+    auto [low, high] = at::aminmax(nnf);
+    TORCH_CHECK_VALUE(low.item<int>() >= 0 && high.item<int>() < s.coarse_key.pixels(),
+                      "nnf: entries must be flat indices into the coarse key map");
+  }
+  return s;
 }
 
 inline void check_temperature(double temperature) {

@@ -1,0 +1,139 @@
+// CUDA kernels of the search ops: one thread per query pixel, running the per-pixel code of
+// patch_match.h that the CPU kernels run too. Each thread keeps its top-K list and its
+// candidates in fixed-size arrays; every iteration is its own launch reading the previous
+// NNF and writing the next (double-buffered), so the result does not depend on scheduling.
+#include <cuda_runtime.h>
+
+#include "kernels.h"
+
+namespace cocosnet_ops {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+unsigned int blocks_for(int64_t work) { return static_cast<unsigned int>((work + kThreads - 1) / kThreads); }
+
+Error launch_error() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+template <typename T, int KMax>
+__device__ void store_list(const int* list_index, const T* list_score, int k, int64_t pixel, int* index, T* score) {
+  for (int i = 0; i < k; ++i) {
+    index[pixel * k + i] = list_index[i];
+    score[pixel * k + i] = list_score[i];
+  }
+}
+
+template <typename T, int KMax>
+__global__ void __launch_bounds__(kThreads)
+    initial_search_kernel(SearchArgs<T> args, const int* __restrict__ candidates, int count, int* __restrict__ index,
+                          T* __restrict__ score) {
+  const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (pixel >= args.pixels()) return;
+  const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
+  int list_index[KMax];
+  T list_score[KMax];
+  TopK<T> list{list_index, list_score, args.k, 0};
+  initial_topk(list, args.scorer(b, p), candidates + pixel * count, count, 1, args.seed, static_cast<uint32_t>(p));
+  store_list<T, KMax>(list_index, list_score, args.k, pixel, index, score);
+}
+
+template <typename T, int KMax>
+__global__ void __launch_bounds__(kThreads)
+    search_step_kernel(SearchArgs<T> args, Radii radii, int step, int iteration,
+                       const int* __restrict__ previous_index, const T* __restrict__ previous_score,
+                       int* __restrict__ index, T* __restrict__ score) {
+  const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (pixel >= args.pixels()) return;
+  const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
+  int list_index[KMax];
+  T list_score[KMax];
+  int scratch[4 * KMax + kSearchAnchors * kMaxRadii];
+  TopK<T> list{list_index, list_score, args.k, 0};
+  const int64_t batch_nnf = int64_t{b} * args.qs.pixels() * args.k;
+  patch_match_step(list, scratch, args.scorer(b, p), previous_index + batch_nnf, previous_score + batch_nnf, step,
+                   radii.value, radii.count, args.seed, iteration, static_cast<uint32_t>(p));
+  store_list<T, KMax>(list_index, list_score, args.k, pixel, index, score);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    nnf_upsample_kernel(const int* __restrict__ coarse, int* __restrict__ out, int batch, int k,
+                        MapSize coarse_query, MapSize query, MapSize coarse_key, MapSize key, int window,
+                        int dilation) {
+  const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (pixel >= int64_t{batch} * query.pixels()) return;
+  const int b = static_cast<int>(pixel / query.pixels()), p = static_cast<int>(pixel % query.pixels());
+  upsample_pixel(out + int64_t{b} * k * window * window * query.pixels() + p, query.pixels(),
+                 coarse + int64_t{b} * k * coarse_query.pixels(), k, p / query.width, p % query.width, coarse_query,
+                 query, coarse_key, key, window, dilation);
+}
+
+template <typename T, int KMax>
+Error initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
+                     cudaStream_t stream) {
+  initial_search_kernel<T, KMax><<<blocks_for(args.pixels()), kThreads, 0, stream>>>(args, candidates, count, index,
+                                                                                     score);
+  return launch_error();
+}
+
+template <typename T, int KMax>
+Error search_step(const SearchArgs<T>& args, const Radii& radii, int step, int iteration, const int* previous_index,
+                  const T* previous_score, int* index, T* score, cudaStream_t stream) {
+  search_step_kernel<T, KMax><<<blocks_for(args.pixels()), kThreads, 0, stream>>>(
+      args, radii, step, iteration, previous_index, previous_score, index, score);
+  return launch_error();
+}
+
+constexpr const char* kTooManyMatches = "k exceeds the largest list the CUDA search kernels keep";
+
+}  // namespace
+
+template <typename T>
+Error launch_initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
+                            void* stream) {
+  if (args.pixels() == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (args.k <= 8) return initial_search<T, 8>(args, candidates, count, index, score, s);
+  if (args.k <= 16) return initial_search<T, 16>(args, candidates, count, index, score, s);
+  if (args.k <= 32) return initial_search<T, 32>(args, candidates, count, index, score, s);
+  if (args.k <= kMaxK) return initial_search<T, kMaxK>(args, candidates, count, index, score, s);
+  return kTooManyMatches;
+}
+
+template <typename T>
+Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, int step, int iteration,
+                         const int* previous_index, const T* previous_score, int* index, T* score, void* stream) {
+  if (args.pixels() == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (args.k <= 8)
+    return search_step<T, 8>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+  if (args.k <= 16)
+    return search_step<T, 16>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+  if (args.k <= 32)
+    return search_step<T, 32>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+  if (args.k <= kMaxK)
+    return search_step<T, kMaxK>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+  return kTooManyMatches;
+}
+
+Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize coarse_query, MapSize query,
+                          MapSize coarse_key, MapSize key, int window, int dilation, void* stream) {
+  const int64_t pixels = int64_t{batch} * query.pixels();
+  if (pixels == 0) return nullptr;
+  nnf_upsample_kernel<<<blocks_for(pixels), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      coarse, out, batch, k, coarse_query, query, coarse_key, key, window, dilation);
+  return launch_error();
+}
+
+template Error launch_initial_search<float>(const SearchArgs<float>&, const int*, int, int*, float*, void*);
+template Error launch_initial_search<double>(const SearchArgs<double>&, const int*, int, int*, double*, void*);
+template Error launch_search_step<float>(const SearchArgs<float>&, const Radii&, int, int, const int*, const float*,
+                                         int*, float*, void*);
+template Error launch_search_step<double>(const SearchArgs<double>&, const Radii&, int, int, const int*,
+                                          const double*, int*, double*, void*);
+
+}  // namespace cuda
+}  // namespace cocosnet_ops
