@@ -30,7 +30,9 @@ def cuda_toolkit_root() -> str | None:
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return None
-    dry_run = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True).stderr
+    dry_run = subprocess.run(
+        [nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True
+    ).stderr
     for line in dry_run.splitlines():
         if line.startswith("#$ _HERE_="):
             return os.path.dirname(line.split("=", 1)[1].strip())
@@ -57,10 +59,9 @@ def extension():
     # BuildExtension finds nvcc through this module attribute.
     cpp_extension.CUDA_HOME = cuda_root
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    library_dir = next(
-        d for d in (os.path.join(cuda_root, "lib64"), os.path.join(cuda_root, "targets", "x86_64-linux", "lib"))
-        if os.path.isdir(d)
-    )
+    library_dir = os.path.join(cuda_root, "lib64")
+    if not os.path.isdir(library_dir):
+        library_dir = os.path.join(cuda_root, "targets", "x86_64-linux", "lib")
     # CppExtension, not CUDAExtension: the latter links torch_cuda and c10_cuda, which a CPU-only
     # torch lacks. The CUDA glue needs neither.
     return CppExtension(

@@ -24,6 +24,12 @@ except ImportError:  # a source checkout that has not been built: the torch back
     HAS_COMPILED = False
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
+# Whether this build of _C has the CUDA kernels (FORCE_CUDA=1, or torch with CUDA and nvcc).
+HAS_CUDA_KERNELS = HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "cocosnet_ops::patch_match", "CUDA"
+)
+# The CUDA search kernels keep their top-K lists in fixed-size arrays of at most this many.
+MAX_CUDA_K = 64
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ops = torch.ops.cocosnet_ops
 
@@ -143,18 +149,28 @@ def _check_index_map(
 def _choose_backend(backend: str | None, device: torch.device) -> str:
     if backend is None:
         if device.type == "cuda":
-            if HAS_COMPILED and torch.cuda.is_available() and hasattr(_C, "CUDA"):
-                return "cuda"
-            return "torch"
+            return "cuda" if HAS_CUDA_KERNELS else "torch"
         return "cpu" if HAS_COMPILED and device.type == "cpu" else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
     if backend == "cpu" and (device.type != "cpu" or not HAS_COMPILED):
         why = "the extension cocosnet_ops._C is not built" if not HAS_COMPILED else f"tensors are on {device}"
         raise ValueError(f"backend: 'cpu' is not available here ({why})")
-    if backend in ("cuda", "triton"):
-        raise ValueError(f"backend: {backend!r} kernels are not part of this build; use 'cpu' or 'torch'")
+    if backend == "cuda" and (device.type != "cuda" or not HAS_CUDA_KERNELS):
+        why = (
+            f"tensors are on {device}"
+            if device.type != "cuda"
+            else "cocosnet_ops._C was built without CUDA kernels; rebuild with FORCE_CUDA=1"
+        )
+        raise ValueError(f"backend: 'cuda' is not available here ({why})")
+    if backend == "triton":
+        raise ValueError("backend: 'triton' kernels are not part of this build; use 'cuda', 'cpu' or 'torch'")
     return backend
+
+
+def _check_cuda_k(k: int, chosen: str) -> None:
+    if chosen == "cuda" and k > MAX_CUDA_K:
+        raise ValueError(f"k: the CUDA search kernels keep at most {MAX_CUDA_K} matches per pixel, got {k}")
 
 
 def _as_float(t: Tensor) -> Tensor:
@@ -224,6 +240,7 @@ def patch_match(
     if init is not None:
         _check_index_map("init", init, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device)
+    _check_cuda_k(k, chosen)
     query, key = _search_input(query), _search_input(key)
     init = init.contiguous() if init is not None else None
     if chosen == "torch":
@@ -249,6 +266,7 @@ def evaluate_candidates(
     _check_patch_size(patch_size)
     _check_index_map("candidates", candidates, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device)
+    _check_cuda_k(k, chosen)
     query, key, candidates = _search_input(query), _search_input(key), candidates.contiguous()
     if chosen == "torch":
         return reference.evaluate_candidates(query, key, candidates, k, patch_size)
