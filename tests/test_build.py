@@ -24,7 +24,9 @@ def defined_ops() -> list[str]:
 
 def test_cuda_kernels_expected_by_the_build_are_there():
     if os.environ.get("COCOSNET_EXPECT_CUDA_KERNELS") == "1":
-        assert cocosnet_ops.HAS_CUDA_KERNELS, "this build was asked for CUDA kernels (FORCE_CUDA=1) but has none"
+        assert cocosnet_ops.HAS_CUDA_KERNELS, (
+            "this build was asked for CUDA kernels (FORCE_CUDA=1) but has none"
+        )
     elif not cocosnet_ops.HAS_CUDA_KERNELS:
         pytest.skip("this build has no CUDA kernels and none was asked for")
 
