@@ -72,7 +72,7 @@ def extension():
         library_dirs=[library_dir],
         libraries=["cudart"],
         runtime_library_dirs=[library_dir],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "-lineinfo", "--use_fast_math"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
         extra_link_args=["-fopenmp"],
     )
 

@@ -154,6 +154,103 @@ struct TopK {
     index[i] = candidate;
     score[i] = s;
   }
+
+  // Make the list the k sorted, distinct entries given.
+  HOST_DEVICE void assign(const int* from_index, const T* from_score) {
+    for (int i = 0; i < k; ++i) {
+      index[i] = from_index[i];
+      score[i] = from_score[i];
+    }
+    count = k;
+  }
+};
+
+// The same list held in registers, for the GPU: every loop runs over the compile-time bound
+// KMax (unrolled, so no array is indexed at run time and none spills to local memory), and
+// slots past the current entries hold a sentinel that every real candidate ranks before.
+// It keeps exactly the entries TopK keeps, in the same order.
+template <typename T, int KMax>
+struct RegisterTopK {
+  static constexpr int kNone = 0x7fffffff;
+  int index[KMax];
+  T score[KMax];
+  int k;
+  int count;
+  int worst_index;  // entry k - 1, or the sentinel while the list is not full
+  T worst_score;
+
+  HOST_DEVICE explicit RegisterTopK(int k_) : k(k_), count(0), worst_index(kNone) {
+    worst_score = -static_cast<T>(INFINITY);
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      index[i] = kNone;
+      score[i] = -static_cast<T>(INFINITY);
+    }
+  }
+
+  HOST_DEVICE bool contains(int candidate) const {
+    bool found = false;
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) found |= index[i] == candidate;
+    return found;
+  }
+
+  HOST_DEVICE bool full() const { return count == k; }
+
+  HOST_DEVICE bool admits(T s, int candidate) const {
+    return count < k || ranks_before(s, candidate, worst_score, worst_index);
+  }
+
+  // The candidate sinks from the top, swapping with every entry it ranks before; what is
+  // carried past entry k - 1 drops out.
+  HOST_DEVICE void insert(int candidate, T s) {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i < k && ranks_before(s, candidate, score[i], index[i])) {
+        const int displaced_index = index[i];
+        const T displaced_score = score[i];
+        index[i] = candidate;
+        score[i] = s;
+        candidate = displaced_index;
+        s = displaced_score;
+      }
+    }
+    count += count < k;
+    update_worst();
+  }
+
+  HOST_DEVICE void assign(const int* from_index, const T* from_score) {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i < k) {
+        index[i] = from_index[i];
+        score[i] = from_score[i];
+      }
+    }
+    count = k;
+    update_worst();
+  }
+
+  HOST_DEVICE void store(int* to_index, T* to_score) const {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i < k) {
+        to_index[i] = index[i];
+        to_score[i] = score[i];
+      }
+    }
+  }
+
+ private:
+  HOST_DEVICE void update_worst() {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i == k - 1) {
+        worst_index = index[i];
+        worst_score = score[i];
+      }
+    }
+  }
 };
 
 // Everything one pixel's search needs to score key indices.
@@ -174,8 +271,9 @@ struct Scorer {
 };
 
 // Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
-template <typename T>
-HOST_DEVICE void offer(TopK<T>& list, const Scorer<T>& scorer, int candidate) {
+// `List` is TopK or RegisterTopK, here and below.
+template <typename T, typename List>
+HOST_DEVICE void offer(List& list, const Scorer<T>& scorer, int candidate) {
   if (list.contains(candidate)) return;
   const T s = scorer(candidate);
   if (list.admits(s, candidate)) list.insert(candidate, s);
@@ -194,8 +292,8 @@ HOST_DEVICE void prefetch_row(const T* row, int length) {
 }
 
 // Offer `count` candidates (stride `stride`; negative entries mean none) in order.
-template <typename T>
-HOST_DEVICE void offer_all(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride) {
+template <typename T, typename List>
+HOST_DEVICE void offer_all(List& list, const Scorer<T>& scorer, const int* candidates, int count, int stride) {
   for (int i = 0; i < count; ++i) {
     if (i + kPrefetchDistance < count) {
       const int ahead = candidates[(i + kPrefetchDistance) * stride];
@@ -210,10 +308,9 @@ HOST_DEVICE void offer_all(TopK<T>& list, const Scorer<T>& scorer, const int* ca
 // The start of every search: the given candidates (negative entries mean none), then, while
 // fewer than k distinct are listed, 2k random draws and a scan of every key index from a random
 // start. `candidates` has `count` entries with stride `stride`.
-template <typename T>
-HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride,
+template <typename T, typename List>
+HOST_DEVICE void initial_topk(List& list, const Scorer<T>& scorer, const int* candidates, int count, int stride,
                               uint32_t seed, uint32_t pixel) {
-  list.count = 0;
   offer_all(list, scorer, candidates, count, stride);
   const int key_pixels = scorer.ks.pixels();
   for (int j = 0; j < 2 * list.k && !list.full(); ++j) {
@@ -245,18 +342,20 @@ HOST_DEVICE int search_radii(MapSize ks, int* radii) {
 // Most candidates one PatchMatch iteration proposes for a pixel (see step_candidates).
 HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMaxRadii; }
 
-// The candidates one double-buffered PatchMatch iteration proposes for a pixel, written to
-// `out` (room for max_step_candidates(k)); returns their number. `previous` holds the whole NNF
-// of this batch item before the iteration, laid out (Hq, Wq, k), best first.
+// The candidates one double-buffered PatchMatch iteration proposes for a pixel, passed in order
+// to `visit` (at most max_step_candidates(k) of them). `previous` holds the whole NNF of this
+// batch item before the iteration, laid out (Hq, Wq, k), best first.
 //  * propagation: the k matches of each neighbour at distance `step` along the axes, shifted
 //    back by that distance in key pixels (dropped when outside the key map);
 //  * random search: for each of the best kSearchAnchors matches and each radius, one uniform
 //    draw in the square of that radius around it, clamped to the key map.
-HOST_DEVICE int step_candidates(int* out, const int* previous, int k, MapSize qs, MapSize ks, int qy, int qx, int step,
-                                const int* radii, int num_radii, uint32_t seed, int iteration, uint32_t pixel) {
-  int count = 0;
+template <typename Visit>
+HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs, MapSize ks, int qy, int qx, int step,
+                                         const int* radii, int num_radii, uint32_t seed, int iteration,
+                                         uint32_t pixel, Visit&& visit) {
   const int neighbour_dy[4] = {-step, step, 0, 0};
   const int neighbour_dx[4] = {0, 0, -step, step};
+#pragma unroll
   for (int n = 0; n < 4; ++n) {
     const int ny = qy + neighbour_dy[n], nx = qx + neighbour_dx[n];
     if (!qs.contains(ny, nx)) continue;
@@ -265,7 +364,7 @@ HOST_DEVICE int step_candidates(int* out, const int* previous, int k, MapSize qs
     const int* theirs = previous + (ny * qs.width + nx) * k;
     for (int i = 0; i < k; ++i) {
       const int ky = theirs[i] / ks.width - shift_y, kx = theirs[i] % ks.width - shift_x;
-      if (ks.contains(ky, kx)) out[count++] = ky * ks.width + kx;
+      if (ks.contains(ky, kx)) visit(ky * ks.width + kx);
     }
   }
   const int* own = previous + (qy * qs.width + qx) * k;
@@ -277,28 +376,31 @@ HOST_DEVICE int step_candidates(int* out, const int* previous, int k, MapSize qs
       const uint32_t draw = static_cast<uint32_t>(a * kMaxRadii + level);
       const int oy = static_cast<int>(counter_random(seed, kStreamSearchY | iteration, pixel, draw) % (2 * r + 1)) - r;
       const int ox = static_cast<int>(counter_random(seed, kStreamSearchX | iteration, pixel, draw) % (2 * r + 1)) - r;
-      out[count++] = clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1);
+      visit(clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1));
     }
   }
-  return count;
 }
 
 // One double-buffered PatchMatch iteration for one pixel: its previous matches (`previous`,
 // `previous_score`: this batch item's NNF before the iteration, (Hq, Wq, k)) compete with the
-// step_candidates, which go through `scratch` (room for max_step_candidates(k)). The result goes
-// to `list`, whose storage must not alias `previous`.
-template <typename T>
-HOST_DEVICE void patch_match_step(TopK<T>& list, int* scratch, const Scorer<T>& scorer, const int* previous,
+// step candidates. The result goes to `list`, whose storage must not alias `previous`. With
+// `scratch` (room for max_step_candidates(k)) the candidates are listed first, so the CPU can
+// prefetch their key rows; without it (the GPU, which hides latency with other threads) each is
+// offered as it is proposed. The order of the offers, and so the result, is the same.
+template <typename T, typename List>
+HOST_DEVICE void patch_match_step(List& list, int* scratch, const Scorer<T>& scorer, const int* previous,
                                   const T* previous_score, int step, const int* radii, int num_radii, uint32_t seed,
                                   int iteration, uint32_t pixel) {
   const int own = scorer.qy * scorer.qs.width + scorer.qx;
-  for (int i = 0; i < list.k; ++i) {
-    list.index[i] = previous[own * list.k + i];
-    list.score[i] = previous_score[own * list.k + i];
+  list.assign(previous + own * list.k, previous_score + own * list.k);
+  if (scratch == nullptr) {
+    for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii,
+                            seed, iteration, pixel, [&](int candidate) { offer(list, scorer, candidate); });
+    return;
   }
-  list.count = list.k;
-  const int count = step_candidates(scratch, previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii,
-                                    num_radii, seed, iteration, pixel);
+  int count = 0;
+  for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii, seed,
+                          iteration, pixel, [&](int candidate) { scratch[count++] = candidate; });
   offer_all(list, scorer, scratch, count, 1);
 }
 

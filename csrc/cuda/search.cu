@@ -1,7 +1,8 @@
 // CUDA kernels of the search ops: one thread per query pixel, running the per-pixel code of
-// patch_match.h that the CPU kernels run too. Each thread keeps its top-K list and its
-// candidates in fixed-size arrays; every iteration is its own launch reading the previous
-// NNF and writing the next (double-buffered), so the result does not depend on scheduling.
+// patch_match.h that the CPU kernels run too. Each thread keeps its top-K list in registers
+// (RegisterTopK, one instance per bound on k) and scores each candidate as it is proposed;
+// every iteration is its own launch reading the previous NNF and writing the next
+// (double-buffered), so the result does not depend on scheduling.
 #include <cuda_runtime.h>
 
 #include "kernels.h"
@@ -20,25 +21,15 @@ Error launch_error() {
 }
 
 template <typename T, int KMax>
-__device__ void store_list(const int* list_index, const T* list_score, int k, int64_t pixel, int* index, T* score) {
-  for (int i = 0; i < k; ++i) {
-    index[pixel * k + i] = list_index[i];
-    score[pixel * k + i] = list_score[i];
-  }
-}
-
-template <typename T, int KMax>
 __global__ void __launch_bounds__(kThreads)
     initial_search_kernel(SearchArgs<T> args, const int* __restrict__ candidates, int count, int* __restrict__ index,
                           T* __restrict__ score) {
   const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (pixel >= args.pixels()) return;
   const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
-  int list_index[KMax];
-  T list_score[KMax];
-  TopK<T> list{list_index, list_score, args.k, 0};
+  RegisterTopK<T, KMax> list(args.k);
   initial_topk(list, args.scorer(b, p), candidates + pixel * count, count, 1, args.seed, static_cast<uint32_t>(p));
-  store_list<T, KMax>(list_index, list_score, args.k, pixel, index, score);
+  list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
 template <typename T, int KMax>
@@ -49,14 +40,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (pixel >= args.pixels()) return;
   const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
-  int list_index[KMax];
-  T list_score[KMax];
-  int scratch[4 * KMax + kSearchAnchors * kMaxRadii];
-  TopK<T> list{list_index, list_score, args.k, 0};
+  RegisterTopK<T, KMax> list(args.k);
   const int64_t batch_nnf = int64_t{b} * args.qs.pixels() * args.k;
-  patch_match_step(list, scratch, args.scorer(b, p), previous_index + batch_nnf, previous_score + batch_nnf, step,
-                   radii.value, radii.count, args.seed, iteration, static_cast<uint32_t>(p));
-  store_list<T, KMax>(list_index, list_score, args.k, pixel, index, score);
+  patch_match_step(list, static_cast<int*>(nullptr), args.scorer(b, p), previous_index + batch_nnf,
+                   previous_score + batch_nnf, step, radii.value, radii.count, args.seed, iteration,
+                   static_cast<uint32_t>(p));
+  list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
 __global__ void __launch_bounds__(kThreads)
