@@ -95,23 +95,32 @@ HOST_DEVICE T rankable(T score) {
 }
 
 // Mean over the patch of the inner products at equal displacements, features zero outside.
-template <typename T>
-HOST_DEVICE T patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
-                          int ky, int kx, int radius) {
-  if (radius == 0) {
-    return rankable(dot(query + static_cast<int64_t>(qy * qs.width + qx) * channels,
-                        key + static_cast<int64_t>(ky * ks.width + kx) * channels, channels));
-  }
+// `pixel_dot(query_pixel, key_pixel)` is the inner product of two pixels' features, given their
+// flat indices in the query and key maps: the CPU computes it in one thread, the GPU across a
+// group of lanes.
+template <typename T, typename PixelDot>
+HOST_DEVICE T patch_score_with(const PixelDot& pixel_dot, MapSize qs, MapSize ks, int qy, int qx, int ky, int kx,
+                               int radius) {
+  if (radius == 0) return rankable(pixel_dot(qy * qs.width + qx, ky * ks.width + kx));
   T total = 0;
   for (int dy = -radius; dy <= radius; ++dy) {
     for (int dx = -radius; dx <= radius; ++dx) {
       if (!qs.contains(qy + dy, qx + dx) || !ks.contains(ky + dy, kx + dx)) continue;
-      total += dot(query + static_cast<int64_t>((qy + dy) * qs.width + qx + dx) * channels,
-                   key + static_cast<int64_t>((ky + dy) * ks.width + kx + dx) * channels, channels);
+      total += pixel_dot((qy + dy) * qs.width + qx + dx, (ky + dy) * ks.width + kx + dx);
     }
   }
   const int side = 2 * radius + 1;
   return rankable(total / static_cast<T>(side * side));
+}
+
+template <typename T>
+HOST_DEVICE T patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
+                          int ky, int kx, int radius) {
+  const auto pixel_dot = [&](int query_pixel, int key_pixel) {
+    return dot(query + static_cast<int64_t>(query_pixel) * channels, key + static_cast<int64_t>(key_pixel) * channels,
+               channels);
+  };
+  return patch_score_with<T>(pixel_dot, qs, ks, qy, qx, ky, kx, radius);
 }
 
 // ------------------------------------------------------------------------------ top-K list
@@ -271,11 +280,12 @@ struct Scorer {
 };
 
 // Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
-// `List` is TopK or RegisterTopK, here and below.
-template <typename T, typename List>
-HOST_DEVICE void offer(List& list, const Scorer<T>& scorer, int candidate) {
+// `List` is TopK or RegisterTopK, and `Score` a Scorer or a type derived from it that scores
+// the same way (the GPU's, which splits each inner product across lanes), here and below.
+template <typename Score, typename List>
+HOST_DEVICE void offer(List& list, const Score& scorer, int candidate) {
   if (list.contains(candidate)) return;
-  const T s = scorer(candidate);
+  const auto s = scorer(candidate);
   if (list.admits(s, candidate)) list.insert(candidate, s);
 }
 
@@ -292,8 +302,8 @@ HOST_DEVICE void prefetch_row(const T* row, int length) {
 }
 
 // Offer `count` candidates (stride `stride`; negative entries mean none) in order.
-template <typename T, typename List>
-HOST_DEVICE void offer_all(List& list, const Scorer<T>& scorer, const int* candidates, int count, int stride) {
+template <typename Score, typename List>
+HOST_DEVICE void offer_all(List& list, const Score& scorer, const int* candidates, int count, int stride) {
   for (int i = 0; i < count; ++i) {
     if (i + kPrefetchDistance < count) {
       const int ahead = candidates[(i + kPrefetchDistance) * stride];
@@ -308,8 +318,8 @@ HOST_DEVICE void offer_all(List& list, const Scorer<T>& scorer, const int* candi
 // The start of every search: the given candidates (negative entries mean none), then, while
 // fewer than k distinct are listed, 2k random draws and a scan of every key index from a random
 // start. `candidates` has `count` entries with stride `stride`.
-template <typename T, typename List>
-HOST_DEVICE void initial_topk(List& list, const Scorer<T>& scorer, const int* candidates, int count, int stride,
+template <typename Score, typename List>
+HOST_DEVICE void initial_topk(List& list, const Score& scorer, const int* candidates, int count, int stride,
                               uint32_t seed, uint32_t pixel) {
   offer_all(list, scorer, candidates, count, stride);
   const int key_pixels = scorer.ks.pixels();
@@ -387,8 +397,8 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
 // `scratch` (room for max_step_candidates(k)) the candidates are listed first, so the CPU can
 // prefetch their key rows; without it (the GPU, which hides latency with other threads) each is
 // offered as it is proposed. The order of the offers, and so the result, is the same.
-template <typename T, typename List>
-HOST_DEVICE void patch_match_step(List& list, int* scratch, const Scorer<T>& scorer, const int* previous,
+template <typename T, typename Score, typename List>
+HOST_DEVICE void patch_match_step(List& list, int* scratch, const Score& scorer, const int* previous,
                                   const T* previous_score, int step, const int* radii, int num_radii, uint32_t seed,
                                   int iteration, uint32_t pixel) {
   const int own = scorer.qy * scorer.qs.width + scorer.qx;

@@ -1,8 +1,9 @@
-// CUDA kernels of the search ops: one thread per query pixel, running the per-pixel code of
-// patch_match.h that the CPU kernels run too. Each thread keeps its top-K list in registers
-// (RegisterTopK, one instance per bound on k) and scores each candidate as it is proposed;
-// every iteration is its own launch reading the previous NNF and writing the next
-// (double-buffered), so the result does not depend on scheduling.
+// CUDA kernels of the search ops. They run the per-pixel code of patch_match.h that the CPU
+// kernels run too, on a group of kLanes lanes per query pixel that share each inner product.
+// Every lane keeps the pixel's top-K list in registers (RegisterTopK, one instance per bound on
+// k) and scores each candidate as it is proposed. Every iteration is its own launch reading the
+// previous NNF and writing the next (double-buffered), so the result does not depend on
+// scheduling.
 #include <cuda_runtime.h>
 
 #include "kernels.h"
@@ -20,16 +21,59 @@ Error launch_error() {
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
+// Lanes that search for one query pixel together. Each reads every kLanes-th channel of a
+// candidate's key row, so the group reads the row in contiguous runs (one lane per row would
+// touch a cache line per lane and load), and a butterfly of shuffles sums the partial
+// products. Every lane ends with the same sum (each addition is commutative), so all lanes of
+// a group keep identical lists and take identical branches.
+constexpr int kLanes = 8;
+
+template <typename T>
+struct LaneGroupScorer : Scorer<T> {
+  int lane;           // 0 .. kLanes - 1
+  unsigned int mask;  // this group's lanes within the warp
+
+  __device__ T pixel_dot(int query_pixel, int key_pixel) const {
+    const T* a = this->query + int64_t{query_pixel} * this->channels;
+    const T* b = this->key + int64_t{key_pixel} * this->channels;
+    T sum = 0;
+    for (int c = lane; c < this->channels; c += kLanes) sum += a[c] * b[c];
+#pragma unroll
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(mask, sum, offset, kLanes);
+    return sum;
+  }
+
+  __device__ T operator()(int candidate) const {
+    const auto dot = [this](int query_pixel, int key_pixel) { return pixel_dot(query_pixel, key_pixel); };
+    return patch_score_with<T>(dot, this->qs, this->ks, this->qy, this->qx, candidate / this->ks.width,
+                               candidate % this->ks.width, this->radius);
+  }
+};
+
+// This thread's pixel (batch-wide flat index) and its group's scorer; false past the last pixel.
+template <typename T>
+__device__ bool group_scorer(const SearchArgs<T>& args, int64_t& pixel, LaneGroupScorer<T>& scorer) {
+  const int64_t thread = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  pixel = thread / kLanes;
+  if (pixel >= args.pixels()) return false;
+  const int lane = static_cast<int>(thread % kLanes);
+  const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
+  const unsigned int group_mask = (1u << kLanes) - 1;
+  scorer = {args.scorer(b, p), lane, group_mask << (threadIdx.x % 32 / kLanes * kLanes)};
+  return true;
+}
+
 template <typename T, int KMax>
 __global__ void __launch_bounds__(kThreads)
     initial_search_kernel(SearchArgs<T> args, const int* __restrict__ candidates, int count, int* __restrict__ index,
                           T* __restrict__ score) {
-  const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (pixel >= args.pixels()) return;
-  const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
+  int64_t pixel;
+  LaneGroupScorer<T> scorer;
+  if (!group_scorer(args, pixel, scorer)) return;
   RegisterTopK<T, KMax> list(args.k);
-  initial_topk(list, args.scorer(b, p), candidates + pixel * count, count, 1, args.seed, static_cast<uint32_t>(p));
-  list.store(index + pixel * args.k, score + pixel * args.k);
+  initial_topk(list, scorer, candidates + pixel * count, count, 1, args.seed,
+               static_cast<uint32_t>(pixel % args.qs.pixels()));
+  if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
 template <typename T, int KMax>
@@ -37,15 +81,15 @@ __global__ void __launch_bounds__(kThreads)
     search_step_kernel(SearchArgs<T> args, Radii radii, int step, int iteration,
                        const int* __restrict__ previous_index, const T* __restrict__ previous_score,
                        int* __restrict__ index, T* __restrict__ score) {
-  const int64_t pixel = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (pixel >= args.pixels()) return;
-  const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
+  int64_t pixel;
+  LaneGroupScorer<T> scorer;
+  if (!group_scorer(args, pixel, scorer)) return;
   RegisterTopK<T, KMax> list(args.k);
-  const int64_t batch_nnf = int64_t{b} * args.qs.pixels() * args.k;
-  patch_match_step(list, static_cast<int*>(nullptr), args.scorer(b, p), previous_index + batch_nnf,
-                   previous_score + batch_nnf, step, radii.value, radii.count, args.seed, iteration,
-                   static_cast<uint32_t>(p));
-  list.store(index + pixel * args.k, score + pixel * args.k);
+  const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
+  patch_match_step(list, static_cast<int*>(nullptr), scorer, previous_index + batch_nnf, previous_score + batch_nnf,
+                   step, radii.value, radii.count, args.seed, iteration,
+                   static_cast<uint32_t>(pixel % args.qs.pixels()));
+  if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -63,15 +107,15 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int KMax>
 Error initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
                      cudaStream_t stream) {
-  initial_search_kernel<T, KMax><<<blocks_for(args.pixels()), kThreads, 0, stream>>>(args, candidates, count, index,
-                                                                                     score);
+  initial_search_kernel<T, KMax><<<blocks_for(args.pixels() * kLanes), kThreads, 0, stream>>>(args, candidates, count,
+                                                                                              index, score);
   return launch_error();
 }
 
 template <typename T, int KMax>
 Error search_step(const SearchArgs<T>& args, const Radii& radii, int step, int iteration, const int* previous_index,
                   const T* previous_score, int* index, T* score, cudaStream_t stream) {
-  search_step_kernel<T, KMax><<<blocks_for(args.pixels()), kThreads, 0, stream>>>(
+  search_step_kernel<T, KMax><<<blocks_for(args.pixels() * kLanes), kThreads, 0, stream>>>(
       args, radii, step, iteration, previous_index, previous_score, index, score);
   return launch_error();
 }
