@@ -37,13 +37,16 @@ HOST_DEVICE uint32_t pcg_hash(uint32_t x) {
   return (word >> 22u) ^ word;
 }
 
+// The part of counter_random that does not depend on the counter: a pixel's draws from one
+// stream hash it once.
+HOST_DEVICE uint32_t random_stream(uint32_t seed, uint32_t stream, uint32_t pixel) {
+  return pcg_hash(pcg_hash(pcg_hash(seed) ^ stream) ^ pixel);
+}
+
 // A random number that is a pure function of its arguments: no state, so no thread order.
 // `pixel` is the query pixel's flat index within its map, so batch items draw alike.
 HOST_DEVICE uint32_t counter_random(uint32_t seed, uint32_t stream, uint32_t pixel, uint32_t counter) {
-  uint32_t h = pcg_hash(seed);
-  h = pcg_hash(h ^ stream);
-  h = pcg_hash(h ^ pixel);
-  return pcg_hash(h ^ counter);
+  return pcg_hash(random_stream(seed, stream, pixel) ^ counter);
 }
 
 // ------------------------------------------------------------------------------ geometry
@@ -55,6 +58,29 @@ HOST_DEVICE int scale_shift(int d, int key_extent, int query_extent) {
 }
 
 HOST_DEVICE int clamp_int(int v, int low, int high) { return v < low ? low : (v > high ? high : v); }
+
+// Division of non-negative int32 values by a fixed positive divisor through a multiply and a
+// shift (Granlund and Montgomery, 1994), exact for every n, d in [0, 2^31): a flat key index
+// splits into row and column without a hardware division per candidate.
+struct FastDivider {
+  uint32_t divisor;
+  uint32_t magic;
+  uint32_t shift;
+
+  HOST_DEVICE explicit FastDivider(int d) : divisor(static_cast<uint32_t>(d)), shift(0) {
+    while ((1u << shift) < divisor) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - divisor)) / divisor + 1);
+  }
+
+  HOST_DEVICE int quotient(int n) const {
+#ifdef __CUDA_ARCH__
+    const uint32_t high = __umulhi(static_cast<uint32_t>(n), magic);
+#else
+    const uint32_t high = static_cast<uint32_t>((uint64_t{static_cast<uint32_t>(n)} * magic) >> 32);
+#endif
+    return static_cast<int>((high + static_cast<uint32_t>(n)) >> shift);
+  }
+};
 
 HOST_DEVICE float exp_of(float x) { return expf(x); }
 HOST_DEVICE double exp_of(double x) { return exp(x); }
@@ -323,15 +349,16 @@ HOST_DEVICE void initial_topk(List& list, const Score& scorer, const int* candid
                               uint32_t seed, uint32_t pixel) {
   offer_all(list, scorer, candidates, count, stride);
   const int key_pixels = scorer.ks.pixels();
+  const uint32_t fill = random_stream(seed, kStreamFill, pixel);
   for (int j = 0; j < 2 * list.k && !list.full(); ++j) {
     if (j + kPrefetchDistance < 2 * list.k) {
-      const uint32_t ahead = counter_random(seed, kStreamFill, pixel, j + kPrefetchDistance) % key_pixels;
+      const uint32_t ahead = pcg_hash(fill ^ (j + kPrefetchDistance)) % key_pixels;
       prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
     }
-    const int candidate = static_cast<int>(counter_random(seed, kStreamFill, pixel, j) % key_pixels);
+    const int candidate = static_cast<int>(pcg_hash(fill ^ j) % key_pixels);
     if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
   }
-  const uint32_t start = counter_random(seed, kStreamFill, pixel, 2 * list.k) % key_pixels;
+  const uint32_t start = pcg_hash(fill ^ (2 * list.k)) % key_pixels;
   for (int t = 0; t < key_pixels && !list.full(); ++t) {
     const int candidate = static_cast<int>((start + t) % key_pixels);
     if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
@@ -365,6 +392,7 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
                                          uint32_t pixel, Visit&& visit) {
   const int neighbour_dy[4] = {-step, step, 0, 0};
   const int neighbour_dx[4] = {0, 0, -step, step};
+  const FastDivider by_width(ks.width);
 #pragma unroll
   for (int n = 0; n < 4; ++n) {
     const int ny = qy + neighbour_dy[n], nx = qx + neighbour_dx[n];
@@ -373,19 +401,22 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
     const int shift_x = scale_shift(neighbour_dx[n], ks.width, qs.width);
     const int* theirs = previous + (ny * qs.width + nx) * k;
     for (int i = 0; i < k; ++i) {
-      const int ky = theirs[i] / ks.width - shift_y, kx = theirs[i] % ks.width - shift_x;
+      const int row = by_width.quotient(theirs[i]);
+      const int ky = row - shift_y, kx = theirs[i] - row * ks.width - shift_x;
       if (ks.contains(ky, kx)) visit(ky * ks.width + kx);
     }
   }
   const int* own = previous + (qy * qs.width + qx) * k;
   const int anchors = k < kSearchAnchors ? k : kSearchAnchors;
+  const uint32_t stream_y = random_stream(seed, kStreamSearchY | iteration, pixel);
+  const uint32_t stream_x = random_stream(seed, kStreamSearchX | iteration, pixel);
   for (int a = 0; a < anchors; ++a) {
-    const int ay = own[a] / ks.width, ax = own[a] % ks.width;
+    const int ay = by_width.quotient(own[a]), ax = own[a] - ay * ks.width;
     for (int level = 0; level < num_radii; ++level) {
       const int r = radii[level];
       const uint32_t draw = static_cast<uint32_t>(a * kMaxRadii + level);
-      const int oy = static_cast<int>(counter_random(seed, kStreamSearchY | iteration, pixel, draw) % (2 * r + 1)) - r;
-      const int ox = static_cast<int>(counter_random(seed, kStreamSearchX | iteration, pixel, draw) % (2 * r + 1)) - r;
+      const int oy = static_cast<int>(pcg_hash(stream_y ^ draw) % (2 * r + 1)) - r;
+      const int ox = static_cast<int>(pcg_hash(stream_x ^ draw) % (2 * r + 1)) - r;
       visit(clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1));
     }
   }
