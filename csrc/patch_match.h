@@ -160,6 +160,8 @@ HOST_DEVICE bool ranks_before(T score_a, int index_a, T score_b, int index_b) {
 // A sorted, duplicate-free list of at most k candidates in caller-provided storage.
 template <typename T>
 struct TopK {
+  // Scans the list before scoring: on a CPU a key row costs more than the scan.
+  static constexpr bool kScoreFirst = false;
   int* index;
   T* score;
   int k;
@@ -206,6 +208,10 @@ struct TopK {
 // It keeps exactly the entries TopK keeps, in the same order.
 template <typename T, int KMax>
 struct RegisterTopK {
+  // Scores before scanning: on a GPU the row load overlaps other warps' work, while the scan
+  // is KMax compares in every lane; most candidates fail the cheap score test after the first
+  // iteration.
+  static constexpr bool kScoreFirst = true;
   static constexpr int kNone = 0x7fffffff;
   int index[KMax];
   T score[KMax];
@@ -310,9 +316,11 @@ struct Scorer {
 // the same way (the GPU's, which splits each inner product across lanes), here and below.
 template <typename Score, typename List>
 HOST_DEVICE void offer(List& list, const Score& scorer, int candidate) {
-  if (list.contains(candidate)) return;
+  // Whether a candidate is listed and whether its score would enter the list are independent,
+  // and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
+  if (!List::kScoreFirst && list.contains(candidate)) return;
   const auto s = scorer(candidate);
-  if (list.admits(s, candidate)) list.insert(candidate, s);
+  if (list.admits(s, candidate) && (!List::kScoreFirst || !list.contains(candidate))) list.insert(candidate, s);
 }
 
 // How many candidates ahead of the one being scored the CPU asks for its key row: rows are
@@ -393,7 +401,8 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
   const int neighbour_dy[4] = {-step, step, 0, 0};
   const int neighbour_dx[4] = {0, 0, -step, step};
   const FastDivider by_width(ks.width);
-#pragma unroll
+  // Not unrolled: four copies of the candidate's scoring would crowd the GPU's instruction cache.
+#pragma unroll 1
   for (int n = 0; n < 4; ++n) {
     const int ny = qy + neighbour_dy[n], nx = qx + neighbour_dx[n];
     if (!qs.contains(ny, nx)) continue;
