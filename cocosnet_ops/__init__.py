@@ -11,6 +11,7 @@ from . import nnf
 from .ops import (
     BACKENDS,
     HAS_COMPILED,
+    bilinear_scores,
     bilinear_weighted_gather,
     dense_warp,
     evaluate_candidates,
@@ -23,6 +24,7 @@ from .ops import (
 __all__ = [
     "BACKENDS",
     "HAS_COMPILED",
+    "bilinear_scores",
     "bilinear_weighted_gather",
     "dense_warp",
     "evaluate_candidates",
