@@ -146,6 +146,30 @@ def _check_index_map(
     return t
 
 
+def _check_coords(coords: object, query: Tensor) -> Tensor:
+    """Continuous (x, y) key positions (B, K, Hq, Wq, 2) matching ``query``, none NaN."""
+    if not isinstance(coords, Tensor):
+        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
+    if coords.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"coords: expected a floating-point tensor of (x, y) positions, got {coords.dtype}")
+    if (
+        coords.dim() != 5
+        or coords.shape[0] != query.shape[0]
+        or coords.shape[2:4] != query.shape[2:]
+        or coords.shape[4] != 2
+        or coords.shape[1] < 1
+    ):
+        raise ValueError(
+            f"coords: expected shape (B={query.shape[0]}, K, {query.shape[2]}, {query.shape[3]}, 2), "
+            f"got {tuple(coords.shape)}"
+        )
+    if coords.device != query.device:
+        raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
+    if _inspectable(coords) and not bool(torch.isnan(coords).logical_not().all()):
+        raise ValueError("coords: expected no NaN positions")
+    return coords
+
+
 def _choose_backend(backend: str | None, device: torch.device) -> str:
     if backend is None:
         if device.type == "cuda":
@@ -379,25 +403,7 @@ def bilinear_weighted_gather(
     key, value and coords, so a network that moves the coordinates gets gradients."""
     _check_pair(query, key)
     _check_value(value, key)
-    if not isinstance(coords, Tensor):
-        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
-    if coords.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"coords: expected a floating-point tensor of (x, y) positions, got {coords.dtype}")
-    if (
-        coords.dim() != 5
-        or coords.shape[0] != query.shape[0]
-        or coords.shape[2:4] != query.shape[2:]
-        or coords.shape[4] != 2
-        or coords.shape[1] < 1
-    ):
-        raise ValueError(
-            f"coords: expected shape (B={query.shape[0]}, K, {query.shape[2]}, {query.shape[3]}, 2), "
-            f"got {tuple(coords.shape)}"
-        )
-    if coords.device != query.device:
-        raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
-    if _inspectable(coords) and not bool(torch.isnan(coords).logical_not().all()):
-        raise ValueError("coords: expected no NaN positions")
+    _check_coords(coords, query)
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
@@ -406,6 +412,33 @@ def bilinear_weighted_gather(
     if chosen == "torch":
         return reference.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
     return _ops.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
+
+
+def bilinear_scores(
+    query: Tensor, key: Tensor, coords: Tensor, patch_size: int = 1, *, backend: str | None = None
+) -> Tensor:
+    """The (patch) scores (B, K, Hq, Wq) of every query pixel at K continuous key coordinates
+    ``coords`` (B, K, Hq, Wq, 2), given as (x, y) in key pixels like ``bilinear_weighted_gather``.
+
+    The score is the mean over the ``patch_size`` square window of the inner products of the
+    query features at p + d with the key features sampled bilinearly at coords + d. The centre
+    term is sampled border-clamped like ``bilinear_weighted_gather`` (at ``patch_size=1`` the
+    score is the inner product that gather turns into a logit); an off-centre term counts when p + d
+    is inside the query map and coords + d inside [0, Wk - 1] x [0, Hk - 1]. At integer
+    coordinates inside the key map this is the score ``patch_match`` gives that match.
+    What a network that moves the candidates sees; not differentiable (a search-side op).
+    Scores are in the features' dtype (float32 for half-precision features, like
+    ``patch_match``); NaN features give NaN scores.
+    """
+    _check_pair(query, key)
+    _check_coords(coords, query)
+    patch_size = _check_patch_size(patch_size)
+    chosen = _choose_backend(backend, query.device)
+    query, key = _search_input(query), _search_input(key)
+    coords = coords.detach().to(query.dtype).contiguous()
+    if chosen == "torch":
+        return reference.bilinear_scores(query, key, coords, patch_size)
+    return _ops.bilinear_scores(query, key, coords, patch_size)
 
 
 def dense_warp(
@@ -487,6 +520,10 @@ def _register_compiled_ops() -> None:
             torch.empty_like(value),
             torch.empty_like(coords),
         )
+
+    @torch.library.register_fake(lib + "bilinear_scores")
+    def _(query, key, coords, patch_size):
+        return query.new_empty(coords.shape[:4])
 
     @torch.library.register_fake(lib + "dense_warp")
     def _(query, key, value, temperature):

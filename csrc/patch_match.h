@@ -654,4 +654,35 @@ HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coo
   }
 }
 
+// ------------------------------------------------------------------------------ bilinear scores
+
+// The patch score of query pixel (qy, qx) at the continuous key position (x, y): the mean over
+// the (2 * radius + 1)^2 window of <query[qy + dy, qx + dx], key sampled bilinearly at
+// (x + dx, y + dy)>, dividing by the full window like patch_score. The centre term always
+// counts, border-clamped like bilinear_weighted_gather (so at radius 0 this is the gather's
+// logit); an off-centre term counts when its query pixel is inside the query map and its
+// position lies in [0, Wk - 1] x [0, Hk - 1]. At integer positions inside the key map it equals
+// patch_score for finite features. No rankable(): these scores are read, not ranked, so a NaN
+// feature gives a NaN score.
+template <typename T>
+HOST_DEVICE T bilinear_patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
+                                   T x, T y, int radius) {
+  T total = 0;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      const T sx = x + static_cast<T>(dx), sy = y + static_cast<T>(dy);
+      const bool centre = dx == 0 && dy == 0;
+      if (!centre && (!qs.contains(qy + dy, qx + dx) || !(sx >= 0 && sx <= ks.width - 1) ||
+                      !(sy >= 0 && sy <= ks.height - 1)))
+        continue;
+      const Bilinear<T> b(sx, sy, ks);
+      T dots[4];
+      corner_dots(dots, query + static_cast<int64_t>((qy + dy) * qs.width + qx + dx) * channels, key, b, channels);
+      total += b.blend(dots);
+    }
+  }
+  const int side = 2 * radius + 1;
+  return radius == 0 ? total : total / static_cast<T>(side * side);
+}
+
 }  // namespace cocosnet_ops

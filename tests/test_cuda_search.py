@@ -158,3 +158,19 @@ def test_compiled_search_matches_eager():
     compiled = torch.compile(search, fullgraph=True)
     out, eager = compiled(fq, fk), search(fq, fk)
     assert torch.equal(out[0], eager[0]) and torch.equal(out[1], eager[1])
+
+
+@pytest.mark.parametrize("patch_size", [1, 3])
+def test_bilinear_scores_equal_cpu_and_reference(patch_size):
+    g = torch.Generator().manual_seed(11 + patch_size)
+    fq, fk = unit_features(g, 2, 12, 9, 13), unit_features(g, 2, 12, 11, 7)
+    coords = torch.rand(2, 5, 9, 13, 2, generator=g) * torch.tensor([8.0, 12.0]) - 1.0  # past every border
+    out = cocosnet_ops.bilinear_scores(fq.to(CUDA), fk.to(CUDA), coords.to(CUDA), patch_size)
+    cpu = cocosnet_ops.bilinear_scores(fq, fk, coords, patch_size, backend="cpu")
+    torch.testing.assert_close(out.cpu(), cpu, rtol=1e-5, atol=1e-6)
+    ref = reference.bilinear_scores(fq.double(), fk.double(), coords.double(), patch_size)
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-5, atol=1e-6)
+    torch.library.opcheck(
+        torch.ops.cocosnet_ops.bilinear_scores.default,
+        (fq.to(CUDA), fk.to(CUDA), coords.to(CUDA), patch_size),
+    )

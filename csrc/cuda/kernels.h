@@ -60,5 +60,10 @@ Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, int step
 Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize coarse_query, MapSize query,
                           MapSize coarse_key, MapSize key, int window, int dilation, void* stream);
 
+// bilinear_scores: `coords` (B, K, Hq, Wq, 2) -> `scores` (B, K, Hq, Wq); features channels-last.
+template <typename T>
+Error launch_bilinear_scores(const T* query, const T* key, const T* coords, T* scores, int batch, int k, int channels,
+                             MapSize qs, MapSize ks, int radius, void* stream);
+
 }  // namespace cuda
 }  // namespace cocosnet_ops

@@ -76,10 +76,10 @@ __device__ bool group_scorer(const SearchArgs<T>& args, int64_t& pixel, LaneGrou
   const int64_t thread = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   pixel = thread / kLanes;
   if (pixel >= args.pixels()) return false;
-  const int lane = static_cast<int>(thread % kLanes);
   const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
-  const unsigned int group_mask = (1u << kLanes) - 1;
-  scorer = {args.scorer(b, p), lane, group_mask << (threadIdx.x % 32 / kLanes * kLanes)};
+  static_cast<Scorer<T>&>(scorer) = args.scorer(b, p);
+  scorer.lane = static_cast<int>(thread % kLanes);
+  scorer.mask = ((1u << kLanes) - 1) << (threadIdx.x % 32 / kLanes * kLanes);
   return true;
 }
 
@@ -122,6 +122,21 @@ __global__ void __launch_bounds__(kThreads)
   upsample_pixel(out + int64_t{b} * k * window * window * query.pixels() + p, query.pixels(),
                  coarse + int64_t{b} * k * coarse_query.pixels(), k, p / query.width, p % query.width, coarse_query,
                  query, coarse_key, key, window, dilation);
+}
+
+// One thread per (pixel, candidate) score: entry e of the (B, K, Hq, Wq) output.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    bilinear_scores_kernel(const T* __restrict__ query, const T* __restrict__ key, const T* __restrict__ coords,
+                           T* __restrict__ scores, int batch, int k, int channels, MapSize qs, MapSize ks,
+                           int radius) {
+  const int64_t entry = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (entry >= int64_t{batch} * k * qs.pixels()) return;
+  const int p = static_cast<int>(entry % qs.pixels());
+  const int64_t b = entry / qs.pixels() / k;
+  scores[entry] = bilinear_patch_score(query + b * qs.pixels() * channels, key + b * ks.pixels() * channels, channels,
+                                       qs, ks, p / qs.width, p % qs.width, coords[2 * entry], coords[2 * entry + 1],
+                                       radius);
 }
 
 template <typename T, int KMax>
@@ -181,12 +196,26 @@ Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize
   return launch_error();
 }
 
+template <typename T>
+Error launch_bilinear_scores(const T* query, const T* key, const T* coords, T* scores, int batch, int k, int channels,
+                             MapSize qs, MapSize ks, int radius, void* stream) {
+  const int64_t entries = int64_t{batch} * k * qs.pixels();
+  if (entries == 0) return nullptr;
+  bilinear_scores_kernel<<<blocks_for(entries), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      query, key, coords, scores, batch, k, channels, qs, ks, radius);
+  return launch_error();
+}
+
 template Error launch_initial_search<float>(const SearchArgs<float>&, const int*, int, int*, float*, void*);
 template Error launch_initial_search<double>(const SearchArgs<double>&, const int*, int, int*, double*, void*);
 template Error launch_search_step<float>(const SearchArgs<float>&, const Radii&, int, int, const int*, const float*,
                                          int*, float*, void*);
 template Error launch_search_step<double>(const SearchArgs<double>&, const Radii&, int, int, const int*,
                                           const double*, int*, double*, void*);
+template Error launch_bilinear_scores<float>(const float*, const float*, const float*, float*, int, int, int, MapSize,
+                                             MapSize, int, void*);
+template Error launch_bilinear_scores<double>(const double*, const double*, const double*, double*, int, int, int,
+                                              MapSize, MapSize, int, void*);
 
 }  // namespace cuda
 }  // namespace cocosnet_ops

@@ -101,9 +101,30 @@ at::Tensor nnf_upsample_cuda(const at::Tensor& nnf, at::IntArrayRef coarse_key_s
   return out;
 }
 
+at::Tensor bilinear_scores_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& coords,
+                                int64_t patch_size) {
+  check_bilinear_scores_args(query, key, coords, patch_size);
+  check_same_device(key, query, "key");
+  check_same_device(coords, query, "coords");
+  const c10::DeviceGuard guard(query.device());
+  const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key), xy = coords.contiguous();
+  const int64_t B = query.size(0), K = coords.size(1);
+  at::Tensor scores = at::empty({B, K, query.size(2), query.size(3)}, query.options());
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "bilinear_scores", [&] {
+    check_launch(cuda::launch_bilinear_scores(query_cl.data_ptr<scalar_t>(), key_cl.data_ptr<scalar_t>(),
+                                              xy.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(),
+                                              static_cast<int>(B), static_cast<int>(K),
+                                              static_cast<int>(query.size(1)), map_size(query), map_size(key),
+                                              static_cast<int>(patch_size / 2), current_stream(query)),
+                 "bilinear_scores");
+  });
+  return scores;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cocosnet_ops, CUDA, m) {
+  m.impl("bilinear_scores", &bilinear_scores_cuda);
   m.impl("patch_match", &patch_match_cuda);
   m.impl("evaluate_candidates", &evaluate_candidates_cuda);
   m.impl("nnf_upsample", &nnf_upsample_cuda);
