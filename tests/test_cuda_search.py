@@ -9,10 +9,13 @@ import torch
 import cocosnet_ops
 from cocosnet_ops import reference
 
-pytestmark = pytest.mark.skipif(
-    not (torch.cuda.is_available() and cocosnet_ops.HAS_CUDA_KERNELS),
-    reason="needs a GPU and the CUDA kernels",
-)
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() and cocosnet_ops.HAS_CUDA_KERNELS),
+        reason="needs a GPU and the CUDA kernels",
+    ),
+]
 CUDA = torch.device("cuda")
 
 
