@@ -106,7 +106,7 @@ def weighted_gather_kernel(
     pixel_ok, b, p, chan, vchan, q_offsets, v_offsets, q_mask, v_mask = _pixels(
         B, C, Cv, Hq, Wq, BLOCK, CB, CVB
     )
-    P = (Hq * Wq).to(tl.int64)
+    P = Hq * Wq
     q_tile = tl.load(query + q_offsets, mask=q_mask, other=0.0)
     slots, in_use, logits = _tile(K, BLOCK, KB, q_tile.dtype)
     nnf += b * K * P + p
@@ -136,7 +136,7 @@ def weighted_gather_backward_kernel(
     pixel_ok, b, p, chan, vchan, q_offsets, v_offsets, q_mask, v_mask = _pixels(
         B, C, Cv, Hq, Wq, BLOCK, CB, CVB
     )
-    P = (Hq * Wq).to(tl.int64)
+    P = Hq * Wq
     q_tile = tl.load(query + q_offsets, mask=q_mask, other=0.0)
     g_tile = tl.load(grad_out + v_offsets, mask=v_mask, other=0.0)
     slots, in_use, logits = _tile(K, BLOCK, KB, q_tile.dtype)
@@ -149,10 +149,10 @@ def weighted_gather_backward_kernel(
         value_dot = _dot_rows(g_tile, value, row, Cv, vchan, pixel_ok[:, None])
         logits = tl.where(slots[None, :] == i, logit[:, None], logits)
         value_dots = tl.where(slots[None, :] == i, value_dot[:, None], value_dots)
-    temperature = tl.load(temperature)
-    weights = _softmax(logits, in_use, temperature)
+    temp = tl.load(temperature)
+    weights = _softmax(logits, in_use, temp)
     mean_grad = tl.sum(weights * value_dots, axis=1)
-    logit_grads = weights * (value_dots - mean_grad[:, None]) / temperature
+    logit_grads = weights * (value_dots - mean_grad[:, None]) / temp
     acc = tl.zeros([BLOCK, CB], dtype=q_tile.dtype)
     for i in range(K):
         row = key_row + tl.load(nnf + entry + i * P, mask=pixel_ok, other=0)
@@ -182,7 +182,7 @@ def bilinear_gather_kernel(
     pixel_ok, b, p, chan, vchan, q_offsets, v_offsets, q_mask, v_mask = _pixels(
         B, C, Cv, Hq, Wq, BLOCK, CB, CVB
     )
-    P = (Hq * Wq).to(tl.int64)
+    P = Hq * Wq
     q_tile = tl.load(query + q_offsets, mask=q_mask, other=0.0)
     slots, in_use, logits = _tile(K, BLOCK, KB, q_tile.dtype)
     xy = coords + (b * K * P + p) * 2
@@ -229,7 +229,7 @@ def bilinear_gather_backward_kernel(
     pixel_ok, b, p, chan, vchan, q_offsets, v_offsets, q_mask, v_mask = _pixels(
         B, C, Cv, Hq, Wq, BLOCK, CB, CVB
     )
-    P = (Hq * Wq).to(tl.int64)
+    P = Hq * Wq
     q_tile = tl.load(query + q_offsets, mask=q_mask, other=0.0)
     g_tile = tl.load(grad_out + v_offsets, mask=v_mask, other=0.0)
     slots, in_use, logits = _tile(K, BLOCK, KB, q_tile.dtype)
@@ -265,10 +265,10 @@ def bilinear_gather_backward_kernel(
         key_dy = tl.where(here, dky[:, None], key_dy)
         value_dx = tl.where(here, dvx[:, None], value_dx)
         value_dy = tl.where(here, dvy[:, None], value_dy)
-    temperature = tl.load(temperature)
-    weights = _softmax(logits, in_use, temperature)
+    temp = tl.load(temperature)
+    weights = _softmax(logits, in_use, temp)
     mean_grad = tl.sum(weights * value_dots, axis=1)
-    logit_grads = weights * (value_dots - mean_grad[:, None]) / temperature
+    logit_grads = weights * (value_dots - mean_grad[:, None]) / temp
     tl.store(grad_coords + (b * K * P + p)[:, None] * 2 + slots.to(tl.int64)[None, :] * P * 2,
              logit_grads * key_dx + weights * value_dx, mask=rows_ok & in_use[None, :])
     tl.store(grad_coords + (b * K * P + p)[:, None] * 2 + slots.to(tl.int64)[None, :] * P * 2 + 1,
@@ -319,7 +319,7 @@ def scatter_rows_kernel(
     kp = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     key_ok = kp < key_rows
     start = tl.load(starts + kp, mask=key_ok, other=0)
-    count = tl.load(starts + kp + 1, mask=key_ok, other=0) - start
+    count = (tl.load(starts + kp + 1, mask=key_ok, other=0) - start).to(tl.int32)
     chan = tl.arange(0, CB)
     vchan = tl.arange(0, CVB)
     chan_ok = chan < C
@@ -331,12 +331,16 @@ def scatter_rows_kernel(
         e = tl.load(order + start + j, mask=has, other=0)
         b = e // (J * P)
         p = e % P
+        # The rows are read unmasked by `has` (entry 0 stands in) and dropped by a select: a 2-D
+        # load masked by `has` fails to compile in Triton 3.6 (layout conversion pass).
         q_rows = tl.load(query + (b * C * P + p)[:, None] + chan.to(tl.int64)[None, :] * P,
-                         mask=has[:, None] & chan_ok[None, :], other=0.0)
+                         mask=chan_ok[None, :], other=0.0)
         g_rows = tl.load(grad_out + (b * Cv * P + p)[:, None] + vchan.to(tl.int64)[None, :] * P,
-                         mask=has[:, None] & vchan_ok[None, :], other=0.0)
-        key_acc += tl.load(key_coef + e, mask=has, other=0.0)[:, None] * q_rows
-        value_acc += tl.load(value_coef + e, mask=has, other=0.0)[:, None] * g_rows
+                         mask=vchan_ok[None, :], other=0.0)
+        key_c = tl.load(key_coef + e, mask=has, other=0.0)
+        value_c = tl.load(value_coef + e, mask=has, other=0.0)
+        key_acc += tl.where(has[:, None], key_c[:, None] * q_rows, 0.0)
+        value_acc += tl.where(has[:, None], value_c[:, None] * g_rows, 0.0)
     kb = kp // key_pixels
     kq = kp - kb * key_pixels
     key_offsets = (kb * C * key_pixels + kq)[:, None] + chan.to(tl.int64)[None, :] * key_pixels

@@ -23,7 +23,7 @@ _launch = torch.library.wrap_triton
 
 # Elements of one (pixels x channels) tile per program on a GPU: enough work per program, few
 # enough registers per thread at the default four warps.
-TILE_ELEMENTS = 2048
+TILE_ELEMENTS = 512
 # Under the interpreter every program is a Python loop over numpy arrays: fewer, larger ones.
 INTERPRETER_BLOCK = 1024
 

@@ -25,10 +25,13 @@ channels-last (B, Hk, Wk, C), so a candidate's row is contiguous. Index maps are
 import triton
 import triton.language as tl
 
-from ..reference import MAX_RADII, STREAM_FILL
+from .. import reference
 from .gather import _bilinear, _blend, _dot_rows
 
-NONE_INDEX = 2**31 - 1  # the index of an unfilled slot: every real candidate ranks before it
+# Kernels may read module globals only when they are constexpr.
+NONE_INDEX = tl.constexpr(2**31 - 1)  # the index of an unfilled slot: every real candidate ranks before it
+STREAM_FILL = tl.constexpr(reference.STREAM_FILL)
+MAX_RADII = tl.constexpr(reference.MAX_RADII)
 
 
 # ----------------------------------------------------------------------------- random numbers
@@ -177,7 +180,7 @@ def _pixels(B, C, Hq, Wq, BLOCK: tl.constexpr, CB: tl.constexpr):
     return pixel_ok, b, p, qy, qx, chan, chan_ok, q_batch, q_offsets
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Hk", "Wk", "seed"])
 def initial_topk_kernel(
     query, key, cand, out_index, out_score, B, M, C, Hq, Wq, Hk, Wk, k, seed,
     RADIUS: tl.constexpr, BLOCK: tl.constexpr, CB: tl.constexpr, KB: tl.constexpr,
@@ -210,8 +213,8 @@ def initial_topk_kernel(
         count += taken.to(tl.int32)
 
     fill = _random_stream(seed, STREAM_FILL, p.to(tl.uint32))
-    key_pixels_u32 = key_pixels.to(tl.uint32)
-    j = 0
+    key_pixels_u32 = key_pixels.to(tl.uint32)  # the hash is uint32: so is its modulus
+    j = tl.full([], 0, tl.int32)
     while (j < 2 * k) & (tl.max((pixel_ok & (count < k)).to(tl.int32), axis=0) > 0):
         active = pixel_ok & (count < k)
         c = (_pcg_hash(fill ^ j) % key_pixels_u32).to(tl.int32)
@@ -225,7 +228,7 @@ def initial_topk_kernel(
 
     # Rare: fewer than k distinct among the candidates and the draws (k near the key pixel count).
     start = (_pcg_hash(fill ^ (2 * k)) % key_pixels_u32).to(tl.int32)
-    t = 0
+    t = tl.full([], 0, tl.int32)
     while (t < key_pixels) & (tl.max((pixel_ok & (count < k)).to(tl.int32), axis=0) > 0):
         active = pixel_ok & (count < k)
         c = (start + t) % key_pixels
@@ -240,7 +243,7 @@ def initial_topk_kernel(
     _store_sorted(out_index, out_score, top_index, top_score, slots, b * k * P + p, pixel_ok, k, P)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "radius0"])
 def patch_match_step_kernel(
     query, key, prev_index, prev_score, out_index, out_score, B, C, Hq, Wq, Hk, Wk, k,
     step, shift_y, shift_x, anchors, radius0, num_radii, seed, stream_y, stream_x,
@@ -252,7 +255,6 @@ def patch_match_step_kernel(
     matches) and radius ``radius0 >> level``, clamped to the key map."""
     pixel_ok, b, p, qy, qx, chan, chan_ok, q_batch, q_offsets = _pixels(B, C, Hq, Wq, BLOCK, CB)
     P = Hq * Wq
-    P64 = P.to(tl.int64)
     k_batch = b * Hk * Wk
     q_tile = tl.load(query + q_offsets, mask=pixel_ok[:, None] & chan_ok[None, :], other=0.0)
     list_batch = b * k * P
@@ -276,7 +278,7 @@ def patch_match_step_kernel(
         neighbour_ok = pixel_ok & (ny >= 0) & (ny < Hq) & (nx >= 0) & (nx < Wq)
         neighbour = list_batch + ny * Wq + nx
         for i in range(k):
-            theirs = tl.load(prev_index + neighbour + i * P64, mask=neighbour_ok, other=0)
+            theirs = tl.load(prev_index + neighbour + i * P, mask=neighbour_ok, other=0)
             row = theirs // Wk
             ky = row - back_y
             kx = theirs - row * Wk - back_x
@@ -293,7 +295,7 @@ def patch_match_step_kernel(
     random_y = _random_stream(seed, stream_y, pixel)
     random_x = _random_stream(seed, stream_x, pixel)
     for a in range(anchors):
-        anchor = tl.load(prev_index + list_batch + p + a * P64, mask=pixel_ok, other=0)
+        anchor = tl.load(prev_index + list_batch + p + a * P, mask=pixel_ok, other=0)
         ay = anchor // Wk
         ax = anchor - ay * Wk
         for level in range(num_radii):
@@ -323,7 +325,7 @@ def bilinear_scores_kernel(
     centre term border-clamped, off-centre terms where the query pixel is inside the query map
     and the position inside the key map. NaN features give NaN scores (not ranked)."""
     pixel_ok, b, p, qy, qx, chan, chan_ok, q_batch, q_offsets = _pixels(B, C, Hq, Wq, BLOCK, CB)
-    P = (Hq * Wq).to(tl.int64)
+    P = Hq * Wq
     k_batch = b * Hk * Wk
     q_tile = tl.load(query + q_offsets, mask=pixel_ok[:, None] & chan_ok[None, :], other=0.0)
     chan_stride = chan.to(tl.int64)[None, :] * P
