@@ -50,6 +50,13 @@ def _rows(base, row, width, chan, mask):
 
 
 @triton.jit
+def _clamped(index, key_pixels):
+    """An NNF entry forced into the key map: the public functions check NNFs, and this keeps a
+    direct call of the op with a bad one from reading outside the map."""
+    return tl.minimum(tl.maximum(index, 0), key_pixels - 1)
+
+
+@triton.jit
 def _softmax(logits, in_use, temperature):
     """softmax over the slots in use of (logit - max) / temperature, zero in the others."""
     top = tl.max(logits, axis=1)
@@ -112,13 +119,13 @@ def weighted_gather_kernel(
     nnf += b * K * P + p
     key_row = b * key_pixels
     for i in range(K):
-        row = key_row + tl.load(nnf + i * P, mask=pixel_ok, other=0)
+        row = key_row + _clamped(tl.load(nnf + i * P, mask=pixel_ok, other=0), key_pixels)
         logit = _dot_rows(q_tile, key, row, C, chan, pixel_ok[:, None])
         logits = tl.where(slots[None, :] == i, logit[:, None], logits)
     weights = _softmax(logits, in_use, tl.load(temperature))
     acc = tl.zeros([BLOCK, CVB], dtype=q_tile.dtype)
     for i in range(K):
-        row = key_row + tl.load(nnf + i * P, mask=pixel_ok, other=0)
+        row = key_row + _clamped(tl.load(nnf + i * P, mask=pixel_ok, other=0), key_pixels)
         offsets, mask = _rows(value, row, Cv, vchan, pixel_ok[:, None])
         acc += _slot(weights, slots, i)[:, None] * tl.load(offsets, mask=mask, other=0.0)
     tl.store(out + v_offsets, acc, mask=v_mask)
@@ -144,7 +151,7 @@ def weighted_gather_backward_kernel(
     entry = b * K * P + p
     key_row = b * key_pixels
     for i in range(K):
-        row = key_row + tl.load(nnf + entry + i * P, mask=pixel_ok, other=0)
+        row = key_row + _clamped(tl.load(nnf + entry + i * P, mask=pixel_ok, other=0), key_pixels)
         logit = _dot_rows(q_tile, key, row, C, chan, pixel_ok[:, None])
         value_dot = _dot_rows(g_tile, value, row, Cv, vchan, pixel_ok[:, None])
         logits = tl.where(slots[None, :] == i, logit[:, None], logits)
@@ -155,7 +162,7 @@ def weighted_gather_backward_kernel(
     logit_grads = weights * (value_dots - mean_grad[:, None]) / temp
     acc = tl.zeros([BLOCK, CB], dtype=q_tile.dtype)
     for i in range(K):
-        row = key_row + tl.load(nnf + entry + i * P, mask=pixel_ok, other=0)
+        row = key_row + _clamped(tl.load(nnf + entry + i * P, mask=pixel_ok, other=0), key_pixels)
         logit_grad = _slot(logit_grads, slots, i)
         weight = _slot(weights, slots, i)
         key_offsets, key_mask = _rows(key, row, C, chan, pixel_ok[:, None])
