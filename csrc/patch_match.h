@@ -311,25 +311,16 @@ struct Scorer {
   }
 };
 
-// Offer a candidate whose score is known: kept when it ranks in the top k and is not listed.
-template <typename List, typename T>
-HOST_DEVICE void offer_scored(List& list, int candidate, T s) {
-  if (list.admits(s, candidate) && !list.contains(candidate)) list.insert(candidate, s);
-}
-
 // Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
 // `List` is TopK or RegisterTopK, and `Score` a Scorer or a type derived from it that scores
 // the same way (the GPU's, which splits each inner product across lanes), here and below.
-// Whether a candidate is listed and whether its score would enter the list are independent,
-// and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
 template <typename Score, typename List>
 HOST_DEVICE void offer(List& list, const Score& scorer, int candidate) {
-  if (List::kScoreFirst) {
-    offer_scored(list, candidate, scorer(candidate));
-  } else if (!list.contains(candidate)) {
-    const auto s = scorer(candidate);
-    if (list.admits(s, candidate)) list.insert(candidate, s);
-  }
+  // Whether a candidate is listed and whether its score would enter the list are independent,
+  // and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
+  if (!List::kScoreFirst && list.contains(candidate)) return;
+  const auto s = scorer(candidate);
+  if (list.admits(s, candidate) && (!List::kScoreFirst || !list.contains(candidate))) list.insert(candidate, s);
 }
 
 // How many candidates ahead of the one being scored the CPU asks for its key row: rows are
