@@ -147,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_warp_backward_cuda(const at
 // fit such a key, so their rows are sorted stably.
 at::Tensor topk_indices(const at::Tensor& logits, int64_t k) {
   if (logits.scalar_type() == at::kDouble)
-    return std::get<1>(logits.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true)).narrow(1, 0, k);
+    return std::get<1>(logits.sort(/*stable=*/std::optional<bool>(true), /*dim=*/1, /*descending=*/true)).narrow(1, 0, k);
   at::Tensor bits = logits.view(at::kInt).to(at::kLong);
   // IEEE floats order as their bit patterns once the magnitude bits of negative ones are flipped.
   bits = at::where(bits.lt(0), bits.bitwise_xor(0x7fffffff), bits);

@@ -102,7 +102,8 @@ template <typename T>
 void scatter_to_keys(const cuda::GatherDims& dims, const GatherTensors& t, double temperature,
                      const at::Tensor& grad_out_cl, const at::Tensor& coefs, const at::Tensor& keys,
                      at::Tensor& grad_key, at::Tensor& grad_value, const char* op) {
-  const auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/1);
+  // std::optional, or the bool would pick sort(dim, descending).
+  const auto [sorted, order] = keys.sort(/*stable=*/std::optional<bool>(true), /*dim=*/1);
   const at::Tensor boundaries = at::arange(int64_t{dims.ks.pixels()} + 1, keys.options()).expand({dims.batch, -1});
   const at::Tensor segment_start = at::searchsorted(sorted, boundaries.contiguous(), /*out_int32=*/true);
   check_launch(cuda::launch_scatter_to_keys(dims, t.inputs<T>(temperature), grad_out_cl.data_ptr<T>(),
