@@ -195,7 +195,7 @@ def test_deterministic_backward_is_bitwise_stable_and_matches_atomics(op):
         torch.use_deterministic_algorithms(previous)
     for a, b, c in zip(first, second, atomic, strict=True):
         assert torch.equal(a, b)
-        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, c, **CLOSE)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -224,7 +224,7 @@ def test_indices_and_coordinates_outside_the_maps_are_clamped(deterministic):
         grads = ops.weighted_gather_backward(grad_out, query, key, value, bad, 0.1)
         want = ops.weighted_gather_backward(grad_out, query, key, value, bad.clamp(0, 19), 0.1)
         for a, b in zip(grads, want, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a, b, **CLOSE)
         grads = ops.bilinear_weighted_gather_backward(grad_out, query, key, value, xy, 0.1)
         assert all(bool(t.isfinite().all()) for t in grads)
         # A coordinate clamped (or NaN) has no gradient: x of the first three candidates, y of
