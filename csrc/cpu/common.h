@@ -51,6 +51,14 @@ inline void check_index_map(const at::Tensor& t, const char* name, const at::Ten
                     ": entries must be flat key indices in [0, ", key_pixels, ")");
 }
 
+// Continuous (x, y) key positions (B, K, Hq, Wq, 2) matching the query.
+inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
+  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
+  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
+                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
+                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
+}
+
 inline void check_search_args(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
   check_pair(query, key);
   TORCH_CHECK_VALUE(k >= 1 && k <= key.size(2) * key.size(3), "k: expected 1 <= k <= key pixels, got ", k);
