@@ -127,14 +127,6 @@ inline UpsampleSizes check_upsample_args(const at::Tensor& nnf, at::IntArrayRef 
   return s;
 }
 
-// (x, y) key coordinates (B, K, Hq, Wq, 2) of the query's dtype.
-inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
-  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
-  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
-                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
-                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
-}
-
 inline void check_bilinear_scores_args(const at::Tensor& query, const at::Tensor& key, const at::Tensor& coords,
                                        int64_t patch_size) {
   // Bounds the window loop (patch_size^2 terms per candidate) and keeps side * side an int.
