@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -116,30 +118,40 @@ struct RunningTopK {
   }
 };
 
+// `rows` (B, Nq, C), `keys` (B, C, Nk); writes each query row's top k to index and score
+// (B, Nq, k), best first. Blocks of query rows go to the threads one at a time from a shared
+// counter instead of in equal shares up front: on a busy machine a descheduled thread then
+// holds back one block, not half the work. Each row's result depends only on its block, so
+// not on the thread that computed it.
 template <typename T>
-void knn_batch_item(const at::Tensor& rows, const at::Tensor& keys, int k, int* index, T* score) {
-  const int64_t num_rows = rows.size(0), num_keys = keys.size(1);
-  const int64_t blocks = (num_rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+void knn_by_blocks(const at::Tensor& rows, const at::Tensor& keys, int k, int* index, T* score) {
+  const int64_t num_rows = rows.size(1), num_keys = keys.size(2);
+  const int64_t blocks_per_item = (num_rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int64_t blocks = rows.size(0) * blocks_per_item;
+  std::atomic<int64_t> next_block{0};
+  at::parallel_for(0, std::min<int64_t>(blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     at::Tensor tile = at::empty({kRowsPerBlock, std::min(kColumnsPerTile, num_keys)}, rows.options());
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t first_row = block * kRowsPerBlock, n_rows = std::min(kRowsPerBlock, num_rows - first_row);
-      const at::Tensor block_rows = rows.narrow(0, first_row, n_rows);
+    for (int64_t block = next_block++; block < blocks; block = next_block++) {
+      const int64_t item = block / blocks_per_item, first_row = (block % blocks_per_item) * kRowsPerBlock;
+      const int64_t n_rows = std::min(kRowsPerBlock, num_rows - first_row);
+      const at::Tensor block_rows = rows[item].narrow(0, first_row, n_rows);
+      int* block_index = index + (item * num_rows + first_row) * k;
+      T* block_score = score + (item * num_rows + first_row) * k;
       for (int64_t first_key = 0; first_key < num_keys; first_key += kColumnsPerTile) {
         const int64_t n_keys = std::min(kColumnsPerTile, num_keys - first_key);
         at::Tensor scores = tile.narrow(0, 0, n_rows).narrow(1, 0, n_keys);
-        at::mm_out(scores, block_rows, keys.narrow(1, first_key, n_keys));
+        at::mm_out(scores, block_rows, keys[item].narrow(1, first_key, n_keys));
         const T* s = scores.data_ptr<T>();
         const int64_t stride = scores.stride(0);
+        // Every column before first_key entered a row's list until it was full.
+        const int listed = static_cast<int>(std::min<int64_t>(k, first_key));
         for (int64_t r = 0; r < n_rows; ++r) {
-          const int64_t row = first_row + r;
-          // Every column before first_key entered the list until it was full.
-          RunningTopK<T> list{index + row * k, score + row * k, k, static_cast<int>(std::min<int64_t>(k, first_key))};
+          RunningTopK<T> list{block_index + r * k, block_score + r * k, k, listed};
           list.merge(s + r * stride, static_cast<int>(n_keys), static_cast<int>(first_key));
         }
       }
-      for (int64_t row = first_row; row < first_row + n_rows; ++row)
-        RunningTopK<T>{index + row * k, score + row * k, k, k}.sort_best_first();
+      for (int64_t r = 0; r < n_rows; ++r)
+        RunningTopK<T>{block_index + r * k, block_score + r * k, k, k}.sort_best_first();
     }
   });
 }
@@ -153,10 +165,7 @@ std::tuple<at::Tensor, at::Tensor> exact_knn_cpu(const at::Tensor& query, const 
   at::Tensor index = at::empty({B, Nq, k}, query.options().dtype(at::kInt));
   at::Tensor score = at::empty({B, Nq, k}, query.options());
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "exact_knn_cpu", [&] {
-    for (int64_t b = 0; b < B; ++b) {
-      knn_batch_item<scalar_t>(rows[b], keys[b], static_cast<int>(k), index[b].data_ptr<int>(),
-                               score[b].data_ptr<scalar_t>());
-    }
+    knn_by_blocks<scalar_t>(rows, keys, static_cast<int>(k), index.data_ptr<int>(), score.data_ptr<scalar_t>());
   });
   const auto shape = std::vector<int64_t>{B, k, query.size(2), query.size(3)};
   return {index.transpose(1, 2).reshape(shape).contiguous(), score.transpose(1, 2).reshape(shape).contiguous()};
