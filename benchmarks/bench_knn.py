@@ -13,7 +13,7 @@ faiss is a test extra (``pip install faiss-cpu``), never a dependency of cocosne
 it the faiss rows read "unavailable (faiss not installed: pip install faiss-cpu)" and the
 script says so; everything else still runs.
 
-Methods, on square maps of side S (N = S * S pixels), C channels, batch 1, K matches:
+Methods, on square maps of side S (N = S * S pixels), batch 1, K matches:
 
 * ``exact_knn``: ``cocosnet_ops.exact_knn(query, key, K)`` (compiled cpu backend when built);
 * ``faiss_flat_ip``: ``faiss.IndexFlatIP(C)``, ``add`` of the N key rows and ``search`` of the N
@@ -23,8 +23,10 @@ Methods, on square maps of side S (N = S * S pixels), C channels, batch 1, K mat
   ``patch_match`` (``--iters`` iterations, random search) per finer level, as in
   ``bench_recall.py``; its recall@1 against ``exact_knn`` is reported beside its time.
 
-Inputs: query and key features drawn from a normal distribution (seed 0) and L2-normalised
-over the channels, as the model's are. Both libraries run ``--threads`` threads
+Inputs: ``bench_recall.py``'s *smooth* pair (C = 32, L2-normalised per pixel): smooth random
+features and a smoothly deformed, noisy copy, so that PatchMatch has the spatial coherence of
+real features (on white noise no search but brute force finds anything); the exact searches
+do the same work on any features. Both libraries run ``--threads`` threads
 (``torch.set_num_threads`` and ``faiss.omp_set_num_threads``).
 
 Measurement: all methods run in the same process, interleaved, ``--repeats`` rounds after
@@ -48,8 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from bench_recall import hierarchical_search, recall
+from bench_recall import hierarchical_search, recall, smooth_pair
 from torch import Tensor
 
 import cocosnet_ops
@@ -90,10 +91,6 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def features(side: int, channels: int, generator: torch.Generator) -> Tensor:
-    return F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1)
-
-
 def as_rows(t: Tensor) -> np.ndarray:
     """(1, C, H, W) -> contiguous float32 (H * W, C), the layout faiss takes."""
     return np.ascontiguousarray(t[0].flatten(1).T.numpy(), dtype=np.float32)
@@ -129,8 +126,7 @@ def searches(
 
 
 def measure_side(args: argparse.Namespace, side: int, processor: str) -> list[dict]:
-    generator = torch.Generator().manual_seed(0)
-    query, key = features(side, args.channels, generator), features(side, args.channels, generator)
+    query, key = smooth_pair(side)
     available = [m for m in args.methods if m != "faiss_flat_ip" or faiss is not None]
     if "patch_match_hierarchical" in available and (side // 2**args.levels) ** 2 < args.k:
         available.remove("patch_match_hierarchical")
@@ -148,7 +144,7 @@ def measure_side(args: argparse.Namespace, side: int, processor: str) -> list[di
         row = {
             "method": method,
             "side": side,
-            "channels": args.channels,
+            "channels": query.shape[1],
             "k": args.k,
             "threads": args.threads,
             "repeats": args.repeats,
@@ -251,7 +247,6 @@ def markdown_table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
