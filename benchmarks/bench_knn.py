@@ -215,7 +215,7 @@ def write_plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("map side S (N = S * S query and key pixels)")
     ax.set_ylabel("seconds")
     ax.set_title(
-        f"exact top-{first['k']}, C={first['channels']}, {first['threads']} threads\n{first['processor']}"
+        f"top-{first['k']} search, C={first['channels']}, {first['threads']} threads\n{first['processor']}"
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
