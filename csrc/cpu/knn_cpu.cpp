@@ -123,14 +123,16 @@ struct RunningTopK {
 // (B, Nq, k), best first. Blocks of query rows go to the threads one at a time from a shared
 // counter instead of in equal shares up front: on a busy machine a descheduled thread then
 // holds back one block, not half the work. Each row's result depends only on its block, so
-// not on the thread that computed it.
+// not on the thread that computed it; and every thread is started even for fewer blocks, so
+// the GEMM always runs inside the parallel region, single-threaded: the same kernel, so the
+// same bits, whatever the thread count (on a given processor; vendor GEMMs differ between them).
 template <typename T>
 void knn_by_blocks(const at::Tensor& rows, const at::Tensor& keys, int k, int* index, T* score) {
   const int64_t num_rows = rows.size(1), num_keys = keys.size(2);
   const int64_t blocks_per_item = (num_rows + kRowsPerBlock - 1) / kRowsPerBlock;
   const int64_t blocks = rows.size(0) * blocks_per_item;
   std::atomic<int64_t> next_block{0};
-  at::parallel_for(0, std::min<int64_t>(blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     at::Tensor tile = at::empty({kRowsPerBlock, std::min(kColumnsPerTile, num_keys)}, rows.options());
     for (int64_t block = next_block++; block < blocks; block = next_block++) {
       const int64_t item = block / blocks_per_item, first_row = (block % blocks_per_item) * kRowsPerBlock;
