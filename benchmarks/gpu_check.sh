@@ -25,19 +25,22 @@ if ! ldd cocosnet_ops/_C*.so | grep -q libstdc++; then
   echo "warning: _C links libstdc++ statically; C++ errors will crash (set CXX to the system g++)" >&2
 fi
 
+# Every later step runs even when one fails; the script fails at the end.
+failed=0
 echo "== CUDA and Triton tests"
 $PYTHON -m pytest -q -p no:cacheprovider tests/test_build.py tests/test_cuda_*.py \
-  $(ls tests/test_triton*.py 2>/dev/null || true)
+  $(ls tests/test_triton*.py 2>/dev/null || true) || failed=1
 
 echo "== compute-sanitizer"
 for tool in memcheck racecheck; do
   $SANITIZER --tool "$tool" --error-exitcode 1 --log-file "$RESULTS/sanitizer_$tool.log" \
-    $PYTHON benchmarks/gpu_sanitizer_case.py
+    $PYTHON benchmarks/gpu_sanitizer_case.py || failed=1
   tail -n 1 "$RESULTS/sanitizer_$tool.log"
 done
 
 echo "== benchmarks"
 # shellcheck disable=SC2086  # the argument lists are meant to split
-$PYTHON benchmarks/bench_gather_cuda.py ${GATHER_ARGS:-} --out "$RESULTS/gather_cuda.csv"
+$PYTHON benchmarks/bench_gather_cuda.py ${GATHER_ARGS:-} --out "$RESULTS/gather_cuda.csv" || failed=1
 $PYTHON benchmarks/bench_warp.py --device cuda ${WARP_ARGS:---sides 128 256 512 1024 --channels 32 64 --repeats 10} \
-  --out "$RESULTS/warp_cuda.csv"
+  --out "$RESULTS/warp_cuda.csv" || failed=1
+exit $failed
