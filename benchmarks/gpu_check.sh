@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmarks/results}
 mkdir -p "$RESULTS"
 PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SANITIZER=${SANITIZER:-compute-sanitizer}
 capability=$($PYTHON -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$capability} MAX_JOBS=${MAX_JOBS:-16}
