@@ -15,13 +15,12 @@ import torch
 from torch import Tensor
 
 from . import reference
+from ._extension import load_compiled
 
-try:
-    from . import _C  # noqa: F401  (importing registers the compiled kernels)
-
-    HAS_COMPILED = True
-except ImportError:  # a source checkout that has not been built: the torch backend still works
-    HAS_COMPILED = False
+# Importing _C registers the compiled kernels. Without it (not built, or built against another
+# torch) the torch backend still works: load_compiled warns once and says how to rebuild.
+_C, COMPILED_LOAD_ERROR = load_compiled()
+HAS_COMPILED = _C is not None
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -8,15 +8,26 @@ functions, for the same reason.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cocosnet_ops
 from cocosnet_ops import reference
+from cocosnet_ops.ops import COMPILED_LOAD_ERROR
 
 # "torch" (reference.py) always works; "cpu" needs the compiled extension cocosnet_ops._C.
 BACKENDS = ["torch"] + (["cpu"] if cocosnet_ops.HAS_COMPILED else [])
+
+
+def pytest_configure(config):
+    """Where the kernels must exist (CI sets COCOSNET_REQUIRE_COMPILED=1), a failed build must
+    stop the run, not turn into skipped kernel tests and a suite that checks the reference
+    against itself."""
+    if os.environ.get("COCOSNET_REQUIRE_COMPILED") == "1" and not cocosnet_ops.HAS_COMPILED:
+        raise pytest.UsageError(f"COCOSNET_REQUIRE_COMPILED=1, but {COMPILED_LOAD_ERROR}")
 
 
 def pytest_generate_tests(metafunc):

@@ -1,0 +1,34 @@
+"""Loading the compiled kernels ``cocosnet_ops._C``, and saying what to do when that fails.
+
+Without them every op still runs through the pure-PyTorch reference (backend ``"torch"``), so a
+failed load is a warning, not an error; CI and the test suite make it an error with
+``COCOSNET_REQUIRE_COMPILED=1`` (see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+
+REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+
+
+def load_failure_message(error: ImportError) -> str:
+    """One message for a failed import of ``_C``: why, and the command that fixes it."""
+    fallback = "every op runs the pure-PyTorch reference (backend 'torch') instead"
+    if isinstance(error, ModuleNotFoundError) and error.name == f"{__package__}._C":
+        return f"cocosnet_ops._C is not built: {fallback}. Build it with `{REBUILD_COMMAND}`."
+    return f"cocosnet_ops._C failed to load ({error}): {fallback}. Rebuild it with `{REBUILD_COMMAND}`."
+
+
+def load_compiled() -> tuple[ModuleType | None, str | None]:
+    """``(module, None)`` when the kernels load (importing registers them), else ``(None, message)``
+    after warning with that message once."""
+    try:
+        compiled = importlib.import_module(f"{__package__}._C")
+    except ImportError as error:
+        message = load_failure_message(error)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return None, message
+    return compiled, None

@@ -1,0 +1,94 @@
+"""Loading the compiled kernels: a missing or broken ``_C`` is one clear warning and the reference
+runs; with COCOSNET_REQUIRE_COMPILED=1 the suite stops at collection, naming the import error.
+
+Each case runs in a fresh interpreter where an import hook makes ``cocosnet_ops._C`` fail the
+way a missing or broken build does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Prepended to every script: `cocosnet_ops._C` raises the error named by FAIL_AS.
+BLOCK_EXTENSION = """
+import os, sys
+class _FailingExtension:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "cocosnet_ops._C":
+            return None
+        if os.environ["FAIL_AS"] == "missing":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        raise ImportError("_C.so: undefined symbol: _ZN3c104impl8GPUTrace9haveStateE")
+sys.meta_path.insert(0, _FailingExtension)
+"""
+
+USE_WITHOUT_EXTENSION = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import cocosnet_ops
+    import cocosnet_ops.ops
+import torch
+messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+assert len(messages) == 1, messages
+print(messages[0])
+assert not cocosnet_ops.HAS_COMPILED
+fq, fk = torch.randn(1, 4, 5, 6), torch.randn(1, 4, 6, 5)
+got = cocosnet_ops.patch_match(fq, fk, k=3, iters=2)
+expected = cocosnet_ops.reference.patch_match(fq, fk, 3, 2)
+assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+try:
+    cocosnet_ops.patch_match(fq, fk, k=3, backend="cpu")
+except ValueError as error:
+    assert str(error).startswith("backend"), error
+else:
+    raise AssertionError("backend='cpu' ran without the extension")
+"""
+
+
+def run_python(script: str, fail_as: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {name: value for name, value in os.environ.items() if name != "COCOSNET_REQUIRE_COMPILED"}
+    environment.update(FAIL_AS=fail_as, **env)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_EXTENSION + script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fail_as", "says"),
+    [("missing", "cocosnet_ops._C is not built"), ("broken", "undefined symbol: _ZN3c104impl8GPUTrace")],
+)
+def test_without_the_extension_one_warning_and_the_reference_runs(fail_as, says):
+    done = run_python(USE_WITHOUT_EXTENSION, fail_as)
+    assert done.returncode == 0, done.stderr
+    assert says in done.stdout
+    assert "pip install --no-build-isolation -e ." in done.stdout
+
+
+COLLECT = """
+import pytest
+sys.exit(pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", "tests/test_readme.py"]))
+"""
+
+
+def test_required_extension_fails_collection_with_the_import_error():
+    done = run_python(COLLECT, "broken", COCOSNET_REQUIRE_COMPILED="1")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "COCOSNET_REQUIRE_COMPILED=1" in output
+    assert "undefined symbol: _ZN3c104impl8GPUTrace9haveStateE" in output
+    # Without the variable the same environment collects (and would run the reference).
+    assert run_python(COLLECT, "broken").returncode == pytest.ExitCode.OK
