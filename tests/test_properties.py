@@ -313,3 +313,53 @@ def test_larger_maps_do_not_depend_on_thread_count(backend, same_matches):
     torch.testing.assert_close(knn1[1], knn2[1], rtol=1e-5, atol=1e-5)
     same_matches(knn1[0], knn2[0], fq, fk)
     torch.testing.assert_close(warp1, warp2, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_do_not_depend_on_thread_count(backend):
+    """The gathers' backward scatters into the key and value gradients in a fixed order (a
+    counting sort by key pixel, no atomics): bitwise the same at 1 and 2 threads, with every key
+    pixel hit several times. dense_warp's backward is the vendor's attention kernel, whose
+    summation order depends on the thread count: within a tolerance."""
+    gen = torch.Generator().manual_seed(5)
+    fq, fk = _features(2, 8, 24, 20, 0, False), _features(2, 8, 12, 10, 1, False)
+    v = torch.rand(2, 3, 12, 10, generator=gen)
+    nnf = torch.randint(0, 120, (2, 6, 24, 20), generator=gen, dtype=torch.int32)
+    coords = torch.rand(2, 6, 24, 20, 2, generator=gen) * 11 - 1
+    grad_out = torch.rand(2, 3, 24, 20, generator=gen)
+
+    def gradients(op, *inputs, **kwargs):
+        inputs = [t.clone().requires_grad_() for t in inputs]
+        return torch.autograd.grad(op(*inputs, temperature=0.05, backend=backend, **kwargs), inputs, grad_out)
+
+    def run():
+        fixed_order = [
+            *gradients(lambda q, k, val, **kw: co.weighted_gather(q, k, val, nnf, **kw), fq, fk, v),
+            *gradients(co.bilinear_weighted_gather, fq, fk, v, coords),
+        ]
+        return fixed_order, gradients(co.dense_warp, fq, fk, v)
+
+    (fixed1, dense1), (fixed2, dense2) = _at_thread_counts(run)
+    for a, b in zip(fixed1, fixed2, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(dense1, dense2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_samples_search_does_not_depend_on_its_place_in_the_batch(backend):
+    """Random draws are numbered by the pixel's place in its own map, so a sample searched alone,
+    or at another place in another batch, gets bitwise the same matches (real-valued features:
+    nothing here may depend on rounding either)."""
+    gen = torch.Generator().manual_seed(6)
+    fq, fk = _features(3, 5, 9, 8, 0, False), _features(3, 5, 7, 11, 1, False)
+    init = torch.randint(-20, 77, (3, 6, 9, 8), generator=gen, dtype=torch.int32)  # holes: top-ups
+
+    def search(order):
+        q, k, i = fq[order], fk[order], init[order]
+        return [*co.patch_match(q, k, k=5, iters=3, init=i, patch_size=3, seed=9, backend=backend),
+                *co.evaluate_candidates(q, k, i, 5, backend=backend)]
+
+    batched = search([0, 1, 2])
+    for order in ([2, 0, 1], [1]):
+        other = search(order)
+        for whole, part in zip(batched, other, strict=True):
+            assert torch.equal(whole[order], part)
