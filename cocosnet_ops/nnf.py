@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -150,6 +149,18 @@ def offsets_to_nnf(offsets: Tensor, key_size: Sequence[int]) -> Tensor:
 # ----------------------------------------------------------------------------- flow images
 
 
+def _opencv():
+    """OpenCV, an optional extra that only the flow colouring needs."""
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError(
+            "flow_to_color needs OpenCV, an optional dependency of cocosnet_ops: "
+            "pip install opencv-python-headless"
+        ) from error
+    return cv2
+
+
 def flow_to_color(flow: Tensor | np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
     """Colour-code a flow field (..., 2) of (dx, dy) as uint8 RGB (..., 3).
 
@@ -162,6 +173,7 @@ def flow_to_color(flow: Tensor | np.ndarray, max_magnitude: float | None = None)
         raise ValueError(f"flow: expected shape (..., 2) of (dx, dy), got {array.shape}")
     if max_magnitude is not None and not (np.isfinite(max_magnitude) and max_magnitude > 0):
         raise ValueError(f"max_magnitude: expected a finite value > 0 or None, got {max_magnitude}")
+    cv2 = _opencv()
     pairs = np.nan_to_num(array.astype(np.float32).reshape(-1, 1, 2))
     magnitude, angle = cv2.cartToPolar(pairs[..., 0], pairs[..., 1], angleInDegrees=True)
     scale = max_magnitude if max_magnitude is not None else float(magnitude.max(initial=0.0))

@@ -1,8 +1,9 @@
-"""Loading the compiled kernels: a missing or broken ``_C`` is one clear warning and the reference
-runs; with COCOSNET_REQUIRE_COMPILED=1 the suite stops at collection, naming the import error.
+"""What importing cocosnet_ops needs. A missing or broken ``_C`` is one clear warning and the
+reference runs; with COCOSNET_REQUIRE_COMPILED=1 the suite stops at collection, naming the
+import error. OpenCV, an optional extra, is needed only by the flow colouring.
 
-Each case runs in a fresh interpreter where an import hook makes ``cocosnet_ops._C`` fail the
-way a missing or broken build does.
+Each case runs in a fresh interpreter where an import hook makes one module (BLOCK) fail the
+way a missing module or a broken build does (FAIL_AS).
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Prepended to every script: `cocosnet_ops._C` raises the error named by FAIL_AS.
-BLOCK_EXTENSION = """
+# Prepended to every script.
+BLOCK_MODULE = """
 import os, sys
-class _FailingExtension:
+class _FailingModule:
     @staticmethod
     def find_spec(name, path=None, target=None):
-        if name != "cocosnet_ops._C":
+        if name != os.environ["BLOCK"]:
             return None
         if os.environ["FAIL_AS"] == "missing":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         raise ImportError("_C.so: undefined symbol: _ZN3c104impl8GPUTrace9haveStateE")
-sys.meta_path.insert(0, _FailingExtension)
+sys.meta_path.insert(0, _FailingModule)
 """
 
 USE_WITHOUT_EXTENSION = """
@@ -54,11 +55,13 @@ else:
 """
 
 
-def run_python(script: str, fail_as: str, **env: str) -> subprocess.CompletedProcess:
+def run_python(
+    script: str, fail_as: str, block: str = "cocosnet_ops._C", **env: str
+) -> subprocess.CompletedProcess:
     environment = {name: value for name, value in os.environ.items() if name != "COCOSNET_REQUIRE_COMPILED"}
-    environment.update(FAIL_AS=fail_as, **env)
+    environment.update(BLOCK=block, FAIL_AS=fail_as, **env)
     return subprocess.run(
-        [sys.executable, "-c", BLOCK_EXTENSION + script],
+        [sys.executable, "-c", BLOCK_MODULE + script],
         capture_output=True,
         text=True,
         timeout=300,
@@ -92,3 +95,24 @@ def test_required_extension_fails_collection_with_the_import_error():
     assert "undefined symbol: _ZN3c104impl8GPUTrace9haveStateE" in output
     # Without the variable the same environment collects (and would run the reference).
     assert run_python(COLLECT, "broken").returncode == pytest.ExitCode.OK
+
+
+WITHOUT_OPENCV = """
+import torch
+import cocosnet_ops
+from cocosnet_ops import nnf
+offsets = nnf.nnf_to_offsets(torch.zeros(1, 1, 2, 2, dtype=torch.int32), (2, 2))
+assert offsets.shape == (1, 1, 2, 2, 2)
+try:
+    nnf.flow_to_color(offsets[0, 0].float())
+except ImportError as error:
+    print(error)
+else:
+    raise AssertionError("flow_to_color ran without OpenCV")
+"""
+
+
+def test_import_does_not_need_opencv():
+    done = run_python(WITHOUT_OPENCV, "missing", block="cv2")
+    assert done.returncode == 0, done.stderr
+    assert "flow_to_color needs OpenCV" in done.stdout and "pip install opencv-python-headless" in done.stdout
