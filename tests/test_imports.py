@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import cocosnet_ops
+from cocosnet_ops._extension import REBUILD_COMMAND, built_torch_version, load_failure_message
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +89,41 @@ COLLECT = """
 import pytest
 sys.exit(pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", "tests/test_readme.py"]))
 """
+
+
+BUILT_AGAINST_ANOTHER_TORCH = """
+import types
+sys.modules["cocosnet_ops._build_info"] = types.SimpleNamespace(TORCH_VERSION="2.12.0+cpu")
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import cocosnet_ops
+(message,) = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+print(message)
+"""
+
+
+def test_extension_built_against_another_torch_names_both_versions():
+    done = run_python(BUILT_AGAINST_ANOTHER_TORCH, "broken")
+    assert done.returncode == 0, done.stderr
+    assert f"built against torch 2.12.0+cpu but torch {torch.__version__} is installed" in done.stdout
+    assert "undefined symbol" in done.stdout and REBUILD_COMMAND in done.stdout
+
+
+def test_load_failure_messages():
+    broken = ImportError("_C.so: undefined symbol: _ZN3c10")
+    missing = ModuleNotFoundError("No module named 'cocosnet_ops._C'", name="cocosnet_ops._C")
+    other = load_failure_message(broken, "2.12.0", "2.13.0")
+    assert "built against torch 2.12.0 but torch 2.13.0" in other and REBUILD_COMMAND in other
+    same = load_failure_message(broken, "2.13.0", "2.13.0")
+    assert "failed to load (_C.so: undefined symbol: _ZN3c10)" in same and REBUILD_COMMAND in same
+    assert load_failure_message(broken, None, "2.13.0") == same
+    assert "is not built" in load_failure_message(missing, "2.12.0", "2.13.0")
+
+
+@pytest.mark.skipif(not cocosnet_ops.HAS_COMPILED, reason="cocosnet_ops._C is not built")
+def test_build_records_the_torch_it_was_built_against():
+    assert built_torch_version() == torch.__version__
 
 
 def test_required_extension_fails_collection_with_the_import_error():
