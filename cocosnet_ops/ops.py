@@ -259,7 +259,12 @@ def _check_size(name: str, size: object) -> tuple[int, int]:
         size = tuple(size)
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise TypeError(f"{name}: expected a pair (height, width), got {size!r}")
-    return _check_int(f"{name}[0]", size[0], 1), _check_int(f"{name}[1]", size[1], 1)
+    height, width = _check_int(f"{name}[0]", size[0], 1), _check_int(f"{name}[1]", size[1], 1)
+    if height * width > MAX_STEP:
+        raise ValueError(
+            f"{name}: {height} x {width} pixels are too many for int32 indices (at most {MAX_STEP})"
+        )
+    return height, width
 
 
 def nnf_upsample(

@@ -147,6 +147,11 @@ CASES = [
      "key_size"),
     ("up-query-size-float", lambda b, x: co.nnf_upsample(x.coarse, (4, 6), (4.0, 6), backend=b), TypeError,
      "query_size"),
+    ("up-key-pixels", lambda b, x: co.nnf_upsample(x.coarse, (2**16, 2**16), (4, 6), coarse_key_size=(2, 3),
+                                                   backend=b), ValueError, "key_size"),
+    ("up-query-pixels", lambda b, x: co.nnf_upsample(x.coarse, (4, 6), (2**15, 2**15 + 1),
+                                                     coarse_key_size=(2, 3), backend=b),
+     ValueError, "query_size"),
     ("up-query-smaller", lambda b, x: co.nnf_upsample(x.coarse, (4, 6), (1, 6), coarse_key_size=(2, 3),
                                                       backend=b), ValueError, "query_size"),
     ("up-coarse-uninferable", lambda b, x: co.nnf_upsample(x.coarse, (5, 6), (4, 6), backend=b), ValueError,
@@ -265,6 +270,84 @@ CASES = [
     ("dw-cycle-none", lambda b, x: co.dense_warp(x.fq, x.fk, x.v, 0.1, cycle=None, backend=b), TypeError,
      "cycle"),
 ]
+
+
+OPS = torch.ops.cocosnet_ops
+GRAD = torch.zeros(B, CV, HQ, WQ)
+
+# The compiled ops called directly, past the Python checks: what could overflow the kernels' int
+# arithmetic or read out of bounds is checked again in C++, with the same wording.
+# (id, call(inputs), expected exception type, argument the message must start with)
+DIRECT_CASES = [
+    ("pm-patch-huge", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 2**31 - 1, [1], True, 0), ValueError,
+     "patch_size"),
+    ("pm-patch-33", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 33, [1], True, 0), ValueError,
+     "patch_size"),
+    ("pm-patch-even", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 2, [1], True, 0), ValueError,
+     "patch_size"),
+    ("pm-k-huge", lambda x: OPS.patch_match(x.fq, x.fk, 2**40, 1, None, 1, [1], True, 0), ValueError, "k"),
+    ("pm-iters-2**16", lambda x: OPS.patch_match(x.fq, x.fk, 2, 2**16, None, 1, [1], True, 0), ValueError,
+     "iters"),
+    ("pm-seed-2**32", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 1, [1], True, 2**32), ValueError,
+     "seed"),
+    ("pm-jump-huge", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 1, [2**40], True, 0), ValueError,
+     "jump"),
+    ("pm-jump-2**31", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 1, [1, 2**31], True, 0), ValueError,
+     "jump"),
+    ("pm-init-too-big", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, _int_map(KEY_PIXELS), 1, [1], True, 0),
+     ValueError, "candidates"),
+    ("ec-patch-huge", lambda x: OPS.evaluate_candidates(x.fq, x.fk, x.nnf, 2, 2**33 + 1), ValueError,
+     "patch_size"),
+    ("up-window-huge", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [4, 6], [4, 6], 2**20, 1), ValueError,
+     "window"),
+    ("up-dilation-huge", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [4, 6], [4, 6], 4, 2**40), ValueError,
+     "dilation"),
+    ("up-dilation-2**31", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [4, 6], [4, 6], 4, 2**31 - 1),
+     ValueError, "dilation"),
+    ("up-key-size-huge", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [2**31 + 4, 6], [4, 6], 4, 2),
+     ValueError, "key_size"),
+    ("up-key-pixels", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [2**16, 2**16], [4, 6], 4, 2), ValueError,
+     "key_size"),
+    ("up-query-size-0", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [4, 6], [0, 6], 4, 2), ValueError,
+     "query_size"),
+    ("up-coarse-size-3", lambda x: OPS.nnf_upsample(x.coarse, [2, 3, 1], [4, 6], [4, 6], 4, 2), ValueError,
+     "coarse_key_size"),
+    ("wg-temp-tiny", lambda x: OPS.weighted_gather(x.fq, x.fk, x.v, x.nnf, 1e-300), ValueError,
+     "temperature"),
+    ("wg-back-nnf-too-big", lambda x: OPS.weighted_gather_backward(GRAD, x.fq, x.fk, x.v, _int_map(10**9),
+                                                                   0.1), ValueError, "nnf"),
+    ("wg-back-nnf-negative", lambda x: OPS.weighted_gather_backward(GRAD, x.fq, x.fk, x.v, _int_map(-1), 0.1),
+     ValueError, "nnf"),
+    ("wg-back-grad-shape", lambda x: OPS.weighted_gather_backward(GRAD[..., :2], x.fq, x.fk, x.v, x.nnf, 0.1),
+     ValueError, "grad_out"),
+    ("wg-back-grad-dtype", lambda x: OPS.weighted_gather_backward(GRAD.double(), x.fq, x.fk, x.v, x.nnf, 0.1),
+     TypeError, "grad_out"),
+    ("wg-back-value", lambda x: OPS.weighted_gather_backward(GRAD, x.fq, x.fk, x.v[..., :1], x.nnf, 0.1),
+     ValueError, "value"),
+    ("bw-back-coords-shape", lambda x: OPS.bilinear_weighted_gather_backward(GRAD, x.fq, x.fk, x.v,
+                                                                            x.coords[:, :, :2], 0.1),
+     ValueError, "coords"),
+    ("bw-back-grad-shape", lambda x: OPS.bilinear_weighted_gather_backward(GRAD[:, :1], x.fq, x.fk, x.v,
+                                                                          x.coords, 0.1),
+     ValueError, "grad_out"),
+    ("bw-back-temp-0", lambda x: OPS.bilinear_weighted_gather_backward(GRAD, x.fq, x.fk, x.v, x.coords, 0.0),
+     ValueError, "temperature"),
+    ("dw-back-logsumexp", lambda x: OPS.dense_warp_backward(GRAD, x.fq, x.fk, x.v, GRAD, torch.zeros(1, 1, 3),
+                                                            0.1), ValueError, "logsumexp"),
+    ("dw-back-out", lambda x: OPS.dense_warp_backward(GRAD, x.fq, x.fk, x.v, GRAD[..., :3],
+                                                      torch.zeros(1, 1, HQ * WQ), 0.1), ValueError, "out"),
+    ("dw-back-key", lambda x: OPS.dense_warp_backward(GRAD, x.fq, x.fk[:, :2], x.v, GRAD,
+                                                      torch.zeros(1, 1, HQ * WQ), 0.1), ValueError, "key"),
+]
+
+
+@pytest.mark.skipif(not co.HAS_COMPILED, reason="cocosnet_ops._C is not built")
+@pytest.mark.parametrize(
+    ("call", "error", "arg"), [c[1:] for c in DIRECT_CASES], ids=[c[0] for c in DIRECT_CASES]
+)
+def test_compiled_ops_check_what_could_crash_them(call, error, arg, inp):
+    with pytest.raises(error, match=rf"^{arg}\b"):
+        call(inp)
 
 
 @pytest.mark.parametrize(("call", "error", "arg"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -399,6 +482,19 @@ def test_huge_dilation_is_rejected_or_clamped(dilation, backend):
                         gy = min(max(my + (i - 1) * dilation, 0), 3)
                         gx = min(max(mx + (j - 1) * dilation, 0), 4)
                         assert int(got[0, m * 16 + i * 4 + j, y, x]) == gy * 5 + gx
+
+
+@pytest.mark.skipif(not co.HAS_COMPILED, reason="cocosnet_ops._C is not built")
+def test_long_maps_do_not_overflow_the_kernels_int_arithmetic(int_feats):
+    """On 1 x 50000 maps, a jump-flood step times a map side and a cell offset times two map sides
+    pass 2**31: the kernels compute them in 64 bits, like the reference's Python ints."""
+    width = 50_000
+    fq, fk = int_feats(1, 1, 1, width, seed=1), int_feats(1, 1, 1, width, seed=2)
+    got = co.patch_match(fq, fk, k=1, iters=2, jump=[30_000, 1], random_search=False, backend="cpu")
+    _assert_search_equal(got, ref.patch_match(fq, fk, 1, 2, None, 1, [30_000, 1], False, 0))
+    coarse = torch.tensor([[[[1, 0]]]], dtype=torch.int32)
+    got = co.nnf_upsample(coarse, (1, width), (1, width), window=2, dilation=3, backend="cpu")
+    assert torch.equal(got, ref.nnf_upsample(coarse, (1, width), (1, width), 2, 3))
 
 
 # ============================================================================ valid but unusual

@@ -88,6 +88,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_gather_backward_cpu(cons
                                                                             const at::Tensor& key,
                                                                             const at::Tensor& value,
                                                                             const at::Tensor& nnf, double temperature) {
+  check_pair(query, key);
+  check_value(value, key);
+  check_index_map(nnf, "nnf", query, key.size(2) * key.size(3));
+  check_warp_shaped(grad_out, "grad_out", query, value);
+  check_temperature(temperature);
   const GatherShape s(query, key, value, nnf.size(1));
   const at::Tensor q_cl = to_channels_last(query), k_cl = to_channels_last(key), v_cl = to_channels_last(value);
   const at::Tensor g_cl = to_channels_last(grad_out);
@@ -128,6 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_gather_backward_cpu(cons
 
 void check_coords(const at::Tensor& coords, const at::Tensor& query) {
   TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
+  TORCH_CHECK_VALUE(coords.device() == query.device(), "coords: expected device ", query.device(), ", got ",
+                    coords.device());
   TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
                         coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
                     "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
@@ -164,6 +171,11 @@ at::Tensor bilinear_weighted_gather_cpu(const at::Tensor& query, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_weighted_gather_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& coords, double temperature) {
+  check_pair(query, key);
+  check_value(value, key);
+  check_coords(coords, query);
+  check_warp_shaped(grad_out, "grad_out", query, value);
+  check_temperature(temperature);
   const GatherShape s(query, key, value, coords.size(1));
   const at::Tensor q_cl = to_channels_last(query), k_cl = to_channels_last(key), v_cl = to_channels_last(value);
   const at::Tensor g_cl = to_channels_last(grad_out);

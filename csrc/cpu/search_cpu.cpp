@@ -21,9 +21,8 @@ std::vector<int> search_radii(MapSize ks) {
 
 void check_search_args(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
   check_pair(query, key);
-  TORCH_CHECK_VALUE(k >= 1 && k <= key.size(2) * key.size(3), "k: expected 1 <= k <= key pixels, got ", k);
-  TORCH_CHECK_VALUE(patch_size >= 1 && patch_size % 2 == 1, "patch_size: expected an odd size >= 1, got ",
-                    patch_size);
+  check_int_in("k", k, 1, key.size(2) * key.size(3));
+  check_patch_size(patch_size);
 }
 
 // Candidates (B, M, Hq, Wq) as contiguous (B, Hq, Wq, M), each pixel's run in one place.
@@ -36,6 +35,8 @@ at::Tensor candidates_by_pixel(const c10::optional<at::Tensor>& candidates, cons
   TORCH_CHECK_VALUE(c.dim() == 4 && c.size(0) == query.size(0) && c.size(2) == query.size(2) &&
                         c.size(3) == query.size(3),
                     "candidates: expected shape (B, M, Hq, Wq) matching the query");
+  TORCH_CHECK_VALUE(c.device() == query.device(), "candidates: expected device ", query.device(), ", got ",
+                    c.device());
   TORCH_CHECK_VALUE(c.max().item<int>() < key_pixels, "candidates: entries must be < ", key_pixels,
                     " (or < 0 for none)");
   return c.permute({0, 2, 3, 1}).contiguous();
@@ -122,9 +123,9 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& query, cons
                                                    int64_t patch_size, at::IntArrayRef jumps, bool random_search,
                                                    int64_t seed) {
   check_search_args(query, key, k, patch_size);
-  TORCH_CHECK_VALUE(iters >= 0 && iters < 65536, "iters: expected 0 <= iters < 65536, got ", iters);
-  TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected a 32-bit unsigned value, got ", seed);
-  for (int64_t step : jumps) TORCH_CHECK_VALUE(step >= 1, "jump: steps must be >= 1, got ", step);
+  check_int_in("iters", iters, 0, kMaxIters);
+  check_int_in("seed", seed, 0, 0xFFFFFFFFLL);
+  for (int64_t step : jumps) check_int_in("jump", step, 1, kMaxStep);
   const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key);
   const at::Tensor cand = candidates_by_pixel(init, query, key.size(2) * key.size(3));
   at::Tensor index = at::empty({query.size(0), query.size(2), query.size(3), k}, query.options().dtype(at::kInt));
@@ -142,16 +143,15 @@ at::Tensor nnf_upsample_cpu(const at::Tensor& nnf, at::IntArrayRef coarse_key_si
                             at::IntArrayRef query_size, int64_t window, int64_t dilation) {
   TORCH_CHECK_TYPE(nnf.scalar_type() == at::kInt, "nnf: expected int32, got ", nnf.scalar_type());
   TORCH_CHECK_VALUE(nnf.dim() == 4 && nnf.numel() > 0, "nnf: expected a non-empty (B, K, H, W) tensor");
-  TORCH_CHECK_VALUE(coarse_key_size.size() == 2 && key_size.size() == 2 && query_size.size() == 2,
-                    "key_size, query_size, coarse_key_size: expected (height, width) pairs");
-  TORCH_CHECK_VALUE(window >= 1 && dilation >= 0, "window: expected >= 1 and dilation >= 0");
+  TORCH_CHECK_VALUE(nnf.size(2) * nnf.size(3) <= kMaxStep, "nnf: too many pixels for int32 indices");
+  const MapSize coarse_key = check_size("coarse_key_size", coarse_key_size);
+  const MapSize key = check_size("key_size", key_size);
+  const MapSize query = check_size("query_size", query_size);
+  check_int_in("window", window, 1, kMaxWindow);
+  check_int_in("dilation", dilation, 0, kMaxStep / kMaxWindow);
   const MapSize coarse_query = map_size(nnf);
-  const MapSize coarse_key{static_cast<int>(coarse_key_size[0]), static_cast<int>(coarse_key_size[1])};
-  const MapSize key{static_cast<int>(key_size[0]), static_cast<int>(key_size[1])};
-  const MapSize query{static_cast<int>(query_size[0]), static_cast<int>(query_size[1])};
-  TORCH_CHECK_VALUE(coarse_key.height >= 1 && coarse_key.width >= 1 && key.height >= 1 && key.width >= 1 &&
-                        query.height >= coarse_query.height && query.width >= coarse_query.width,
-                    "query_size: must be at least the coarse NNF's size; sizes must be positive");
+  TORCH_CHECK_VALUE(query.height >= coarse_query.height && query.width >= coarse_query.width,
+                    "query_size: must be at least the coarse NNF's size");
   auto [low, high] = at::aminmax(nnf);
   TORCH_CHECK_VALUE(low.item<int>() >= 0 && high.item<int>() < coarse_key.pixels(),
                     "nnf: entries must be flat indices into the coarse key map");
