@@ -107,8 +107,18 @@ def _check_temperature(temperature: object) -> float:
 
 
 def _inspectable(t: Tensor) -> bool:
-    """Whether values may be read for checks: not while tracing, not on the meta device."""
+    """Whether values may be checked: not while tracing, not on the meta device."""
     return not torch.compiler.is_compiling() and t.device.type != "meta"
+
+
+def _assert_on_device(t: Tensor, holds: Tensor, message: str) -> bool:
+    """Value checks read CPU tensors back and raise ValueError; on a GPU that read would be a host
+    sync per op, so there a device-side assert reports ``message`` instead (the kernels clamp
+    indices, so nothing is read out of bounds before it fires). Returns whether it asserted."""
+    if t.device.type == "cpu":
+        return False
+    torch._assert_async(holds, message)
+    return True
 
 
 def _check_index_map(
@@ -130,9 +140,12 @@ def _check_index_map(
     if not candidates and t.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one candidate per pixel, got K=0")
     if _inspectable(t) and t.numel():
+        allowed = f"< {key_pixels} (or < 0 for none)" if candidates else f"in [0, {key_pixels})"
+        inside = (t < key_pixels) if candidates else (t >= 0) & (t < key_pixels)
+        if _assert_on_device(t, inside.all(), f"{name}: entries must be flat key indices {allowed}"):
+            return t
         low, high = (int(x) for x in torch.aminmax(t))
         if high >= key_pixels or (low < 0 and not candidates):
-            allowed = f"< {key_pixels} (or < 0 for none)" if candidates else f"in [0, {key_pixels})"
             raise ValueError(
                 f"{name}: entries must be flat key indices {allowed}, got values in [{low}, {high}]"
             )
@@ -302,7 +315,8 @@ def nnf_upsample(
     if query_size[0] < nnf.shape[2] or query_size[1] < nnf.shape[3]:
         raise ValueError(f"query_size: {query_size} is smaller than the coarse NNF's {tuple(nnf.shape[2:])}")
     coarse_pixels = coarse[0] * coarse[1]
-    if _inspectable(nnf):
+    message = f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map"
+    if _inspectable(nnf) and not _assert_on_device(nnf, ((nnf >= 0) & (nnf < coarse_pixels)).all(), message):
         low, high = torch.aminmax(nnf)
         if int(low) < 0 or int(high) >= coarse_pixels:
             raise ValueError(
@@ -382,8 +396,10 @@ def bilinear_weighted_gather(
         )
     if coords.device != query.device:
         raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
-    if _inspectable(coords) and not bool(torch.isnan(coords).logical_not().all()):
-        raise ValueError("coords: expected no NaN positions")
+    if _inspectable(coords):
+        no_nan, message = torch.isnan(coords).logical_not().all(), "coords: expected no NaN positions"
+        if not _assert_on_device(coords, no_nan, message) and not no_nan:
+            raise ValueError(message)
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype

@@ -5,6 +5,9 @@ query/key sizes) must give the reference's result. Nothing may raise anything el
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -495,6 +498,35 @@ def test_long_maps_do_not_overflow_the_kernels_int_arithmetic(int_feats):
     coarse = torch.tensor([[[[1, 0]]]], dtype=torch.int32)
     got = co.nnf_upsample(coarse, (1, width), (1, width), window=2, dilation=3, backend="cpu")
     assert torch.equal(got, ref.nnf_upsample(coarse, (1, width), (1, width), 2, 3))
+
+
+GPU_INDEX_CHECKS = """
+import torch, cocosnet_ops as co
+gen = torch.Generator().manual_seed(0)
+fq, fk, v = (torch.randn(s, generator=gen).cuda() for s in ([1, 4, 5, 6], [1, 4, 7, 3], [1, 3, 7, 3]))
+nnf = torch.randint(0, 21, (1, 2, 5, 6), generator=gen, dtype=torch.int32).cuda()
+coarse = torch.randint(0, 6, (1, 2, 2, 3), generator=gen, dtype=torch.int32).cuda()
+torch.cuda.synchronize()
+torch.cuda.set_sync_debug_mode("error")  # any host sync raises
+co.weighted_gather(fq, fk, v, nnf, 0.1, backend="torch")
+co.nnf_upsample(coarse, (4, 6), (4, 6), backend="torch")
+torch.cuda.set_sync_debug_mode(0)
+coarse[0, 0, 0, 0] = 6
+co.nnf_upsample(coarse, (4, 6), (4, 6), backend="torch")
+torch.cuda.synchronize()
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_index_checks_on_a_gpu_assert_on_the_device_without_a_host_sync():
+    """On a GPU the range checks go through a device-side assert, not a read-back per op. (In a
+    fresh interpreter: a device-side assert leaves the CUDA context unusable.)"""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", GPU_INDEX_CHECKS]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode != 0
+    assert "nnf: entries must be flat indices into the 2x3 coarse key map" in done.stderr
+    assert "called a synchronizing CUDA operation" not in done.stderr
 
 
 # ============================================================================ valid but unusual
