@@ -30,6 +30,8 @@ STREAM_SEARCH_X = 3 << 16
 # Random-search draws are numbered anchor * MAX_RADII + radius level.
 MAX_RADII = 32
 SEARCH_ANCHORS = 4
+# Logits exact_knn holds at once: 16 MiB in float32 (its sort keeps as many values and indices).
+KNN_CHUNK_ENTRIES = 1 << 22
 
 
 # ----------------------------------------------------------------------------- random numbers
@@ -136,13 +138,16 @@ def select_topk(cand: Tensor, score: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def fill_sequence(seed: int, k: int, key_pixels: int, pixel: Tensor, random_only: bool) -> Tensor:
     """The candidates that top up a pixel with fewer than k distinct candidates, in order.
 
-    First 2k uniform draws, then a scan of every key index from a random start, so k distinct
-    ones are always found. (B, L, H, W) int64.
+    First 2k uniform draws, then the key indices in turn from a random start, so k distinct ones
+    are always found. (B, L, H, W) int64. The kernels scan until the pixel is full; k indices of
+    the scan always suffice (each one that is not new is one of the pixel's candidates or draws,
+    already counted), so here it stops there: a batch where one pixel needs the scan costs O(k)
+    per pixel, not O(key pixels). k <= key pixels.
     """
     draws = [counter_random(seed, STREAM_FILL, pixel, j) % key_pixels for j in range(2 * k)]
     if not random_only:
         start = counter_random(seed, STREAM_FILL, pixel, 2 * k) % key_pixels
-        scan = torch.arange(key_pixels, device=pixel.device).view(1, -1, 1, 1)
+        scan = torch.arange(k, device=pixel.device).view(1, -1, 1, 1)
         draws.append((start + scan) % key_pixels)
     return torch.cat(draws, dim=1)
 
@@ -339,13 +344,23 @@ def nnf_upsample(
 
 
 def exact_knn(fq: Tensor, fk: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Exact top-k key pixels by inner product, ties to the lower index."""
+    """Exact top-k key pixels by inner product, ties to the lower index.
+
+    In chunks of query pixels whose logits hold at most ``KNN_CHUNK_ENTRIES`` entries (at least
+    one query pixel per batch item), so memory stays bounded whatever the map sizes.
+    """
     B, C, Hq, Wq = fq.shape
-    logits = torch.einsum("bcn,bcm->bnm", fq.flatten(2), fk.flatten(2))
-    logits = torch.where(torch.isnan(logits), torch.full_like(logits, float("-inf")), logits)
-    scores, index = torch.sort(logits, dim=2, descending=True, stable=True)
-    nnf = index[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).int().contiguous()
-    return nnf, scores[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).contiguous()
+    queries, keys = fq.flatten(2), fk.flatten(2)
+    rows = max(1, KNN_CHUNK_ENTRIES // (B * keys.shape[2]))
+    index, scores = [], []
+    for start in range(0, Hq * Wq, rows):
+        logits = torch.einsum("bcn,bcm->bnm", queries[:, :, start : start + rows], keys)
+        logits = torch.where(torch.isnan(logits), torch.full_like(logits, float("-inf")), logits)
+        chunk_scores, chunk_index = torch.sort(logits, dim=2, descending=True, stable=True)
+        index.append(chunk_index[:, :, :k])
+        scores.append(chunk_scores[:, :, :k])
+    nnf = torch.cat(index, 1).transpose(1, 2).reshape(B, k, Hq, Wq).int().contiguous()
+    return nnf, torch.cat(scores, 1).transpose(1, 2).reshape(B, k, Hq, Wq).contiguous()
 
 
 # ----------------------------------------------------------------------------- warps

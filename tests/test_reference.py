@@ -115,6 +115,44 @@ def test_select_topk_against_python_sort():
                 assert top[b, :, y, x].tolist() == [table[i].item() for i in expected]
 
 
+# ----------------------------------------------------------------------------- top-up
+
+
+def _naive_top_up(given, k, key_pixels, seed, pixel):
+    """The kernels' fill, pixel by pixel: 2k draws, then the key indices from a random start,
+    each taken when new, until k are listed."""
+    listed = list(dict.fromkeys(given))
+
+    def draw(counter):
+        return int(ref.counter_random(seed, ref.STREAM_FILL, torch.tensor([pixel]), counter)) % key_pixels
+
+    for j in range(2 * k):
+        if len(listed) < k and draw(j) not in listed:
+            listed.append(draw(j))
+    start, t = draw(2 * k), 0
+    while len(listed) < k:
+        if (start + t) % key_pixels not in listed:
+            listed.append((start + t) % key_pixels)
+        t += 1
+    return listed
+
+
+@pytest.mark.parametrize(("key_size", "k"), [((2, 3), 6), ((3, 3), 7), ((4, 5), 12), ((6, 7), 20)])
+def test_top_up_against_loop(key_size, k):
+    """Pixels given fewer than k distinct candidates are filled like the kernels fill them, also
+    where the draws repeat so much that the scan must finish the job."""
+    gen = torch.Generator().manual_seed(k)
+    key_pixels = key_size[0] * key_size[1]
+    fq, fk = _feats((1, 3, 3, 4), 0), _feats((1, 3, *key_size), 1)
+    cand = torch.randint(-key_pixels, key_pixels, (1, k // 2, 3, 4), generator=gen).int()
+    nnf, _ = ref.evaluate_candidates(fq, fk, cand, k)
+    for y in range(3):
+        for x in range(4):
+            given = [c for c in cand[0, :, y, x].tolist() if c >= 0]
+            expected = _naive_top_up(given, k, key_pixels, 0, y * 4 + x)
+            assert sorted(nnf[0, :, y, x].tolist()) == sorted(expected)
+
+
 # ----------------------------------------------------------------------------- nnf_upsample
 
 
@@ -238,6 +276,19 @@ def test_exact_knn_against_loop():
                 best = sorted(dots, key=lambda d: (-d[0], d[1]))[:3]
                 assert nnf[b, :, y, x].tolist() == [i for _, i in best]
                 assert scores[b, :, y, x].tolist() == pytest.approx([d for d, _ in best], abs=1e-12)
+
+
+def test_exact_knn_in_chunks_of_query_pixels(monkeypatch):
+    """Memory-bounded chunks (here of 2, then of 1 query pixel per batch item, the last one
+    short) give the whole-map result, ties to the lower index included."""
+    gen = torch.Generator().manual_seed(5)
+    fq = torch.randint(-2, 3, (2, 3, 3, 5), generator=gen).double()
+    fk = torch.randint(-2, 3, (2, 3, 4, 4), generator=gen).double()
+    whole = ref.exact_knn(fq, fk, 6)
+    for entries in (2 * 2 * 16, 1):
+        monkeypatch.setattr(ref, "KNN_CHUNK_ENTRIES", entries)
+        chunked = ref.exact_knn(fq, fk, 6)
+        assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
 
 
 def test_exact_knn_ties_go_to_the_lower_index(backend):
