@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import reference
+
 __all__ = [
     "coords_to_nnf",
     "flow_to_color",
@@ -214,14 +216,12 @@ def reconstruct(
     if not isinstance(value, Tensor) or value.dim() != 4:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"value: expected a 4-D tensor (B, Cv, Hk, Wk), got {shape}")
-    B, Cv, Hk, Wk = value.shape
+    B, _, Hk, Wk = value.shape
     nnf = _check_nnf(nnf, Hk * Wk)
     if nnf.shape[0] != B:
         raise ValueError(f"nnf: batch {nnf.shape[0]} does not match value batch {B}")
-    K, Hq, Wq = nnf.shape[1:]
     if scores is None:
-        index = nnf[:, :1].long().reshape(B, 1, Hq * Wq).expand(B, Cv, -1)
-        return value.flatten(2).gather(2, index).view(B, Cv, Hq, Wq)
+        return reference.gather_pixels(value, nnf[:, :1])[:, :, 0]
     if not isinstance(scores, Tensor) or scores.shape != nnf.shape:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores: expected shape {tuple(nnf.shape)} like nnf, got {shape}")
@@ -229,7 +229,4 @@ def reconstruct(
         raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
-    weights = torch.softmax(scores / temperature, dim=1).to(value.dtype)
-    index = nnf.long().reshape(B, 1, K * Hq * Wq).expand(B, Cv, -1)
-    gathered = value.flatten(2).gather(2, index).view(B, Cv, K, Hq, Wq)
-    return (weights.unsqueeze(1) * gathered).sum(2)
+    return reference.softmax_gather(scores, reference.gather_pixels(value, nnf), temperature)

@@ -432,13 +432,13 @@ def dense_warp(
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
     query, key, value = _warp_inputs(query, key, value)
-    if chosen == "torch":
-        warp = reference.attention_warp(query, key, value, temperature)
-        back = reference.attention_warp(key, query, warp, temperature) if cycle else None
-    else:
-        warp = _ops.dense_warp(query, key, value, temperature)[0]
-        back = _ops.dense_warp(key, query, warp, temperature)[0] if cycle else None
-    return (warp.to(dtype), back.to(dtype)) if cycle else warp.to(dtype)
+
+    def compiled_warp(q: Tensor, k: Tensor, v: Tensor, t: float) -> Tensor:
+        return _ops.dense_warp(q, k, v, t)[0]
+
+    one_way = reference.attention_warp if chosen == "torch" else compiled_warp
+    result = reference.dense_warp(query, key, value, temperature, cycle, one_way)  # the cycle: one definition
+    return tuple(t.to(dtype) for t in result) if cycle else result.to(dtype)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -15,7 +15,7 @@ Conventions (see ``DESIGN.md``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -366,7 +366,7 @@ def exact_knn(fq: Tensor, fk: Tensor, k: int) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------- warps
 
 
-def _gather_pixels(t: Tensor, index: Tensor) -> Tensor:
+def gather_pixels(t: Tensor, index: Tensor) -> Tensor:
     """t (B, C, H, W) at flat indices (B, K, Hq, Wq) -> (B, C, K, Hq, Wq)."""
     B, C = t.shape[:2]
     flat = index.long().reshape(B, 1, -1).expand(B, C, -1)
@@ -379,10 +379,17 @@ def softmax_over_candidates(dots: Tensor, temperature: float) -> Tensor:
     return torch.softmax((dots - dots.amax(1, keepdim=True).detach()) / temperature, dim=1)
 
 
+def softmax_gather(dots: Tensor, values: Tensor, temperature: float) -> Tensor:
+    """sum_k softmax_k(dots / T) values[:, :, k]: the warp every gather op computes, from the K
+    candidates' logits (B, K, Hq, Wq) and values (B, Cv, K, Hq, Wq)."""
+    weights = softmax_over_candidates(dots, temperature).to(values.dtype)
+    return (weights.unsqueeze(1) * values).sum(2)
+
+
 def weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, nnf: Tensor, temperature: float) -> Tensor:
     """out[p] = sum_k softmax_k(<fq[p], fk[nnf[p, k]]> / T) v[nnf[p, k]]."""
-    weights = softmax_over_candidates((fq.unsqueeze(2) * _gather_pixels(fk, nnf)).sum(1), temperature)
-    return (weights.unsqueeze(1) * _gather_pixels(v, nnf)).sum(2)
+    dots = (fq.unsqueeze(2) * gather_pixels(fk, nnf)).sum(1)
+    return softmax_gather(dots, gather_pixels(v, nnf), temperature)
 
 
 def bilinear_sample(t: Tensor, coords: Tensor) -> Tensor:
@@ -400,15 +407,15 @@ def bilinear_sample(t: Tensor, coords: Tensor) -> Tensor:
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
     wx, wy = wx.unsqueeze(1), wy.unsqueeze(1)
-    top = _gather_pixels(t, y0 * W + x0) * (1 - wx) + _gather_pixels(t, y0 * W + x1) * wx
-    bottom = _gather_pixels(t, y1 * W + x0) * (1 - wx) + _gather_pixels(t, y1 * W + x1) * wx
+    top = gather_pixels(t, y0 * W + x0) * (1 - wx) + gather_pixels(t, y0 * W + x1) * wx
+    bottom = gather_pixels(t, y1 * W + x0) * (1 - wx) + gather_pixels(t, y1 * W + x1) * wx
     return top * (1 - wy) + bottom * wy
 
 
 def bilinear_weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, coords: Tensor, temperature: float) -> Tensor:
     """weighted_gather at continuous (x, y) key coordinates (B, K, Hq, Wq, 2), bilinearly sampled."""
-    weights = softmax_over_candidates((fq.unsqueeze(2) * bilinear_sample(fk, coords)).sum(1), temperature)
-    return (weights.unsqueeze(1) * bilinear_sample(v, coords)).sum(2)
+    dots = (fq.unsqueeze(2) * bilinear_sample(fk, coords)).sum(1)
+    return softmax_gather(dots, bilinear_sample(v, coords), temperature)
 
 
 def attention_warp(fq: Tensor, fk: Tensor, v: Tensor, temperature: float) -> Tensor:
@@ -420,11 +427,17 @@ def attention_warp(fq: Tensor, fk: Tensor, v: Tensor, temperature: float) -> Ten
 
 
 def dense_warp(
-    fq: Tensor, fk: Tensor, v: Tensor, temperature: float, cycle: bool = False
+    fq: Tensor,
+    fk: Tensor,
+    v: Tensor,
+    temperature: float,
+    cycle: bool = False,
+    warp: Callable[[Tensor, Tensor, Tensor, float], Tensor] = attention_warp,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The exact softmax warp over all pairs (CoCosNet v1); with ``cycle`` also the warp of the
-    result back onto the key map, ``attention_warp(fk, fq, out)`` (B, Cv, Hk, Wk)."""
-    out = attention_warp(fq, fk, v, temperature)
+    result back onto the key map, ``warp(fk, fq, out)`` (B, Cv, Hk, Wk). ``warp`` computes one
+    direction (the compiled kernels stand in for ``attention_warp`` there)."""
+    out = warp(fq, fk, v, temperature)
     if not cycle:
         return out
-    return out, attention_warp(fk, fq, out, temperature)
+    return out, warp(fk, fq, out, temperature)

@@ -780,10 +780,10 @@ def test_search_outputs_do_not_track_gradients(backend, inp):
 def test_tiny_temperature_gives_the_arg_max(backend, inp):
     """T -> 0 is the hard arg-max, not inf - inf."""
     out = co.weighted_gather(inp.fq, inp.fk, inp.v, inp.nnf, 1e-30, backend=backend)
-    dots = (inp.fq.unsqueeze(2) * ref._gather_pixels(inp.fk, inp.nnf)).sum(1)
+    dots = (inp.fq.unsqueeze(2) * ref.gather_pixels(inp.fk, inp.nnf)).sum(1)
     best = inp.nnf.gather(1, dots.argmax(1, keepdim=True))
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref._gather_pixels(inp.v, best)[:, :, 0])
+    torch.testing.assert_close(out, ref.gather_pixels(inp.v, best)[:, :, 0])
     with pytest.raises(ValueError, match=r"^temperature"):
         co.weighted_gather(inp.fq, inp.fk, inp.v, inp.nnf, 1e-31, backend=backend)
 
