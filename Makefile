@@ -1,5 +1,5 @@
 # make test: install what is missing, then lint and run the whole suite.
-# make demo: train the demo configuration for a few steps and translate an image.
+# make demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it (demo.py).
 PYTHON ?= python3
 STAMP := build/.installed
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)

@@ -215,6 +215,10 @@ def patch_match(
     ``nnf_upsample``; missing candidates are drawn at random. ``jump`` gives the propagation
     step of each iteration (default: halving from up to 8, ending at 1). The result depends
     only on the inputs and ``seed``, never on thread count or scheduling. Not differentiable.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
@@ -254,7 +258,12 @@ def evaluate_candidates(
 ) -> tuple[Tensor, Tensor]:
     """Score M candidate key indices per pixel (int32 (B, M, Hq, Wq), < 0 for none) and keep the
     best ``k`` distinct ones, as ``(nnf, scores)``. A pixel with fewer than k distinct
-    candidates is topped up with deterministic random ones."""
+    candidates is topped up with deterministic random ones.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
+    """
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
     _check_int("k", k, 1, key_pixels)
@@ -297,6 +306,10 @@ def nnf_upsample(
     ``(i - (window - 1) // 2) * dilation`` around each, clamped to the map. The coarse key map
     size defaults to ``key_size`` scaled like the query map. Feed the result to
     ``patch_match(init=...)`` or ``evaluate_candidates``.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     if not isinstance(nnf, Tensor):
         raise TypeError(f"nnf: expected a torch.Tensor, got {type(nnf).__name__}")
@@ -334,7 +347,13 @@ def nnf_upsample(
 def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` key pixels by inner product, ties to the lower index, as ``(nnf, scores)``.
 
-    Computed in chunks of query pixels so memory stays bounded whatever the map sizes.
+    Computed in chunks of query pixels so memory stays bounded whatever the map sizes. The
+    scores come from a vendor matmul, whose last bits depend on the processor, the thread count
+    and the batch size; so may the order of candidates whose scores tie within that rounding.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_int("k", k, 1, key.shape[2] * key.shape[3])
@@ -352,6 +371,10 @@ def weighted_gather(
 
     Fused: never builds the (B, K, C, Hq, Wq) gathered features. Differentiable in query, key
     and value; ``nnf`` is int32 (B, K, Hq, Wq) from ``patch_match`` or ``exact_knn``.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_value(value, key)
@@ -376,7 +399,12 @@ def bilinear_weighted_gather(
 ) -> Tensor:
     """``weighted_gather`` at continuous key coordinates ``coords`` (B, K, Hq, Wq, 2), given as
     (x, y) in key pixels and sampled bilinearly (clamped to the map). Differentiable in query,
-    key, value and coords, so a network that moves the coordinates gets gradients."""
+    key, value and coords, so a network that moves the coordinates gets gradients.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
+    """
     _check_pair(query, key)
     _check_value(value, key)
     if not isinstance(coords, Tensor):
@@ -422,7 +450,13 @@ def dense_warp(
     """The exact softmax warp over every key pixel (CoCosNet v1), memory-efficient.
 
     Returns the warp (B, Cv, Hq, Wq); with ``cycle=True`` also the warp of that result back
-    onto the key map (B, Cv, Hk, Wk), for the cycle loss. Differentiable in all inputs.
+    onto the key map (B, Cv, Hk, Wk), for the cycle loss. Differentiable in all inputs. A vendor
+    attention kernel computes it: results agree within rounding, not bitwise, across processors,
+    thread counts and batch sizes.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_value(value, key)

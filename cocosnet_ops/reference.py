@@ -4,7 +4,7 @@ Everything here is written for clarity, not speed: it materialises the candidate
 gathered features that the kernels never store. The definitions below are the contract; the
 per-pixel code in ``csrc/patch_match.h`` implements exactly the same arithmetic.
 
-Conventions (see ``DESIGN.md``):
+Conventions (the README's API section states them for users):
 
 * query features ``fq`` (B, C, Hq, Wq), key features ``fk`` (B, C, Hk, Wk), values ``v``
   (B, Cv, Hk, Wk);

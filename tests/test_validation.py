@@ -374,6 +374,11 @@ BACKEND_CALLS = {
 
 
 @pytest.mark.parametrize("op", sorted(BACKEND_CALLS))
+def test_backend_argument_is_documented(op):
+    assert "``backend``: None chooses by device" in getattr(co, op).__doc__
+
+
+@pytest.mark.parametrize("op", sorted(BACKEND_CALLS))
 @pytest.mark.parametrize("bad", ["gpu", "CPU", "", 3, ["torch"]])
 def test_bad_backend_name(op, bad, inp):
     with pytest.raises(ValueError, match=r"^backend\b"):
