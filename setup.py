@@ -1,15 +1,43 @@
 """Builds cocosnet_ops._C: CPU kernels always, CUDA kernels when torch has CUDA and nvcc exists.
 
-FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU; FORCE_CPU=1 never does.
+FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU, and even against a CPU-only
+torch: the CUDA sources use only CUDA headers and generic c10 APIs, and link against cudart
+alone. FORCE_CPU=1 never builds them. TORCH_CUDA_ARCH_LIST picks the architectures (default
+8.0 and 9.0).
 """
 
 import glob
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from torch.utils import cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+
+def cuda_toolkit_root() -> str | None:
+    """The CUDA toolkit's root directory, or None without nvcc.
+
+    torch's own guess is None when torch has no CUDA, and wrong when the `nvcc` on PATH is a
+    wrapper script; nvcc's dry run names the directory the real compiler runs from.
+    """
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(variable)
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return root
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    dry_run = subprocess.run(
+        [nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True
+    ).stderr
+    for line in dry_run.splitlines():
+        if line.startswith("#$ _HERE_="):
+            return os.path.dirname(line.split("=", 1)[1].strip())
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
 def extension():
@@ -18,19 +46,35 @@ def extension():
     # at::parallel_for expands to an OpenMP loop in the including file: without -fopenmp it runs
     # on one thread.
     cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden", "-fopenmp"]
-    want_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
-    if os.environ.get("FORCE_CPU") == "1" or not cuda_sources or torch.version.cuda is None:
+    cuda_root = cuda_toolkit_root()
+    if os.environ.get("FORCE_CPU") == "1" or not cuda_sources or cuda_root is None:
         want_cuda = False
-    if want_cuda:
-        return CUDAExtension(
-            "cocosnet_ops._C",
-            sources + cuda_sources,
-            define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
-            extra_link_args=["-fopenmp"],
+    elif os.environ.get("FORCE_CUDA") == "1":
+        want_cuda = True
+    else:
+        want_cuda = torch.version.cuda is not None and torch.cuda.is_available()
+    if not want_cuda:
+        return CppExtension(
+            "cocosnet_ops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
         )
+    # BuildExtension finds nvcc through this module attribute.
+    cpp_extension.CUDA_HOME = cuda_root
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    library_dir = os.path.join(cuda_root, "lib64")
+    if not os.path.isdir(library_dir):
+        library_dir = os.path.join(cuda_root, "targets", "x86_64-linux", "lib")
+    # CppExtension, not CUDAExtension: the latter links torch_cuda and c10_cuda, which a CPU-only
+    # torch lacks. The CUDA glue needs neither.
     return CppExtension(
-        "cocosnet_ops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
+        "cocosnet_ops._C",
+        sources + cuda_sources,
+        define_macros=[("WITH_CUDA", None)],
+        include_dirs=[os.path.join(cuda_root, "include")],
+        library_dirs=[library_dir],
+        libraries=["cudart"],
+        runtime_library_dirs=[library_dir],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+        extra_link_args=["-fopenmp"],
     )
 
 

@@ -48,6 +48,7 @@ side, larger sides of that method and channel count are not attempted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -66,7 +67,10 @@ from torch import Tensor
 import cocosnet_ops
 from cocosnet_ops import reference
 
-METHODS = ("patchmatch_cpu", "patchmatch_torch", "dense", "sdpa")
+CPU_METHODS = ("patchmatch_cpu", "patchmatch_torch", "dense", "sdpa")
+CUDA_METHODS = ("patchmatch_cuda", "dense", "sdpa_flash_bf16", "sdpa_efficient_bf16")
+METHODS = tuple(dict.fromkeys(CPU_METHODS + CUDA_METHODS))
+SDPA_BACKENDS = {"sdpa_flash_bf16": "FLASH_ATTENTION", "sdpa_efficient_bf16": "EFFICIENT_ATTENTION"}
 COLUMNS = (
     "method",
     "side",
@@ -109,14 +113,14 @@ def estimate_bytes(method: str, side: int, channels: int, k: int) -> int:
     n = side * side
     if method == "dense":
         return 4 * n * n * FLOAT_BYTES
-    if method == "sdpa":
+    if method == "sdpa" or method in SDPA_BACKENDS:
         return 16 * n * channels * FLOAT_BYTES
     if method == "patchmatch_torch":
         m = candidates_per_iteration(side, k)
         search = n * m * (2 * channels * FLOAT_BYTES + 12 * INDEX_BYTES)
         gather = 4 * n * k * (channels + 3) * FLOAT_BYTES
         return max(search, gather)
-    if method == "patchmatch_cpu":
+    if method in ("patchmatch_cpu", "patchmatch_cuda"):
         return n * (4 * k * INDEX_BYTES + 4 * channels * FLOAT_BYTES)
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
@@ -128,7 +132,7 @@ def make_warp(
     method: str, k: int, iters: int, temperature: float
 ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """The function (query, key, value) -> warped value (1, 3, S, S) that ``method`` names."""
-    if method in ("patchmatch_cpu", "patchmatch_torch"):
+    if method.startswith("patchmatch_"):
         backend = method.removeprefix("patchmatch_")
 
         def patchmatch_warp(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
@@ -139,7 +143,11 @@ def make_warp(
         return patchmatch_warp
     if method == "dense":
         return lambda query, key, value: reference.attention_warp(query, key, value, temperature)
-    if method == "sdpa":
+    if method == "sdpa" or method in SDPA_BACKENDS:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # On the CPU torch picks the kernel; on a GPU each SDPA row names the one it forces.
+        forced = SDPA_BACKENDS.get(method)
 
         def sdpa_warp(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
             B, C, H, W = query.shape
@@ -147,7 +155,8 @@ def make_warp(
                 t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
                 for t in (query, key, F.pad(value, (0, 0, 0, 0, 0, C - value.shape[1])))
             )
-            out = F.scaled_dot_product_attention(q, kk, v, scale=1.0 / temperature)
+            with sdpa_kernel(getattr(SDPBackend, forced)) if forced else contextlib.nullcontext():
+                out = F.scaled_dot_product_attention(q, kk, v, scale=1.0 / temperature)
             return out[..., : value.shape[1]].squeeze(1).transpose(1, 2).reshape(B, value.shape[1], H, W)
 
         return sdpa_warp
@@ -168,13 +177,21 @@ def run_case(
     temperature: float,
     repeats: int,
     max_seconds: float,
+    device: str = "cpu",
 ) -> dict:
-    """Measure one case in this process; returns the timing and memory columns."""
+    """Measure one case in this process on ``device``; returns the timing and memory columns."""
+    dtype = torch.bfloat16 if method.endswith("_bf16") else torch.float32
     generator = torch.Generator().manual_seed(0)
-    query = F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1).requires_grad_()
-    key = F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1).requires_grad_()
-    value = torch.rand(1, 3, side, side, generator=generator).requires_grad_()
+
+    def leaf(t: Tensor) -> Tensor:
+        return t.to(device, dtype).requires_grad_()
+
+    query = leaf(F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1))
+    key = leaf(F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1))
+    value = leaf(torch.rand(1, 3, side, side, generator=generator))
     warp = make_warp(method, k, iters, temperature)
+    if device == "cuda":
+        return run_cuda_case(warp, query, key, value, repeats, max_seconds)
 
     def forward() -> None:
         with torch.no_grad():
@@ -212,6 +229,55 @@ def run_case(
     }
 
 
+def run_cuda_case(
+    warp: Callable[[Tensor, Tensor, Tensor], Tensor],
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    repeats: int,
+    max_seconds: float,
+) -> dict:
+    """GPU timing with CUDA events (best of ``repeats`` after a warm-up pass), and peak memory
+    from the caching allocator: ``max_memory_allocated`` above what the inputs hold."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            warp(query, key, value)
+
+    def forward_backward() -> None:
+        warp(query, key, value).sum().backward()
+        for t in (query, key, value):
+            t.grad = None
+
+    def peak_bytes(fn: Callable[[], None]) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - baseline
+
+    def best_seconds(fn: Callable[[], None]) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times: list[float] = []
+        while len(times) < repeats and sum(times) < max_seconds:
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        return min(times)
+
+    forward_peak, forward_backward_peak = peak_bytes(forward), peak_bytes(forward_backward)
+    return {
+        "threads": 0,
+        "forward_s": best_seconds(forward),
+        "forward_backward_s": best_seconds(forward_backward),
+        "forward_peak_mib": forward_peak / MIB,
+        "forward_backward_peak_mib": forward_backward_peak / MIB,
+    }
+
+
 # ----------------------------------------------------------------------------- the grid (parent)
 
 
@@ -233,6 +299,8 @@ def run_case_in_subprocess(args: argparse.Namespace, method: str, side: int, cha
         str(args.temperature),
         "--max-seconds",
         str(args.max_seconds),
+        "--device",
+        args.device,
         *(["--keep-denormals"] if args.keep_denormals else []),
     ]
     try:
@@ -250,6 +318,8 @@ def skip_reason(
 ) -> str | None:
     if method == "patchmatch_cpu" and not cocosnet_ops.HAS_COMPILED:
         return "unavailable (cocosnet_ops._C not built)"
+    if method == "patchmatch_cuda" and not cocosnet_ops.HAS_CUDA_KERNELS:
+        return "unavailable (cocosnet_ops._C built without CUDA kernels)"
     if estimated > args.memory_limit_gib:
         return f"skipped (needs {math.ceil(estimated)} GiB)"
     if timed_out_at is not None:
@@ -395,7 +465,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu: the CPU methods, times of whole passes; cuda: the GPU methods, CUDA-event times",
+    )
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: every method of --device")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per case (best of)")
     parser.add_argument("--keep-denormals", action="store_true", help="do not flush denormals to zero")
     parser.add_argument(
@@ -414,6 +490,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="internal: measure one case in this process and print it as JSON",
     )
     args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = list(CUDA_METHODS if args.device == "cuda" else CPU_METHODS)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is visible to torch")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.case is not None and args.case[0] not in METHODS:
@@ -427,11 +507,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.case is not None:
         method, side, channels = args.case[0], int(args.case[1]), int(args.case[2])
         result = run_case(
-            method, side, channels, args.k, args.iters, args.temperature, args.repeats, args.max_seconds
+            method,
+            side,
+            channels,
+            args.k,
+            args.iters,
+            args.temperature,
+            args.repeats,
+            args.max_seconds,
+            args.device,
         )
         print(json.dumps(result))
         return
     print(f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}; torch threads: {torch.get_num_threads()}")
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     rows = run_grid(args)
     write_csv(rows, args.out)
     plot_path = args.out.with_suffix(".png")

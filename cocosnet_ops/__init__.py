@@ -11,6 +11,8 @@ from . import nnf
 from .ops import (
     BACKENDS,
     HAS_COMPILED,
+    HAS_CUDA_KERNELS,
+    bilinear_scores,
     bilinear_weighted_gather,
     dense_warp,
     evaluate_candidates,
@@ -23,6 +25,8 @@ from .ops import (
 __all__ = [
     "BACKENDS",
     "HAS_COMPILED",
+    "HAS_CUDA_KERNELS",
+    "bilinear_scores",
     "bilinear_weighted_gather",
     "dense_warp",
     "evaluate_candidates",

@@ -23,6 +23,12 @@ _C, COMPILED_LOAD_ERROR = load_compiled()
 HAS_COMPILED = _C is not None
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
+# Whether this build of _C has the CUDA kernels (FORCE_CUDA=1, or torch with CUDA and nvcc).
+HAS_CUDA_KERNELS = HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "cocosnet_ops::patch_match", "CUDA"
+)
+# The CUDA search kernels keep their top-K lists in fixed-size arrays of at most this many.
+MAX_CUDA_K = 64
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ops = torch.ops.cocosnet_ops
 
@@ -152,21 +158,57 @@ def _check_index_map(
     return t
 
 
+def _check_coords(coords: object, query: Tensor) -> Tensor:
+    """Continuous (x, y) key positions (B, K, Hq, Wq, 2) matching ``query``, none NaN."""
+    if not isinstance(coords, Tensor):
+        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
+    if coords.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"coords: expected a floating-point tensor of (x, y) positions, got {coords.dtype}")
+    if (
+        coords.dim() != 5
+        or coords.shape[0] != query.shape[0]
+        or coords.shape[2:4] != query.shape[2:]
+        or coords.shape[4] != 2
+        or coords.shape[1] < 1
+    ):
+        raise ValueError(
+            f"coords: expected shape (B={query.shape[0]}, K, {query.shape[2]}, {query.shape[3]}, 2), "
+            f"got {tuple(coords.shape)}"
+        )
+    if coords.device != query.device:
+        raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
+    if _inspectable(coords):
+        no_nan, message = torch.isnan(coords).logical_not().all(), "coords: expected no NaN positions"
+        if not _assert_on_device(coords, no_nan, message) and not no_nan:
+            raise ValueError(message)
+    return coords
+
+
 def _choose_backend(backend: str | None, device: torch.device) -> str:
     if backend is None:
         if device.type == "cuda":
-            if HAS_COMPILED and torch.cuda.is_available() and hasattr(_C, "CUDA"):
-                return "cuda"
-            return "torch"
+            return "cuda" if HAS_CUDA_KERNELS else "torch"
         return "cpu" if HAS_COMPILED and device.type == "cpu" else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
     if backend == "cpu" and (device.type != "cpu" or not HAS_COMPILED):
         why = "the extension cocosnet_ops._C is not built" if not HAS_COMPILED else f"tensors are on {device}"
         raise ValueError(f"backend: 'cpu' is not available here ({why})")
-    if backend in ("cuda", "triton"):
-        raise ValueError(f"backend: {backend!r} kernels are not part of this build; use 'cpu' or 'torch'")
+    if backend == "cuda" and (device.type != "cuda" or not HAS_CUDA_KERNELS):
+        why = (
+            f"tensors are on {device}"
+            if device.type != "cuda"
+            else "cocosnet_ops._C was built without CUDA kernels; rebuild with FORCE_CUDA=1"
+        )
+        raise ValueError(f"backend: 'cuda' is not available here ({why})")
+    if backend == "triton":
+        raise ValueError("backend: 'triton' kernels are not part of this build; use 'cuda', 'cpu' or 'torch'")
     return backend
+
+
+def _check_cuda_k(k: int, chosen: str) -> None:
+    if chosen == "cuda" and k > MAX_CUDA_K:
+        raise ValueError(f"k: the CUDA search kernels keep at most {MAX_CUDA_K} matches per pixel, got {k}")
 
 
 def _as_float(t: Tensor) -> Tensor:
@@ -240,6 +282,7 @@ def patch_match(
     if init is not None:
         _check_index_map("init", init, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device)
+    _check_cuda_k(k, chosen)
     query, key = _search_input(query), _search_input(key)
     init = init.contiguous() if init is not None else None
     if chosen == "torch":
@@ -270,6 +313,7 @@ def evaluate_candidates(
     _check_patch_size(patch_size)
     _check_index_map("candidates", candidates, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device)
+    _check_cuda_k(k, chosen)
     query, key, candidates = _search_input(query), _search_input(key), candidates.contiguous()
     if chosen == "torch":
         return reference.evaluate_candidates(query, key, candidates, k, patch_size)
@@ -407,27 +451,7 @@ def bilinear_weighted_gather(
     """
     _check_pair(query, key)
     _check_value(value, key)
-    if not isinstance(coords, Tensor):
-        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
-    if coords.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"coords: expected a floating-point tensor of (x, y) positions, got {coords.dtype}")
-    if (
-        coords.dim() != 5
-        or coords.shape[0] != query.shape[0]
-        or coords.shape[2:4] != query.shape[2:]
-        or coords.shape[4] != 2
-        or coords.shape[1] < 1
-    ):
-        raise ValueError(
-            f"coords: expected shape (B={query.shape[0]}, K, {query.shape[2]}, {query.shape[3]}, 2), "
-            f"got {tuple(coords.shape)}"
-        )
-    if coords.device != query.device:
-        raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
-    if _inspectable(coords):
-        no_nan, message = torch.isnan(coords).logical_not().all(), "coords: expected no NaN positions"
-        if not _assert_on_device(coords, no_nan, message) and not no_nan:
-            raise ValueError(message)
+    _check_coords(coords, query)
     temperature = _check_temperature(temperature)
     chosen = _choose_backend(backend, query.device)
     dtype = value.dtype
@@ -436,6 +460,37 @@ def bilinear_weighted_gather(
     if chosen == "torch":
         return reference.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
     return _ops.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
+
+
+def bilinear_scores(
+    query: Tensor, key: Tensor, coords: Tensor, patch_size: int = 1, *, backend: str | None = None
+) -> Tensor:
+    """The (patch) scores (B, K, Hq, Wq) of every query pixel at K continuous key coordinates
+    ``coords`` (B, K, Hq, Wq, 2), given as (x, y) in key pixels like ``bilinear_weighted_gather``.
+
+    The score is the mean over the ``patch_size`` square window of the inner products of the
+    query features at p + d with the key features sampled bilinearly at coords + d. The centre
+    term is sampled border-clamped like ``bilinear_weighted_gather`` (at ``patch_size=1`` the
+    score is the inner product that gather turns into a logit); an off-centre term counts when p + d
+    is inside the query map and coords + d inside [0, Wk - 1] x [0, Hk - 1]. At integer
+    coordinates inside the key map this is the score ``patch_match`` gives that match.
+    What a network that moves the candidates sees; not differentiable (a search-side op).
+    Scores are in the features' dtype (float32 for half-precision features, like
+    ``patch_match``); NaN features give NaN scores.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
+    """
+    _check_pair(query, key)
+    _check_coords(coords, query)
+    patch_size = _check_patch_size(patch_size)
+    chosen = _choose_backend(backend, query.device)
+    query, key = _search_input(query), _search_input(key)
+    coords = coords.detach().to(query.dtype).contiguous()
+    if chosen == "torch":
+        return reference.bilinear_scores(query, key, coords, patch_size)
+    return _ops.bilinear_scores(query, key, coords, patch_size)
 
 
 def dense_warp(
@@ -523,6 +578,10 @@ def _register_compiled_ops() -> None:
             torch.empty_like(value),
             torch.empty_like(coords),
         )
+
+    @torch.library.register_fake(lib + "bilinear_scores")
+    def _(query, key, coords, patch_size):
+        return query.new_empty(coords.shape[:4])
 
     @torch.library.register_fake(lib + "dense_warp")
     def _(query, key, value, temperature):

@@ -418,6 +418,34 @@ def bilinear_weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, coords: Tensor, 
     return softmax_gather(dots, bilinear_sample(v, coords), temperature)
 
 
+def bilinear_scores(fq: Tensor, fk: Tensor, coords: Tensor, patch_size: int = 1) -> Tensor:
+    """Patch scores (B, K, Hq, Wq) at continuous (x, y) key coordinates (B, K, Hq, Wq, 2).
+
+    The mean over the ``patch_size`` square window of <fq[p + d], fk sampled bilinearly at
+    coords + d>, dividing by the whole window like ``patch_scores``. The centre term always
+    counts, border-clamped like ``bilinear_weighted_gather`` (at patch size 1 this is the
+    gather's logit); an off-centre term counts when p + d lies in the query map and coords + d
+    in [0, Wk - 1] x [0, Hk - 1]. At integer coordinates inside the key map this is
+    ``patch_scores``.
+    """
+    Hq, Wq = fq.shape[-2:]
+    Hk, Wk = fk.shape[-2:]
+    r = patch_size // 2
+    fq_pad = F.pad(fq, (r, r, r, r))
+    total = torch.zeros(coords.shape[:-1], dtype=fq.dtype, device=fq.device)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            q = fq_pad[:, :, r + dy : r + dy + Hq, r + dx : r + dx + Wq]  # zero outside the map
+            shifted = coords + coords.new_tensor([dx, dy])
+            term = (q.unsqueeze(2) * bilinear_sample(fk, shifted)).sum(1)
+            if dx or dy:
+                x, y = shifted[..., 0], shifted[..., 1]
+                inside = (x >= 0) & (x <= Wk - 1) & (y >= 0) & (y <= Hk - 1)
+                term = torch.where(inside, term, torch.zeros_like(term))
+            total = total + term
+    return total / (patch_size * patch_size)
+
+
 def attention_warp(fq: Tensor, fk: Tensor, v: Tensor, temperature: float) -> Tensor:
     """out[p] = sum_q softmax_q(<fq[p], fk[q]> / T) v[q] over every key pixel q."""
     B, _, Hq, Wq = fq.shape

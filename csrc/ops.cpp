@@ -28,6 +28,7 @@ TORCH_LIBRARY(cocosnet_ops, m) {
   m.def(
       "bilinear_weighted_gather_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor coords, "
       "float temperature) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("bilinear_scores(Tensor query, Tensor key, Tensor coords, int patch_size) -> Tensor");
   m.def("dense_warp(Tensor query, Tensor key, Tensor value, float temperature) -> (Tensor, Tensor)");
   m.def(
       "dense_warp_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor out, Tensor logsumexp, "

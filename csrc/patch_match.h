@@ -37,13 +37,16 @@ HOST_DEVICE uint32_t pcg_hash(uint32_t x) {
   return (word >> 22u) ^ word;
 }
 
+// The part of counter_random that does not depend on the counter: a pixel's draws from one
+// stream hash it once.
+HOST_DEVICE uint32_t random_stream(uint32_t seed, uint32_t stream, uint32_t pixel) {
+  return pcg_hash(pcg_hash(pcg_hash(seed) ^ stream) ^ pixel);
+}
+
 // A random number that is a pure function of its arguments: no state, so no thread order.
 // `pixel` is the query pixel's flat index within its map, so batch items draw alike.
 HOST_DEVICE uint32_t counter_random(uint32_t seed, uint32_t stream, uint32_t pixel, uint32_t counter) {
-  uint32_t h = pcg_hash(seed);
-  h = pcg_hash(h ^ stream);
-  h = pcg_hash(h ^ pixel);
-  return pcg_hash(h ^ counter);
+  return pcg_hash(random_stream(seed, stream, pixel) ^ counter);
 }
 
 // ------------------------------------------------------------------------------ geometry
@@ -60,6 +63,29 @@ HOST_DEVICE int clamp_int(int v, int low, int high) { return v < low ? low : (v 
 HOST_DEVICE int clamp_int(int64_t v, int low, int high) {
   return static_cast<int>(v < low ? low : (v > high ? high : v));
 }
+
+// Division of non-negative int32 values by a fixed positive divisor through a multiply and a
+// shift (Granlund and Montgomery, 1994), exact for every n, d in [0, 2^31): a flat key index
+// splits into row and column without a hardware division per candidate.
+struct FastDivider {
+  uint32_t divisor;
+  uint32_t magic;
+  uint32_t shift;
+
+  HOST_DEVICE explicit FastDivider(int d) : divisor(static_cast<uint32_t>(d)), shift(0) {
+    while ((1u << shift) < divisor) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - divisor)) / divisor + 1);
+  }
+
+  HOST_DEVICE int quotient(int n) const {
+#ifdef __CUDA_ARCH__
+    const uint32_t high = __umulhi(static_cast<uint32_t>(n), magic);
+#else
+    const uint32_t high = static_cast<uint32_t>((uint64_t{static_cast<uint32_t>(n)} * magic) >> 32);
+#endif
+    return static_cast<int>((high + static_cast<uint32_t>(n)) >> shift);
+  }
+};
 
 HOST_DEVICE float exp_of(float x) { return expf(x); }
 HOST_DEVICE double exp_of(double x) { return exp(x); }
@@ -100,23 +126,32 @@ HOST_DEVICE T rankable(T score) {
 }
 
 // Mean over the patch of the inner products at equal displacements, features zero outside.
-template <typename T>
-HOST_DEVICE T patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
-                          int ky, int kx, int radius) {
-  if (radius == 0) {
-    return rankable(dot(query + static_cast<int64_t>(qy * qs.width + qx) * channels,
-                        key + static_cast<int64_t>(ky * ks.width + kx) * channels, channels));
-  }
+// `pixel_dot(query_pixel, key_pixel)` is the inner product of two pixels' features, given their
+// flat indices in the query and key maps: the CPU computes it in one thread, the GPU across a
+// group of lanes.
+template <typename T, typename PixelDot>
+HOST_DEVICE T patch_score_with(const PixelDot& pixel_dot, MapSize qs, MapSize ks, int qy, int qx, int ky, int kx,
+                               int radius) {
+  if (radius == 0) return rankable(pixel_dot(qy * qs.width + qx, ky * ks.width + kx));
   T total = 0;
   for (int dy = -radius; dy <= radius; ++dy) {
     for (int dx = -radius; dx <= radius; ++dx) {
       if (!qs.contains(qy + dy, qx + dx) || !ks.contains(ky + dy, kx + dx)) continue;
-      total += dot(query + static_cast<int64_t>((qy + dy) * qs.width + qx + dx) * channels,
-                   key + static_cast<int64_t>((ky + dy) * ks.width + kx + dx) * channels, channels);
+      total += pixel_dot((qy + dy) * qs.width + qx + dx, (ky + dy) * ks.width + kx + dx);
     }
   }
   const int side = 2 * radius + 1;
   return rankable(total / static_cast<T>(side * side));
+}
+
+template <typename T>
+HOST_DEVICE T patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
+                          int ky, int kx, int radius) {
+  const auto pixel_dot = [&](int query_pixel, int key_pixel) {
+    return dot(query + static_cast<int64_t>(query_pixel) * channels, key + static_cast<int64_t>(key_pixel) * channels,
+               channels);
+  };
+  return patch_score_with<T>(pixel_dot, qs, ks, qy, qx, ky, kx, radius);
 }
 
 // ------------------------------------------------------------------------------ top-K list
@@ -130,6 +165,8 @@ HOST_DEVICE bool ranks_before(T score_a, int index_a, T score_b, int index_b) {
 // A sorted, duplicate-free list of at most k candidates in caller-provided storage.
 template <typename T>
 struct TopK {
+  // Scans the list before scoring: on a CPU a key row costs more than the scan.
+  static constexpr bool kScoreFirst = false;
   int* index;
   T* score;
   int k;
@@ -159,6 +196,107 @@ struct TopK {
     index[i] = candidate;
     score[i] = s;
   }
+
+  // Make the list the k sorted, distinct entries given.
+  HOST_DEVICE void assign(const int* from_index, const T* from_score) {
+    for (int i = 0; i < k; ++i) {
+      index[i] = from_index[i];
+      score[i] = from_score[i];
+    }
+    count = k;
+  }
+};
+
+// The same list held in registers, for the GPU: every loop runs over the compile-time bound
+// KMax (unrolled, so no array is indexed at run time and none spills to local memory), and
+// slots past the current entries hold a sentinel that every real candidate ranks before.
+// It keeps exactly the entries TopK keeps, in the same order.
+template <typename T, int KMax>
+struct RegisterTopK {
+  // Scores before scanning: on a GPU the row load overlaps other warps' work, while the scan
+  // is KMax compares in every lane; most candidates fail the cheap score test after the first
+  // iteration.
+  static constexpr bool kScoreFirst = true;
+  static constexpr int kNone = 0x7fffffff;
+  int index[KMax];
+  T score[KMax];
+  int k;
+  int count;
+  int worst_index;  // entry k - 1, or the sentinel while the list is not full
+  T worst_score;
+
+  HOST_DEVICE explicit RegisterTopK(int k_) : k(k_), count(0), worst_index(kNone) {
+    worst_score = -static_cast<T>(INFINITY);
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      index[i] = kNone;
+      score[i] = -static_cast<T>(INFINITY);
+    }
+  }
+
+  HOST_DEVICE bool contains(int candidate) const {
+    bool found = false;
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) found |= index[i] == candidate;
+    return found;
+  }
+
+  HOST_DEVICE bool full() const { return count == k; }
+
+  HOST_DEVICE bool admits(T s, int candidate) const {
+    return count < k || ranks_before(s, candidate, worst_score, worst_index);
+  }
+
+  // The candidate sinks from the top, swapping with every entry it ranks before; what is
+  // carried past entry k - 1 drops out.
+  HOST_DEVICE void insert(int candidate, T s) {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i < k && ranks_before(s, candidate, score[i], index[i])) {
+        const int displaced_index = index[i];
+        const T displaced_score = score[i];
+        index[i] = candidate;
+        score[i] = s;
+        candidate = displaced_index;
+        s = displaced_score;
+      }
+    }
+    count += count < k;
+    update_worst();
+  }
+
+  HOST_DEVICE void assign(const int* from_index, const T* from_score) {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i < k) {
+        index[i] = from_index[i];
+        score[i] = from_score[i];
+      }
+    }
+    count = k;
+    update_worst();
+  }
+
+  HOST_DEVICE void store(int* to_index, T* to_score) const {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i < k) {
+        to_index[i] = index[i];
+        to_score[i] = score[i];
+      }
+    }
+  }
+
+ private:
+  HOST_DEVICE void update_worst() {
+#pragma unroll
+    for (int i = 0; i < KMax; ++i) {
+      if (i == k - 1) {
+        worst_index = index[i];
+        worst_score = score[i];
+      }
+    }
+  }
 };
 
 // Everything one pixel's search needs to score key indices.
@@ -179,11 +317,15 @@ struct Scorer {
 };
 
 // Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
-template <typename T>
-HOST_DEVICE void offer(TopK<T>& list, const Scorer<T>& scorer, int candidate) {
-  if (list.contains(candidate)) return;
-  const T s = scorer(candidate);
-  if (list.admits(s, candidate)) list.insert(candidate, s);
+// `List` is TopK or RegisterTopK, and `Score` a Scorer or a type derived from it that scores
+// the same way (the GPU's, which splits each inner product across lanes), here and below.
+template <typename Score, typename List>
+HOST_DEVICE void offer(List& list, const Score& scorer, int candidate) {
+  // Whether a candidate is listed and whether its score would enter the list are independent,
+  // and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
+  if (!List::kScoreFirst && list.contains(candidate)) return;
+  const auto s = scorer(candidate);
+  if (list.admits(s, candidate) && (!List::kScoreFirst || !list.contains(candidate))) list.insert(candidate, s);
 }
 
 // How many candidates ahead of the one being scored the CPU asks for its key row: rows are
@@ -199,36 +341,37 @@ HOST_DEVICE void prefetch_row(const T* row, int length) {
 }
 
 // Offer `count` candidates (stride `stride`; negative entries mean none) in order.
-template <typename T>
-HOST_DEVICE void offer_all(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride) {
+template <typename Score, typename List>
+HOST_DEVICE void offer_all(List& list, const Score& scorer, const int* candidates, int count, int stride) {
   for (int i = 0; i < count; ++i) {
     if (i + kPrefetchDistance < count) {
       const int ahead = candidates[(i + kPrefetchDistance) * stride];
       if (ahead >= 0) prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
     }
     const int candidate = candidates[i * stride];
-    if (candidate >= 0) offer(list, scorer, candidate);
+    // Out-of-range entries are skipped, so no input reads outside the key map.
+    if (candidate >= 0 && candidate < scorer.ks.pixels()) offer(list, scorer, candidate);
   }
 }
 
 // The start of every search: the given candidates (negative entries mean none), then, while
 // fewer than k distinct are listed, 2k random draws and a scan of every key index from a random
 // start. `candidates` has `count` entries with stride `stride`.
-template <typename T>
-HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int* candidates, int count, int stride,
+template <typename Score, typename List>
+HOST_DEVICE void initial_topk(List& list, const Score& scorer, const int* candidates, int count, int stride,
                               uint32_t seed, uint32_t pixel) {
-  list.count = 0;
   offer_all(list, scorer, candidates, count, stride);
   const int key_pixels = scorer.ks.pixels();
+  const uint32_t fill = random_stream(seed, kStreamFill, pixel);
   for (int j = 0; j < 2 * list.k && !list.full(); ++j) {
     if (j + kPrefetchDistance < 2 * list.k) {
-      const uint32_t ahead = counter_random(seed, kStreamFill, pixel, j + kPrefetchDistance) % key_pixels;
+      const uint32_t ahead = pcg_hash(fill ^ (j + kPrefetchDistance)) % key_pixels;
       prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
     }
-    const int candidate = static_cast<int>(counter_random(seed, kStreamFill, pixel, j) % key_pixels);
+    const int candidate = static_cast<int>(pcg_hash(fill ^ j) % key_pixels);
     if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
   }
-  const uint32_t start = counter_random(seed, kStreamFill, pixel, 2 * list.k) % key_pixels;
+  const uint32_t start = pcg_hash(fill ^ (2 * list.k)) % key_pixels;
   for (int t = 0; t < key_pixels && !list.full(); ++t) {
     const int candidate = static_cast<int>((start + t) % key_pixels);
     if (!list.contains(candidate)) list.insert(candidate, scorer(candidate));
@@ -237,21 +380,34 @@ HOST_DEVICE void initial_topk(TopK<T>& list, const Scorer<T>& scorer, const int*
 
 // ------------------------------------------------------------------------------ PatchMatch
 
+// The random-search radii for a key map: halving from half its larger side down to 1, at most
+// kMaxRadii of them, written to `radii`; returns their number.
+HOST_DEVICE int search_radii(MapSize ks, int* radii) {
+  int count = 0;
+  for (int r = (ks.height > ks.width ? ks.height : ks.width) / 2; r >= 1 && count < kMaxRadii; r /= 2)
+    radii[count++] = r;
+  return count;
+}
+
 // Most candidates one PatchMatch iteration proposes for a pixel (see step_candidates).
 HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMaxRadii; }
 
-// The candidates one double-buffered PatchMatch iteration proposes for a pixel, written to
-// `out` (room for max_step_candidates(k)); returns their number. `previous` holds the whole NNF
-// of this batch item before the iteration, laid out (Hq, Wq, k), best first.
+// The candidates one double-buffered PatchMatch iteration proposes for a pixel, passed in order
+// to `visit` (at most max_step_candidates(k) of them). `previous` holds the whole NNF of this
+// batch item before the iteration, laid out (Hq, Wq, k), best first.
 //  * propagation: the k matches of each neighbour at distance `step` along the axes, shifted
 //    back by that distance in key pixels (dropped when outside the key map);
 //  * random search: for each of the best kSearchAnchors matches and each radius, one uniform
 //    draw in the square of that radius around it, clamped to the key map.
-HOST_DEVICE int step_candidates(int* out, const int* previous, int k, MapSize qs, MapSize ks, int qy, int qx, int step,
-                                const int* radii, int num_radii, uint32_t seed, int iteration, uint32_t pixel) {
-  int count = 0;
+template <typename Visit>
+HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs, MapSize ks, int qy, int qx, int step,
+                                         const int* radii, int num_radii, uint32_t seed, int iteration,
+                                         uint32_t pixel, Visit&& visit) {
   const int neighbour_dy[4] = {-step, step, 0, 0};
   const int neighbour_dx[4] = {0, 0, -step, step};
+  const FastDivider by_width(ks.width);
+  // Not unrolled: four copies of the candidate's scoring would crowd the GPU's instruction cache.
+#pragma unroll 1
   for (int n = 0; n < 4; ++n) {
     const int ny = qy + neighbour_dy[n], nx = qx + neighbour_dx[n];
     if (!qs.contains(ny, nx)) continue;
@@ -259,41 +415,47 @@ HOST_DEVICE int step_candidates(int* out, const int* previous, int k, MapSize qs
     const int shift_x = scale_shift(neighbour_dx[n], ks.width, qs.width);
     const int* theirs = previous + static_cast<int64_t>(ny * qs.width + nx) * k;
     for (int i = 0; i < k; ++i) {
-      const int ky = theirs[i] / ks.width - shift_y, kx = theirs[i] % ks.width - shift_x;
-      if (ks.contains(ky, kx)) out[count++] = ky * ks.width + kx;
+      const int row = by_width.quotient(theirs[i]);
+      const int ky = row - shift_y, kx = theirs[i] - row * ks.width - shift_x;
+      if (ks.contains(ky, kx)) visit(ky * ks.width + kx);
     }
   }
   const int* own = previous + static_cast<int64_t>(qy * qs.width + qx) * k;
   const int anchors = k < kSearchAnchors ? k : kSearchAnchors;
+  const uint32_t stream_y = random_stream(seed, kStreamSearchY | iteration, pixel);
+  const uint32_t stream_x = random_stream(seed, kStreamSearchX | iteration, pixel);
   for (int a = 0; a < anchors; ++a) {
-    const int ay = own[a] / ks.width, ax = own[a] % ks.width;
+    const int ay = by_width.quotient(own[a]), ax = own[a] - ay * ks.width;
     for (int level = 0; level < num_radii; ++level) {
       const int r = radii[level];
       const uint32_t draw = static_cast<uint32_t>(a * kMaxRadii + level);
-      const int oy = static_cast<int>(counter_random(seed, kStreamSearchY | iteration, pixel, draw) % (2 * r + 1)) - r;
-      const int ox = static_cast<int>(counter_random(seed, kStreamSearchX | iteration, pixel, draw) % (2 * r + 1)) - r;
-      out[count++] = clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1);
+      const int oy = static_cast<int>(pcg_hash(stream_y ^ draw) % (2 * r + 1)) - r;
+      const int ox = static_cast<int>(pcg_hash(stream_x ^ draw) % (2 * r + 1)) - r;
+      visit(clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1));
     }
   }
-  return count;
 }
 
 // One double-buffered PatchMatch iteration for one pixel: its previous matches (`previous`,
 // `previous_score`: this batch item's NNF before the iteration, (Hq, Wq, k)) compete with the
-// step_candidates, which go through `scratch` (room for max_step_candidates(k)). The result goes
-// to `list`, whose storage must not alias `previous`.
-template <typename T>
-HOST_DEVICE void patch_match_step(TopK<T>& list, int* scratch, const Scorer<T>& scorer, const int* previous,
+// step candidates. The result goes to `list`, whose storage must not alias `previous`. With
+// `scratch` (room for max_step_candidates(k)) the candidates are listed first, so the CPU can
+// prefetch their key rows; without it (the GPU, which hides latency with other threads) each is
+// offered as it is proposed. The order of the offers, and so the result, is the same.
+template <typename T, typename Score, typename List>
+HOST_DEVICE void patch_match_step(List& list, int* scratch, const Score& scorer, const int* previous,
                                   const T* previous_score, int step, const int* radii, int num_radii, uint32_t seed,
                                   int iteration, uint32_t pixel) {
   const int64_t own = scorer.qy * scorer.qs.width + scorer.qx;
-  for (int i = 0; i < list.k; ++i) {
-    list.index[i] = previous[own * list.k + i];
-    list.score[i] = previous_score[own * list.k + i];
+  list.assign(previous + own * list.k, previous_score + own * list.k);
+  if (scratch == nullptr) {
+    for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii,
+                            seed, iteration, pixel, [&](int candidate) { offer(list, scorer, candidate); });
+    return;
   }
-  list.count = list.k;
-  const int count = step_candidates(scratch, previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii,
-                                    num_radii, seed, iteration, pixel);
+  int count = 0;
+  for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii, seed,
+                          iteration, pixel, [&](int candidate) { scratch[count++] = candidate; });
   offer_all(list, scorer, scratch, count, 1);
 }
 
@@ -313,7 +475,8 @@ HOST_DEVICE void upsample_pixel(int* out, int out_stride, const int* coarse, int
                         (int64_t{query.width} * coarse_key.width);
   const int first = (window - 1) / 2;
   for (int m = 0; m < k; ++m) {
-    const int match = coarse[int64_t{m} * coarse_query.pixels() + cy * coarse_query.width + cx];
+    const int match = clamp_int(coarse[int64_t{m} * coarse_query.pixels() + cy * coarse_query.width + cx], 0,
+                                coarse_key.pixels() - 1);
     const int64_t base_y = int64_t{match / coarse_key.width} * key.height / coarse_key.height + off_y;
     const int64_t base_x = int64_t{match % coarse_key.width} * key.width / coarse_key.width + off_x;
     for (int i = 0; i < window; ++i) {
@@ -496,6 +659,37 @@ HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coo
       corners[4 * i + n] = b.corner[n];
     }
   }
+}
+
+// ------------------------------------------------------------------------------ bilinear scores
+
+// The patch score of query pixel (qy, qx) at the continuous key position (x, y): the mean over
+// the (2 * radius + 1)^2 window of <query[qy + dy, qx + dx], key sampled bilinearly at
+// (x + dx, y + dy)>, dividing by the full window like patch_score. The centre term always
+// counts, border-clamped like bilinear_weighted_gather (so at radius 0 this is the gather's
+// logit); an off-centre term counts when its query pixel is inside the query map and its
+// position lies in [0, Wk - 1] x [0, Hk - 1]. At integer positions inside the key map it equals
+// patch_score for finite features. No rankable(): these scores are read, not ranked, so a NaN
+// feature gives a NaN score.
+template <typename T>
+HOST_DEVICE T bilinear_patch_score(const T* query, const T* key, int channels, MapSize qs, MapSize ks, int qy, int qx,
+                                   T x, T y, int radius) {
+  T total = 0;
+  for (int dy = -radius; dy <= radius; ++dy) {
+    for (int dx = -radius; dx <= radius; ++dx) {
+      const T sx = x + static_cast<T>(dx), sy = y + static_cast<T>(dy);
+      const bool centre = dx == 0 && dy == 0;
+      if (!centre && (!qs.contains(qy + dy, qx + dx) || !(sx >= 0 && sx <= ks.width - 1) ||
+                      !(sy >= 0 && sy <= ks.height - 1)))
+        continue;
+      const Bilinear<T> b(sx, sy, ks);
+      T dots[4];
+      corner_dots(dots, query + static_cast<int64_t>((qy + dy) * qs.width + qx + dx) * channels, key, b, channels);
+      total += b.blend(dots);
+    }
+  }
+  const int side = 2 * radius + 1;
+  return radius == 0 ? total : total / static_cast<T>(side * side);
 }
 
 }  // namespace cocosnet_ops

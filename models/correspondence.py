@@ -38,25 +38,6 @@ def query_positions_in_key(
     return x.view(1, 1, 1, wq), y.view(1, 1, hq, 1)
 
 
-@torch.no_grad()
-def scores_at(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
-    """Inner products (B, K, Hq, Wq) of the query features with the key features sampled bilinearly
-    at ``coords`` (border-clamped), one candidate at a time to keep memory at one feature map."""
-    hk, wk = key.shape[-2:]
-    # align_corners=True maps -1 and 1 to the centres of the first and last pixels.
-    scale = coords.new_tensor([2.0 / max(wk - 1, 1), 2.0 / max(hk - 1, 1)])
-    grid = coords.float() * scale - 1.0
-    key = key.float()
-    query = query.float()
-    scores = [
-        (
-            query * F.grid_sample(key, grid[:, i], mode="bilinear", padding_mode="border", align_corners=True)
-        ).sum(1)
-        for i in range(coords.shape[1])
-    ]
-    return torch.stack(scores, dim=1)
-
-
 @dataclass
 class CorrespondenceOutput:
     """Everything the correspondence computes for one batch, coarsest level first.
@@ -206,5 +187,6 @@ class Correspondence(nn.Module):
             hidden, delta = self.update(hidden, scores.to(hidden.dtype), offsets.to(hidden.dtype))
             coords = coords + delta.float()
             if step + 1 < self.gru_iters:
-                scores = scores_at(query, key, coords)
+                # The same patch scores patch_match gave at the integer matches, now where the GRU moved them.
+                scores = cocosnet_ops.bilinear_scores(query, key, coords, self.patch_size)
         return coords

@@ -13,7 +13,7 @@ import cocosnet_ops
 from cocosnet_ops.nnf import nnf_to_coords
 from models import CoCosNet, CoCosNetOptions, Correspondence, TrainingStep
 from models.alignment import AlignmentUNet
-from models.correspondence import query_positions_in_key, scores_at
+from models.correspondence import query_positions_in_key
 from models.normalization import SPADE, positional_norm
 
 LABEL_NC = 4
@@ -309,30 +309,6 @@ def test_gru_moves_the_candidates_off_the_integer_grid():
 def test_query_positions_in_key():
     x, y = query_positions_in_key((2, 4), (4, 8), torch.device("cpu"))
     assert x.flatten().tolist() == [0.5, 2.5, 4.5, 6.5] and y.flatten().tolist() == [0.5, 2.5]
-
-
-def test_scores_at_matches_direct_bilinear_sampling():
-    gen = torch.Generator().manual_seed(3)
-    fq, fk = torch.randn(1, 5, 2, 3, generator=gen), torch.randn(1, 5, 4, 6, generator=gen)
-    coords = torch.tensor([[0.0, 0.0], [5.0, 3.0], [2.25, 1.5], [-1.0, 9.0], [4.5, 0.75], [1.0, 2.0]])
-    coords = coords.view(1, 1, 2, 3, 2)
-    scores = scores_at(fq, fk, coords)
-    for i in range(2):
-        for j in range(3):
-            x, y = coords[0, 0, i, j].tolist()
-            x, y = min(max(x, 0), 5), min(max(y, 0), 3)
-            x0, y0 = int(x), int(y)
-            x1, y1 = min(x0 + 1, 5), min(y0 + 1, 3)
-            ax, ay = x - x0, y - y0
-            sample = (
-                fk[0, :, y0, x0] * (1 - ax) * (1 - ay)
-                + fk[0, :, y0, x1] * ax * (1 - ay)
-                + fk[0, :, y1, x0] * (1 - ax) * ay
-                + fk[0, :, y1, x1] * ax * ay
-            )
-            torch.testing.assert_close(
-                scores[0, 0, i, j], (fq[0, :, i, j] * sample).sum(), rtol=1e-5, atol=1e-5
-            )
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -80,11 +80,94 @@ inline void check_index_map(const at::Tensor& t, const char* name, const at::Ten
                         t.size(3) == query.size(3),
                     name, ": expected shape (B, K, Hq, Wq) matching the query");
   TORCH_CHECK_VALUE(t.device() == query.device(), name, ": expected device ", query.device(), ", got ", t.device());
-  if (t.is_cpu()) {
-    auto [low, high] = at::aminmax(t);
-    TORCH_CHECK_VALUE(low.item<int>() >= 0 && high.item<int>() < key_pixels, name,
-                      ": entries must be flat key indices in [0, ", key_pixels, ")");
+  // Only on the CPU: on a GPU the scan would be a host sync per op, and the kernels clamp.
+  if (!t.is_cpu()) return;
+  auto [low, high] = at::aminmax(t);
+  TORCH_CHECK_VALUE(low.item<int>() >= 0 && high.item<int>() < key_pixels, name,
+                    ": entries must be flat key indices in [0, ", key_pixels, ")");
+}
+
+inline void check_search_args(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
+  check_pair(query, key);
+  check_int_in("k", k, 1, key.size(2) * key.size(3));
+  check_patch_size(patch_size);
+}
+
+inline void check_iteration_args(int64_t iters, at::IntArrayRef jumps, int64_t seed) {
+  check_int_in("iters", iters, 0, kMaxIters);
+  check_int_in("seed", seed, 0, 0xFFFFFFFFLL);
+  for (int64_t step : jumps) check_int_in("jump", step, 1, kMaxStep);
+}
+
+// The propagation step of iteration `it`: the last given step repeats; none means 1.
+inline int jump_step(at::IntArrayRef jumps, int64_t it) {
+  return jumps.empty() ? 1 : static_cast<int>(jumps[std::min<size_t>(it, jumps.size() - 1)]);
+}
+
+// Candidates (B, M, Hq, Wq) as contiguous (B, Hq, Wq, M), each pixel's run in one place. Entries
+// < 0 mean none; the kernels also skip entries past the key map, so only the CPU scans for them.
+inline at::Tensor candidates_by_pixel(const c10::optional<at::Tensor>& candidates, const at::Tensor& query,
+                                      int64_t key_pixels) {
+  if (!candidates.has_value() || candidates->size(1) == 0)
+    return at::empty({query.size(0), query.size(2), query.size(3), 0}, query.options().dtype(at::kInt));
+  const at::Tensor& c = *candidates;
+  TORCH_CHECK_TYPE(c.scalar_type() == at::kInt, "candidates: expected int32, got ", c.scalar_type());
+  TORCH_CHECK_VALUE(c.dim() == 4 && c.size(0) == query.size(0) && c.size(2) == query.size(2) &&
+                        c.size(3) == query.size(3),
+                    "candidates: expected shape (B, M, Hq, Wq) matching the query");
+  TORCH_CHECK_VALUE(c.device() == query.device(), "candidates: expected device ", query.device(), ", got ",
+                    c.device());
+  if (c.is_cpu())
+    TORCH_CHECK_VALUE(c.max().item<int>() < key_pixels, "candidates: entries must be < ", key_pixels,
+                      " (or < 0 for none)");
+  return c.permute({0, 2, 3, 1}).contiguous();
+}
+
+// The search state: (B, Hq, Wq, K) indices and scores, ready for the public (B, K, Hq, Wq).
+inline std::tuple<at::Tensor, at::Tensor> to_nnf(const at::Tensor& index, const at::Tensor& score) {
+  return {index.permute({0, 3, 1, 2}).contiguous(), score.permute({0, 3, 1, 2}).contiguous()};
+}
+
+struct UpsampleSizes {
+  MapSize coarse_query, coarse_key, key, query;
+};
+
+inline UpsampleSizes check_upsample_args(const at::Tensor& nnf, at::IntArrayRef coarse_key_size,
+                                         at::IntArrayRef key_size, at::IntArrayRef query_size, int64_t window,
+                                         int64_t dilation) {
+  TORCH_CHECK_TYPE(nnf.scalar_type() == at::kInt, "nnf: expected int32, got ", nnf.scalar_type());
+  TORCH_CHECK_VALUE(nnf.dim() == 4 && nnf.numel() > 0, "nnf: expected a non-empty (B, K, H, W) tensor");
+  TORCH_CHECK_VALUE(nnf.size(2) * nnf.size(3) <= kMaxStep, "nnf: too many pixels for int32 indices");
+  const UpsampleSizes s{map_size(nnf), check_size("coarse_key_size", coarse_key_size), check_size("key_size", key_size),
+                        check_size("query_size", query_size)};
+  check_int_in("window", window, 1, kMaxWindow);
+  check_int_in("dilation", dilation, 0, kMaxStep / kMaxWindow);
+  TORCH_CHECK_VALUE(s.query.height >= s.coarse_query.height && s.query.width >= s.coarse_query.width,
+                    "query_size: must be at least the coarse NNF's size");
+  // Only on the CPU: the kernels clamp coarse matches into the map, so none is read out of bounds.
+  if (nnf.is_cpu()) {
+    auto [low, high] = at::aminmax(nnf);
+    TORCH_CHECK_VALUE(low.item<int>() >= 0 && high.item<int>() < s.coarse_key.pixels(),
+                      "nnf: entries must be flat indices into the coarse key map");
   }
+  return s;
+}
+
+// (x, y) key coordinates (B, K, Hq, Wq, 2) of the query's dtype.
+inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
+  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
+  TORCH_CHECK_VALUE(coords.device() == query.device(), "coords: expected device ", query.device(), ", got ",
+                    coords.device());
+  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
+                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
+                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
+}
+
+inline void check_bilinear_scores_args(const at::Tensor& query, const at::Tensor& key, const at::Tensor& coords,
+                                       int64_t patch_size) {
+  check_pair(query, key);
+  check_coords(coords, query);
+  check_patch_size(patch_size);
 }
 
 inline void check_temperature(double temperature) {

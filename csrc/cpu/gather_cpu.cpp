@@ -131,15 +131,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_gather_backward_cpu(cons
   return {from_channels_last(grad_q), from_channels_last(grad_k), from_channels_last(grad_v)};
 }
 
-void check_coords(const at::Tensor& coords, const at::Tensor& query) {
-  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
-  TORCH_CHECK_VALUE(coords.device() == query.device(), "coords: expected device ", query.device(), ", got ",
-                    coords.device());
-  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
-                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
-                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
-}
-
 at::Tensor bilinear_weighted_gather_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                         const at::Tensor& coords, double temperature) {
   check_pair(query, key);

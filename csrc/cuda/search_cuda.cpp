@@ -1,0 +1,133 @@
+// Torch glue of the CUDA search kernels: argument checks, layouts and launches on the current
+// stream, registered for the CUDA dispatch key.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "cuda_glue.h"
+
+namespace cocosnet_ops {
+namespace {
+
+void check_search_args_cuda(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
+  check_search_args(query, key, k, patch_size);
+  check_same_device(key, query, "key");
+  TORCH_CHECK_VALUE(k <= cuda::kMaxK, "k: the CUDA search kernels keep at most ", cuda::kMaxK,
+                    " matches per pixel, got ", k);
+}
+
+template <typename T>
+cuda::SearchArgs<T> search_args(const at::Tensor& query_cl, const at::Tensor& key_cl, int64_t k, int64_t patch_size,
+                                int64_t seed) {
+  return {query_cl.data_ptr<T>(),
+          key_cl.data_ptr<T>(),
+          static_cast<int>(query_cl.size(3)),
+          {static_cast<int>(query_cl.size(1)), static_cast<int>(query_cl.size(2))},
+          {static_cast<int>(key_cl.size(1)), static_cast<int>(key_cl.size(2))},
+          static_cast<int>(query_cl.size(0)),
+          static_cast<int>(k),
+          static_cast<int>(patch_size / 2),
+          static_cast<uint32_t>(seed)};
+}
+
+// The first top-K of every pixel from the given candidates, as (B, Hq, Wq, k) state.
+std::tuple<at::Tensor, at::Tensor> initial_state(const at::Tensor& query_cl, const at::Tensor& key_cl,
+                                                 const at::Tensor& candidates, int64_t k, int64_t patch_size,
+                                                 int64_t seed, const char* op) {
+  at::Tensor index = at::empty({query_cl.size(0), query_cl.size(1), query_cl.size(2), k},
+                               query_cl.options().dtype(at::kInt));
+  at::Tensor score = at::empty({query_cl.size(0), query_cl.size(1), query_cl.size(2), k}, query_cl.options());
+  AT_DISPATCH_FLOATING_TYPES(query_cl.scalar_type(), "initial_state", [&] {
+    check_launch(cuda::launch_initial_search(search_args<scalar_t>(query_cl, key_cl, k, patch_size, seed),
+                                             candidates.data_ptr<int>(), static_cast<int>(candidates.size(3)),
+                                             index.data_ptr<int>(), score.data_ptr<scalar_t>(),
+                                             current_stream(query_cl)),
+                 op);
+  });
+  return {index, score};
+}
+
+std::tuple<at::Tensor, at::Tensor> evaluate_candidates_cuda(const at::Tensor& query, const at::Tensor& key,
+                                                            const at::Tensor& candidates, int64_t k,
+                                                            int64_t patch_size) {
+  check_search_args_cuda(query, key, k, patch_size);
+  check_same_device(candidates, query, "candidates");
+  const c10::DeviceGuard guard(query.device());
+  const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key);
+  const at::Tensor cand = candidates_by_pixel(candidates, query, key.size(2) * key.size(3));
+  auto [index, score] = initial_state(query_cl, key_cl, cand, k, patch_size, 0, "evaluate_candidates");
+  return to_nnf(index, score);
+}
+
+std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& query, const at::Tensor& key, int64_t k,
+                                                    int64_t iters, const c10::optional<at::Tensor>& init,
+                                                    int64_t patch_size, at::IntArrayRef jumps, bool random_search,
+                                                    int64_t seed) {
+  check_search_args_cuda(query, key, k, patch_size);
+  check_iteration_args(iters, jumps, seed);
+  if (init.has_value()) check_same_device(*init, query, "init");
+  const c10::DeviceGuard guard(query.device());
+  const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key);
+  const at::Tensor cand = candidates_by_pixel(init, query, key.size(2) * key.size(3));
+  auto [index, score] = initial_state(query_cl, key_cl, cand, k, patch_size, seed, "patch_match");
+  cuda::Radii radii{};
+  radii.count = random_search ? search_radii(map_size(key), radii.value) : 0;
+  at::Tensor next_index = at::empty_like(index), next_score = at::empty_like(score);
+  void* stream = current_stream(query);
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "patch_match", [&] {
+    const cuda::SearchArgs<scalar_t> args = search_args<scalar_t>(query_cl, key_cl, k, patch_size, seed);
+    for (int64_t it = 0; it < iters; ++it) {
+      check_launch(cuda::launch_search_step(args, radii, jump_step(jumps, it), static_cast<int>(it),
+                                            index.data_ptr<int>(), score.data_ptr<scalar_t>(),
+                                            next_index.data_ptr<int>(), next_score.data_ptr<scalar_t>(), stream),
+                   "patch_match");
+      std::swap(index, next_index);
+      std::swap(score, next_score);
+    }
+  });
+  return to_nnf(index, score);
+}
+
+at::Tensor nnf_upsample_cuda(const at::Tensor& nnf, at::IntArrayRef coarse_key_size, at::IntArrayRef key_size,
+                             at::IntArrayRef query_size, int64_t window, int64_t dilation) {
+  const UpsampleSizes s = check_upsample_args(nnf, coarse_key_size, key_size, query_size, window, dilation);
+  const c10::DeviceGuard guard(nnf.device());
+  const at::Tensor coarse = nnf.contiguous();
+  const int64_t B = nnf.size(0), K = nnf.size(1);
+  at::Tensor out = at::empty({B, K * window * window, s.query.height, s.query.width}, nnf.options());
+  check_launch(cuda::launch_nnf_upsample(coarse.data_ptr<int>(), out.data_ptr<int>(), static_cast<int>(B),
+                                         static_cast<int>(K), s.coarse_query, s.query, s.coarse_key, s.key,
+                                         static_cast<int>(window), static_cast<int>(dilation), current_stream(nnf)),
+               "nnf_upsample");
+  return out;
+}
+
+at::Tensor bilinear_scores_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& coords,
+                                int64_t patch_size) {
+  check_bilinear_scores_args(query, key, coords, patch_size);
+  check_same_device(key, query, "key");
+  check_same_device(coords, query, "coords");
+  const c10::DeviceGuard guard(query.device());
+  const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key), xy = coords.contiguous();
+  const int64_t B = query.size(0), K = coords.size(1);
+  at::Tensor scores = at::empty({B, K, query.size(2), query.size(3)}, query.options());
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "bilinear_scores", [&] {
+    check_launch(cuda::launch_bilinear_scores(query_cl.data_ptr<scalar_t>(), key_cl.data_ptr<scalar_t>(),
+                                              xy.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(),
+                                              static_cast<int>(B), static_cast<int>(K),
+                                              static_cast<int>(query.size(1)), map_size(query), map_size(key),
+                                              static_cast<int>(patch_size / 2), current_stream(query)),
+                 "bilinear_scores");
+  });
+  return scores;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cocosnet_ops, CUDA, m) {
+  m.impl("bilinear_scores", &bilinear_scores_cuda);
+  m.impl("patch_match", &patch_match_cuda);
+  m.impl("evaluate_candidates", &evaluate_candidates_cuda);
+  m.impl("nnf_upsample", &nnf_upsample_cuda);
+}
+
+}  // namespace cocosnet_ops

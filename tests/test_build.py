@@ -1,0 +1,44 @@
+"""The build itself: when _C says it has CUDA kernels, every op defined in csrc/ops.cpp has one.
+
+CI builds with FORCE_CUDA=1 wherever nvcc exists and sets COCOSNET_EXPECT_CUDA_KERNELS=1, so a
+CUDA kernel that was not compiled, linked or registered fails there, GPU or not.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import cocosnet_ops
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "csrc" / "ops.cpp"
+
+
+def defined_ops() -> list[str]:
+    names = re.findall(r'm\.def\(\s*"(\w+)\(', SCHEMAS.read_text())
+    assert len(names) >= 10, f"expected the op schemas in {SCHEMAS}, found {names}"
+    return names
+
+
+def test_cuda_kernels_expected_by_the_build_are_there():
+    if os.environ.get("COCOSNET_EXPECT_CUDA_KERNELS") == "1":
+        assert cocosnet_ops.HAS_CUDA_KERNELS, (
+            "this build was asked for CUDA kernels (FORCE_CUDA=1) but has none"
+        )
+    elif not cocosnet_ops.HAS_CUDA_KERNELS:
+        pytest.skip("this build has no CUDA kernels and none was asked for")
+
+
+@pytest.mark.skipif(not cocosnet_ops.HAS_COMPILED, reason="cocosnet_ops._C is not built")
+@pytest.mark.parametrize("dispatch_key", ["CPU", "CUDA"])
+def test_every_op_has_a_kernel(dispatch_key):
+    if dispatch_key == "CUDA" and not cocosnet_ops.HAS_CUDA_KERNELS:
+        pytest.skip("this build has no CUDA kernels")
+    missing = [
+        op
+        for op in defined_ops()
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"cocosnet_ops::{op}", dispatch_key)
+    ]
+    assert not missing, f"ops without a {dispatch_key} kernel: {missing}"
