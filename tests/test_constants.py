@@ -30,22 +30,20 @@ def _evaluate(node: ast.AST) -> int | float:
     raise ValueError(f"not a constant expression: {ast.dump(node)}")
 
 
-def cpp_constants(path: Path) -> dict[str, int | float]:
-    """The ``constexpr <type> kName = <expression>;`` definitions of a C++ file, evaluated."""
-    found = {}
-    for name, expression in re.findall(r"constexpr\s+[\w:]+\s+(k\w+)\s*=\s*([^;]+);", path.read_text()):
-        expression = re.sub(r"\b(\d+)u\b", r"\1", expression.replace("int64_t{1}", "1"))
-        found[name] = _evaluate(ast.parse(expression, mode="eval").body)
-    return found
+def cpp_constant(path: Path, name: str) -> int | float:
+    """The value of ``constexpr <type> name = <expression>;`` in a C++ file."""
+    (expression,) = re.findall(rf"constexpr\s+[\w:]+\s+{name}\s*=\s*([^;]+);", path.read_text())
+    expression = re.sub(r"\b(\d+)u\b", r"\1", expression.replace("int64_t{1}", "1"))
+    return _evaluate(ast.parse(expression, mode="eval").body)
 
 
 def test_random_streams_and_draw_numbering_match_the_kernels():
-    cpp = cpp_constants(CSRC / "patch_match.h")
-    assert cpp["kStreamFill"] == ref.STREAM_FILL
-    assert cpp["kStreamSearchY"] == ref.STREAM_SEARCH_Y
-    assert cpp["kStreamSearchX"] == ref.STREAM_SEARCH_X
-    assert cpp["kMaxRadii"] == ref.MAX_RADII
-    assert cpp["kSearchAnchors"] == ref.SEARCH_ANCHORS
+    header = CSRC / "patch_match.h"
+    assert cpp_constant(header, "kStreamFill") == ref.STREAM_FILL
+    assert cpp_constant(header, "kStreamSearchY") == ref.STREAM_SEARCH_Y
+    assert cpp_constant(header, "kStreamSearchX") == ref.STREAM_SEARCH_X
+    assert cpp_constant(header, "kMaxRadii") == ref.MAX_RADII
+    assert cpp_constant(header, "kSearchAnchors") == ref.SEARCH_ANCHORS
 
 
 def test_pcg_constants_match_the_kernels():
@@ -58,12 +56,12 @@ def test_pcg_constants_match_the_kernels():
 
 
 def test_argument_bounds_match_the_kernels():
-    cpp = cpp_constants(CSRC / "cpu" / "common.h")
-    assert cpp["kMaxPatchSize"] == ops.MAX_PATCH_SIZE
-    assert cpp["kMaxIters"] == ops.MAX_ITERS
-    assert cpp["kMaxStep"] == ops.MAX_STEP
-    assert cpp["kMaxWindow"] == ops.MAX_WINDOW
-    assert cpp["kMinTemperature"] == ops.MIN_TEMPERATURE
+    common = CSRC / "cpu" / "common.h"
+    assert cpp_constant(common, "kMaxPatchSize") == ops.MAX_PATCH_SIZE
+    assert cpp_constant(common, "kMaxIters") == ops.MAX_ITERS
+    assert cpp_constant(common, "kMaxStep") == ops.MAX_STEP
+    assert cpp_constant(common, "kMaxWindow") == ops.MAX_WINDOW
+    assert cpp_constant(common, "kMinTemperature") == ops.MIN_TEMPERATURE
 
 
 @pytest.mark.skipif(not co.HAS_COMPILED, reason="cocosnet_ops._C is not built")
