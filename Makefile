@@ -27,3 +27,4 @@ demo: install
 bench: install
 	$(PYTHON) benchmarks/bench_warp.py
 	$(PYTHON) benchmarks/bench_recall.py
+	$(PYTHON) benchmarks/bench_knn.py

@@ -87,6 +87,16 @@ inline void check_index_map(const at::Tensor& t, const char* name, const at::Ten
                     ": entries must be flat key indices in [0, ", key_pixels, ")");
 }
 
+// Continuous (x, y) key positions (B, K, Hq, Wq, 2) matching the query.
+inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
+  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
+  TORCH_CHECK_VALUE(coords.device() == query.device(), "coords: expected device ", query.device(), ", got ",
+                    coords.device());
+  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
+                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
+                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
+}
+
 inline void check_search_args(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
   check_pair(query, key);
   check_int_in("k", k, 1, key.size(2) * key.size(3));
@@ -151,16 +161,6 @@ inline UpsampleSizes check_upsample_args(const at::Tensor& nnf, at::IntArrayRef 
                       "nnf: entries must be flat indices into the coarse key map");
   }
   return s;
-}
-
-// (x, y) key coordinates (B, K, Hq, Wq, 2) of the query's dtype.
-inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
-  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
-  TORCH_CHECK_VALUE(coords.device() == query.device(), "coords: expected device ", query.device(), ", got ",
-                    coords.device());
-  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
-                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
-                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
 }
 
 inline void check_bilinear_scores_args(const at::Tensor& query, const at::Tensor& key, const at::Tensor& coords,
