@@ -38,6 +38,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_warp_backward_cpu(const at:
                                                                        const at::Tensor& value, const at::Tensor& out,
                                                                        const at::Tensor& logsumexp,
                                                                        double temperature) {
+  check_pair(query, key);
+  check_value(value, key);
+  check_warp_shaped(grad_out, "grad_out", query, value);
+  check_warp_shaped(out, "out", query, value);
+  TORCH_CHECK_VALUE(logsumexp.dim() == 3 && logsumexp.size(0) == query.size(0) && logsumexp.size(1) == 1 &&
+                        logsumexp.size(2) == query.size(2) * query.size(3),
+                    "logsumexp: expected shape (B, 1, Hq * Wq) from dense_warp");
+  TORCH_CHECK_TYPE(logsumexp.scalar_type() == query.scalar_type(), "logsumexp: dtype must match query");
+  check_temperature(temperature);
   const int64_t width = std::max(query.size(1), value.size(1));
   auto [grad_q, grad_k, grad_v] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
       as_head(grad_out, width), as_head(query, width), as_head(key, width), as_head(value, width),
