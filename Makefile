@@ -1,5 +1,5 @@
 # make test: install what is missing, then lint and run the whole suite.
-# make demo: train the demo configuration for a few steps and translate an image.
+# make demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it (demo.py).
 PYTHON ?= python3
 STAMP := build/.installed
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
@@ -9,7 +9,7 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h
 # torch==2.13.0 only when no torch is installed, so a user's CUDA build of torch is kept.
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -q setuptools wheel ninja
+	$(PYTHON) -m pip install -q --upgrade "setuptools>=77" wheel ninja
 	$(PYTHON) -m pip install -q --no-build-isolation -e ".[test,train]"
 	@mkdir -p build && touch $(STAMP)
 
@@ -27,3 +27,4 @@ demo: install
 bench: install
 	$(PYTHON) benchmarks/bench_warp.py
 	$(PYTHON) benchmarks/bench_recall.py
+	$(PYTHON) benchmarks/bench_knn.py

@@ -10,6 +10,7 @@ import glob
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import torch
 from setuptools import find_packages, setup
@@ -77,6 +78,14 @@ def extension():
     )
 
 
+def write_build_info() -> None:
+    """Record the torch that _C is compiled against: built with pip's build isolation it may be
+    another torch than the installed one, and then the import names both (cocosnet_ops/_extension.py)."""
+    path = Path(__file__).resolve().parent / "cocosnet_ops" / "_build_info.py"
+    path.write_text(f'"""Written by setup.py when it built _C."""\n\nTORCH_VERSION = "{torch.__version__}"\n')
+
+
+write_build_info()
 setup(
     packages=find_packages(include=["cocosnet_ops", "cocosnet_ops.*"]),
     ext_modules=[extension()],

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
+
+from . import reference
 
 __all__ = [
     "coords_to_nnf",
@@ -150,6 +151,18 @@ def offsets_to_nnf(offsets: Tensor, key_size: Sequence[int]) -> Tensor:
 # ----------------------------------------------------------------------------- flow images
 
 
+def _opencv():
+    """OpenCV, an optional extra that only the flow colouring needs."""
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError(
+            "flow_to_color needs OpenCV, an optional dependency of cocosnet_ops: "
+            "pip install opencv-python-headless"
+        ) from error
+    return cv2
+
+
 def flow_to_color(flow: Tensor | np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
     """Colour-code a flow field (..., 2) of (dx, dy) as uint8 RGB (..., 3).
 
@@ -162,6 +175,7 @@ def flow_to_color(flow: Tensor | np.ndarray, max_magnitude: float | None = None)
         raise ValueError(f"flow: expected shape (..., 2) of (dx, dy), got {array.shape}")
     if max_magnitude is not None and not (np.isfinite(max_magnitude) and max_magnitude > 0):
         raise ValueError(f"max_magnitude: expected a finite value > 0 or None, got {max_magnitude}")
+    cv2 = _opencv()
     pairs = np.nan_to_num(array.astype(np.float32).reshape(-1, 1, 2))
     magnitude, angle = cv2.cartToPolar(pairs[..., 0], pairs[..., 1], angleInDegrees=True)
     scale = max_magnitude if max_magnitude is not None else float(magnitude.max(initial=0.0))
@@ -202,14 +216,12 @@ def reconstruct(
     if not isinstance(value, Tensor) or value.dim() != 4:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"value: expected a 4-D tensor (B, Cv, Hk, Wk), got {shape}")
-    B, Cv, Hk, Wk = value.shape
+    B, _, Hk, Wk = value.shape
     nnf = _check_nnf(nnf, Hk * Wk)
     if nnf.shape[0] != B:
         raise ValueError(f"nnf: batch {nnf.shape[0]} does not match value batch {B}")
-    K, Hq, Wq = nnf.shape[1:]
     if scores is None:
-        index = nnf[:, :1].long().reshape(B, 1, Hq * Wq).expand(B, Cv, -1)
-        return value.flatten(2).gather(2, index).view(B, Cv, Hq, Wq)
+        return reference.gather_pixels(value, nnf[:, :1])[:, :, 0]
     if not isinstance(scores, Tensor) or scores.shape != nnf.shape:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores: expected shape {tuple(nnf.shape)} like nnf, got {shape}")
@@ -217,7 +229,4 @@ def reconstruct(
         raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
-    weights = torch.softmax(scores / temperature, dim=1).to(value.dtype)
-    index = nnf.long().reshape(B, 1, K * Hq * Wq).expand(B, Cv, -1)
-    gathered = value.flatten(2).gather(2, index).view(B, Cv, K, Hq, Wq)
-    return (weights.unsqueeze(1) * gathered).sum(2)
+    return reference.softmax_gather(scores, reference.gather_pixels(value, nnf), temperature)

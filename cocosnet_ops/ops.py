@@ -16,13 +16,12 @@ from torch import Tensor
 
 from . import reference
 from . import triton as triton_kernels
+from ._extension import load_compiled
 
-try:
-    from . import _C  # noqa: F401  (importing registers the compiled kernels)
-
-    HAS_COMPILED = True
-except ImportError:  # a source checkout that has not been built: the torch backend still works
-    HAS_COMPILED = False
+# Importing _C registers the compiled kernels. Without it (not built, or built against another
+# torch) the torch backend still works: load_compiled warns once and says how to rebuild.
+_C, COMPILED_LOAD_ERROR = load_compiled()
+HAS_COMPILED = _C is not None
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 # Whether this build of _C has the CUDA kernels (FORCE_CUDA=1, or torch with CUDA and nvcc).
@@ -132,8 +131,18 @@ def _check_temperature(temperature: object) -> float:
 
 
 def _inspectable(t: Tensor) -> bool:
-    """Whether values may be read for checks: not while tracing, not on the meta device."""
+    """Whether values may be checked: not while tracing, not on the meta device."""
     return not torch.compiler.is_compiling() and t.device.type != "meta"
+
+
+def _assert_on_device(t: Tensor, holds: Tensor, message: str) -> bool:
+    """Value checks read CPU tensors back and raise ValueError; on a GPU that read would be a host
+    sync per op, so there a device-side assert reports ``message`` instead (the kernels clamp
+    indices, so nothing is read out of bounds before it fires). Returns whether it asserted."""
+    if t.device.type == "cpu":
+        return False
+    torch._assert_async(holds, message)
+    return True
 
 
 def _check_index_map(
@@ -155,9 +164,12 @@ def _check_index_map(
     if not candidates and t.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one candidate per pixel, got K=0")
     if _inspectable(t) and t.numel():
+        allowed = f"< {key_pixels} (or < 0 for none)" if candidates else f"in [0, {key_pixels})"
+        inside = (t < key_pixels) if candidates else (t >= 0) & (t < key_pixels)
+        if _assert_on_device(t, inside.all(), f"{name}: entries must be flat key indices {allowed}"):
+            return t
         low, high = (int(x) for x in torch.aminmax(t))
         if high >= key_pixels or (low < 0 and not candidates):
-            allowed = f"< {key_pixels} (or < 0 for none)" if candidates else f"in [0, {key_pixels})"
             raise ValueError(
                 f"{name}: entries must be flat key indices {allowed}, got values in [{low}, {high}]"
             )
@@ -183,8 +195,10 @@ def _check_coords(coords: object, query: Tensor) -> Tensor:
         )
     if coords.device != query.device:
         raise ValueError(f"coords: expected device {query.device}, got {coords.device}")
-    if _inspectable(coords) and not bool(torch.isnan(coords).logical_not().all()):
-        raise ValueError("coords: expected no NaN positions")
+    if _inspectable(coords):
+        no_nan, message = torch.isnan(coords).logical_not().all(), "coords: expected no NaN positions"
+        if not _assert_on_device(coords, no_nan, message) and not no_nan:
+            raise ValueError(message)
     return coords
 
 
@@ -274,6 +288,10 @@ def patch_match(
     ``nnf_upsample``; missing candidates are drawn at random. ``jump`` gives the propagation
     step of each iteration (default: halving from up to 8, ending at 1). The result depends
     only on the inputs and ``seed``, never on thread count or scheduling. Not differentiable.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
@@ -314,7 +332,12 @@ def evaluate_candidates(
 ) -> tuple[Tensor, Tensor]:
     """Score M candidate key indices per pixel (int32 (B, M, Hq, Wq), < 0 for none) and keep the
     best ``k`` distinct ones, as ``(nnf, scores)``. A pixel with fewer than k distinct
-    candidates is topped up with deterministic random ones."""
+    candidates is topped up with deterministic random ones.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
+    """
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
     _check_int("k", k, 1, key_pixels)
@@ -333,7 +356,12 @@ def _check_size(name: str, size: object) -> tuple[int, int]:
         size = tuple(size)
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise TypeError(f"{name}: expected a pair (height, width), got {size!r}")
-    return _check_int(f"{name}[0]", size[0], 1), _check_int(f"{name}[1]", size[1], 1)
+    height, width = _check_int(f"{name}[0]", size[0], 1), _check_int(f"{name}[1]", size[1], 1)
+    if height * width > MAX_STEP:
+        raise ValueError(
+            f"{name}: {height} x {width} pixels are too many for int32 indices (at most {MAX_STEP})"
+        )
+    return height, width
 
 
 def nnf_upsample(
@@ -353,6 +381,10 @@ def nnf_upsample(
     ``(i - (window - 1) // 2) * dilation`` around each, clamped to the map. The coarse key map
     size defaults to ``key_size`` scaled like the query map. Feed the result to
     ``patch_match(init=...)`` or ``evaluate_candidates``.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     if not isinstance(nnf, Tensor):
         raise TypeError(f"nnf: expected a torch.Tensor, got {type(nnf).__name__}")
@@ -371,7 +403,8 @@ def nnf_upsample(
     if query_size[0] < nnf.shape[2] or query_size[1] < nnf.shape[3]:
         raise ValueError(f"query_size: {query_size} is smaller than the coarse NNF's {tuple(nnf.shape[2:])}")
     coarse_pixels = coarse[0] * coarse[1]
-    if _inspectable(nnf):
+    message = f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map"
+    if _inspectable(nnf) and not _assert_on_device(nnf, ((nnf >= 0) & (nnf < coarse_pixels)).all(), message):
         low, high = torch.aminmax(nnf)
         if int(low) < 0 or int(high) >= coarse_pixels:
             raise ValueError(
@@ -389,7 +422,13 @@ def nnf_upsample(
 def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` key pixels by inner product, ties to the lower index, as ``(nnf, scores)``.
 
-    Computed in chunks of query pixels so memory stays bounded whatever the map sizes.
+    Computed in chunks of query pixels so memory stays bounded whatever the map sizes. The
+    scores come from a vendor matmul, whose last bits depend on the processor, the thread count
+    and the batch size; so may the order of candidates whose scores tie within that rounding.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_int("k", k, 1, key.shape[2] * key.shape[3])
@@ -407,6 +446,10 @@ def weighted_gather(
 
     Fused: never builds the (B, K, C, Hq, Wq) gathered features. Differentiable in query, key
     and value; ``nnf`` is int32 (B, K, Hq, Wq) from ``patch_match`` or ``exact_knn``.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_value(value, key)
@@ -431,7 +474,12 @@ def bilinear_weighted_gather(
 ) -> Tensor:
     """``weighted_gather`` at continuous key coordinates ``coords`` (B, K, Hq, Wq, 2), given as
     (x, y) in key pixels and sampled bilinearly (clamped to the map). Differentiable in query,
-    key, value and coords, so a network that moves the coordinates gets gradients."""
+    key, value and coords, so a network that moves the coordinates gets gradients.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
+    """
     _check_pair(query, key)
     _check_value(value, key)
     _check_coords(coords, query)
@@ -460,6 +508,10 @@ def bilinear_scores(
     What a network that moves the candidates sees; not differentiable (a search-side op).
     Scores are in the features' dtype (float32 for half-precision features, like
     ``patch_match``); NaN features give NaN scores.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_coords(coords, query)
@@ -484,7 +536,13 @@ def dense_warp(
     """The exact softmax warp over every key pixel (CoCosNet v1), memory-efficient.
 
     Returns the warp (B, Cv, Hq, Wq); with ``cycle=True`` also the warp of that result back
-    onto the key map (B, Cv, Hk, Wk), for the cycle loss. Differentiable in all inputs.
+    onto the key map (B, Cv, Hk, Wk), for the cycle loss. Differentiable in all inputs. A vendor
+    attention kernel computes it: results agree within rounding, not bitwise, across processors,
+    thread counts and batch sizes.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
     """
     _check_pair(query, key)
     _check_value(value, key)
@@ -494,13 +552,13 @@ def dense_warp(
     chosen = _choose_backend(backend, query.device, "dense_warp")
     dtype = value.dtype
     query, key, value = _warp_inputs(query, key, value)
-    if chosen == "torch":
-        warp = reference.attention_warp(query, key, value, temperature)
-        back = reference.attention_warp(key, query, warp, temperature) if cycle else None
-    else:
-        warp = _ops.dense_warp(query, key, value, temperature)[0]
-        back = _ops.dense_warp(key, query, warp, temperature)[0] if cycle else None
-    return (warp.to(dtype), back.to(dtype)) if cycle else warp.to(dtype)
+
+    def compiled_warp(q: Tensor, k: Tensor, v: Tensor, t: float) -> Tensor:
+        return _ops.dense_warp(q, k, v, t)[0]
+
+    one_way = reference.attention_warp if chosen == "torch" else compiled_warp
+    result = reference.dense_warp(query, key, value, temperature, cycle, one_way)  # the cycle: one definition
+    return tuple(t.to(dtype) for t in result) if cycle else result.to(dtype)
 
 
 # ----------------------------------------------------------------------------- registration

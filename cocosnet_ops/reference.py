@@ -4,7 +4,7 @@ Everything here is written for clarity, not speed: it materialises the candidate
 gathered features that the kernels never store. The definitions below are the contract; the
 per-pixel code in ``csrc/patch_match.h`` implements exactly the same arithmetic.
 
-Conventions (see ``DESIGN.md``):
+Conventions (the README's API section states them for users):
 
 * query features ``fq`` (B, C, Hq, Wq), key features ``fk`` (B, C, Hk, Wk), values ``v``
   (B, Cv, Hk, Wk);
@@ -15,7 +15,7 @@ Conventions (see ``DESIGN.md``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ STREAM_SEARCH_X = 3 << 16
 # Random-search draws are numbered anchor * MAX_RADII + radius level.
 MAX_RADII = 32
 SEARCH_ANCHORS = 4
+# Logits exact_knn holds at once: 16 MiB in float32 (its sort keeps as many values and indices).
+KNN_CHUNK_ENTRIES = 1 << 22
 
 
 # ----------------------------------------------------------------------------- random numbers
@@ -136,13 +138,16 @@ def select_topk(cand: Tensor, score: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def fill_sequence(seed: int, k: int, key_pixels: int, pixel: Tensor, random_only: bool) -> Tensor:
     """The candidates that top up a pixel with fewer than k distinct candidates, in order.
 
-    First 2k uniform draws, then a scan of every key index from a random start, so k distinct
-    ones are always found. (B, L, H, W) int64.
+    First 2k uniform draws, then the key indices in turn from a random start, so k distinct ones
+    are always found. (B, L, H, W) int64. The kernels scan until the pixel is full; k indices of
+    the scan always suffice (each one that is not new is one of the pixel's candidates or draws,
+    already counted), so here it stops there: a batch where one pixel needs the scan costs O(k)
+    per pixel, not O(key pixels). k <= key pixels.
     """
     draws = [counter_random(seed, STREAM_FILL, pixel, j) % key_pixels for j in range(2 * k)]
     if not random_only:
         start = counter_random(seed, STREAM_FILL, pixel, 2 * k) % key_pixels
-        scan = torch.arange(key_pixels, device=pixel.device).view(1, -1, 1, 1)
+        scan = torch.arange(k, device=pixel.device).view(1, -1, 1, 1)
         draws.append((start + scan) % key_pixels)
     return torch.cat(draws, dim=1)
 
@@ -339,19 +344,29 @@ def nnf_upsample(
 
 
 def exact_knn(fq: Tensor, fk: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Exact top-k key pixels by inner product, ties to the lower index."""
+    """Exact top-k key pixels by inner product, ties to the lower index.
+
+    In chunks of query pixels whose logits hold at most ``KNN_CHUNK_ENTRIES`` entries (at least
+    one query pixel per batch item), so memory stays bounded whatever the map sizes.
+    """
     B, C, Hq, Wq = fq.shape
-    logits = torch.einsum("bcn,bcm->bnm", fq.flatten(2), fk.flatten(2))
-    logits = torch.where(torch.isnan(logits), torch.full_like(logits, float("-inf")), logits)
-    scores, index = torch.sort(logits, dim=2, descending=True, stable=True)
-    nnf = index[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).int().contiguous()
-    return nnf, scores[:, :, :k].transpose(1, 2).reshape(B, k, Hq, Wq).contiguous()
+    queries, keys = fq.flatten(2), fk.flatten(2)
+    rows = max(1, KNN_CHUNK_ENTRIES // (B * keys.shape[2]))
+    index, scores = [], []
+    for start in range(0, Hq * Wq, rows):
+        logits = torch.einsum("bcn,bcm->bnm", queries[:, :, start : start + rows], keys)
+        logits = torch.where(torch.isnan(logits), torch.full_like(logits, float("-inf")), logits)
+        chunk_scores, chunk_index = torch.sort(logits, dim=2, descending=True, stable=True)
+        index.append(chunk_index[:, :, :k])
+        scores.append(chunk_scores[:, :, :k])
+    nnf = torch.cat(index, 1).transpose(1, 2).reshape(B, k, Hq, Wq).int().contiguous()
+    return nnf, torch.cat(scores, 1).transpose(1, 2).reshape(B, k, Hq, Wq).contiguous()
 
 
 # ----------------------------------------------------------------------------- warps
 
 
-def _gather_pixels(t: Tensor, index: Tensor) -> Tensor:
+def gather_pixels(t: Tensor, index: Tensor) -> Tensor:
     """t (B, C, H, W) at flat indices (B, K, Hq, Wq) -> (B, C, K, Hq, Wq)."""
     B, C = t.shape[:2]
     flat = index.long().reshape(B, 1, -1).expand(B, C, -1)
@@ -364,10 +379,17 @@ def softmax_over_candidates(dots: Tensor, temperature: float) -> Tensor:
     return torch.softmax((dots - dots.amax(1, keepdim=True).detach()) / temperature, dim=1)
 
 
+def softmax_gather(dots: Tensor, values: Tensor, temperature: float) -> Tensor:
+    """sum_k softmax_k(dots / T) values[:, :, k]: the warp every gather op computes, from the K
+    candidates' logits (B, K, Hq, Wq) and values (B, Cv, K, Hq, Wq)."""
+    weights = softmax_over_candidates(dots, temperature).to(values.dtype)
+    return (weights.unsqueeze(1) * values).sum(2)
+
+
 def weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, nnf: Tensor, temperature: float) -> Tensor:
     """out[p] = sum_k softmax_k(<fq[p], fk[nnf[p, k]]> / T) v[nnf[p, k]]."""
-    weights = softmax_over_candidates((fq.unsqueeze(2) * _gather_pixels(fk, nnf)).sum(1), temperature)
-    return (weights.unsqueeze(1) * _gather_pixels(v, nnf)).sum(2)
+    dots = (fq.unsqueeze(2) * gather_pixels(fk, nnf)).sum(1)
+    return softmax_gather(dots, gather_pixels(v, nnf), temperature)
 
 
 def bilinear_sample(t: Tensor, coords: Tensor) -> Tensor:
@@ -385,15 +407,15 @@ def bilinear_sample(t: Tensor, coords: Tensor) -> Tensor:
     x0, y0 = x0.long(), y0.long()
     x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
     wx, wy = wx.unsqueeze(1), wy.unsqueeze(1)
-    top = _gather_pixels(t, y0 * W + x0) * (1 - wx) + _gather_pixels(t, y0 * W + x1) * wx
-    bottom = _gather_pixels(t, y1 * W + x0) * (1 - wx) + _gather_pixels(t, y1 * W + x1) * wx
+    top = gather_pixels(t, y0 * W + x0) * (1 - wx) + gather_pixels(t, y0 * W + x1) * wx
+    bottom = gather_pixels(t, y1 * W + x0) * (1 - wx) + gather_pixels(t, y1 * W + x1) * wx
     return top * (1 - wy) + bottom * wy
 
 
 def bilinear_weighted_gather(fq: Tensor, fk: Tensor, v: Tensor, coords: Tensor, temperature: float) -> Tensor:
     """weighted_gather at continuous (x, y) key coordinates (B, K, Hq, Wq, 2), bilinearly sampled."""
-    weights = softmax_over_candidates((fq.unsqueeze(2) * bilinear_sample(fk, coords)).sum(1), temperature)
-    return (weights.unsqueeze(1) * bilinear_sample(v, coords)).sum(2)
+    dots = (fq.unsqueeze(2) * bilinear_sample(fk, coords)).sum(1)
+    return softmax_gather(dots, bilinear_sample(v, coords), temperature)
 
 
 def bilinear_scores(fq: Tensor, fk: Tensor, coords: Tensor, patch_size: int = 1) -> Tensor:
@@ -433,11 +455,17 @@ def attention_warp(fq: Tensor, fk: Tensor, v: Tensor, temperature: float) -> Ten
 
 
 def dense_warp(
-    fq: Tensor, fk: Tensor, v: Tensor, temperature: float, cycle: bool = False
+    fq: Tensor,
+    fk: Tensor,
+    v: Tensor,
+    temperature: float,
+    cycle: bool = False,
+    warp: Callable[[Tensor, Tensor, Tensor, float], Tensor] = attention_warp,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The exact softmax warp over all pairs (CoCosNet v1); with ``cycle`` also the warp of the
-    result back onto the key map, ``attention_warp(fk, fq, out)`` (B, Cv, Hk, Wk)."""
-    out = attention_warp(fq, fk, v, temperature)
+    result back onto the key map, ``warp(fk, fq, out)`` (B, Cv, Hk, Wk). ``warp`` computes one
+    direction (the compiled kernels stand in for ``attention_warp`` there)."""
+    out = warp(fq, fk, v, temperature)
     if not cycle:
         return out
-    return out, attention_warp(fk, fq, out, temperature)
+    return out, warp(fk, fq, out, temperature)

@@ -51,13 +51,18 @@ HOST_DEVICE uint32_t counter_random(uint32_t seed, uint32_t stream, uint32_t pix
 
 // ------------------------------------------------------------------------------ geometry
 
-// A query-map displacement in key-map pixels, rounded half away from zero.
+// A query-map displacement in key-map pixels, rounded half away from zero (in 64 bits: the
+// product of a displacement and a map side can pass 2^31).
 HOST_DEVICE int scale_shift(int d, int key_extent, int query_extent) {
-  const int magnitude = (2 * (d < 0 ? -d : d) * key_extent + query_extent) / (2 * query_extent);
-  return d < 0 ? -magnitude : magnitude;
+  const int64_t magnitude =
+      (2 * static_cast<int64_t>(d < 0 ? -d : d) * key_extent + query_extent) / (2 * static_cast<int64_t>(query_extent));
+  return static_cast<int>(d < 0 ? -magnitude : magnitude);
 }
 
 HOST_DEVICE int clamp_int(int v, int low, int high) { return v < low ? low : (v > high ? high : v); }
+HOST_DEVICE int clamp_int(int64_t v, int low, int high) {
+  return static_cast<int>(v < low ? low : (v > high ? high : v));
+}
 
 // Division of non-negative int32 values by a fixed positive divisor through a multiply and a
 // shift (Granlund and Montgomery, 1994), exact for every n, d in [0, 2^31): a flat key index
@@ -311,25 +316,16 @@ struct Scorer {
   }
 };
 
-// Offer a candidate whose score is known: kept when it ranks in the top k and is not listed.
-template <typename List, typename T>
-HOST_DEVICE void offer_scored(List& list, int candidate, T s) {
-  if (list.admits(s, candidate) && !list.contains(candidate)) list.insert(candidate, s);
-}
-
 // Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
 // `List` is TopK or RegisterTopK, and `Score` a Scorer or a type derived from it that scores
 // the same way (the GPU's, which splits each inner product across lanes), here and below.
-// Whether a candidate is listed and whether its score would enter the list are independent,
-// and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
 template <typename Score, typename List>
 HOST_DEVICE void offer(List& list, const Score& scorer, int candidate) {
-  if (List::kScoreFirst) {
-    offer_scored(list, candidate, scorer(candidate));
-  } else if (!list.contains(candidate)) {
-    const auto s = scorer(candidate);
-    if (list.admits(s, candidate)) list.insert(candidate, s);
-  }
+  // Whether a candidate is listed and whether its score would enter the list are independent,
+  // and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
+  if (!List::kScoreFirst && list.contains(candidate)) return;
+  const auto s = scorer(candidate);
+  if (list.admits(s, candidate) && (!List::kScoreFirst || !list.contains(candidate))) list.insert(candidate, s);
 }
 
 // How many candidates ahead of the one being scored the CPU asks for its key row: rows are
@@ -417,14 +413,14 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
     if (!qs.contains(ny, nx)) continue;
     const int shift_y = scale_shift(neighbour_dy[n], ks.height, qs.height);
     const int shift_x = scale_shift(neighbour_dx[n], ks.width, qs.width);
-    const int* theirs = previous + (ny * qs.width + nx) * k;
+    const int* theirs = previous + static_cast<int64_t>(ny * qs.width + nx) * k;
     for (int i = 0; i < k; ++i) {
       const int row = by_width.quotient(theirs[i]);
       const int ky = row - shift_y, kx = theirs[i] - row * ks.width - shift_x;
       if (ks.contains(ky, kx)) visit(ky * ks.width + kx);
     }
   }
-  const int* own = previous + (qy * qs.width + qx) * k;
+  const int* own = previous + static_cast<int64_t>(qy * qs.width + qx) * k;
   const int anchors = k < kSearchAnchors ? k : kSearchAnchors;
   const uint32_t stream_y = random_stream(seed, kStreamSearchY | iteration, pixel);
   const uint32_t stream_x = random_stream(seed, kStreamSearchX | iteration, pixel);
@@ -450,7 +446,7 @@ template <typename T, typename Score, typename List>
 HOST_DEVICE void patch_match_step(List& list, int* scratch, const Score& scorer, const int* previous,
                                   const T* previous_score, int step, const int* radii, int num_radii, uint32_t seed,
                                   int iteration, uint32_t pixel) {
-  const int own = scorer.qy * scorer.qs.width + scorer.qx;
+  const int64_t own = scorer.qy * scorer.qs.width + scorer.qx;
   list.assign(previous + own * list.k, previous_score + own * list.k);
   if (scratch == nullptr) {
     for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii,
@@ -470,22 +466,24 @@ HOST_DEVICE void patch_match_step(List& list, int* scratch, const Score& scorer,
 HOST_DEVICE void upsample_pixel(int* out, int out_stride, const int* coarse, int k, int y, int x,
                                 MapSize coarse_query, MapSize query, MapSize coarse_key, MapSize key, int window,
                                 int dilation) {
-  const int cy = y * coarse_query.height / query.height, cx = x * coarse_query.width / query.width;
-  const int off_y = ((y - cy * query.height / coarse_query.height) * key.height * coarse_query.height) /
-                    (query.height * coarse_key.height);
-  const int off_x = ((x - cx * query.width / coarse_query.width) * key.width * coarse_query.width) /
-                    (query.width * coarse_key.width);
+  // In 64 bits: products of two map sides, and of a window offset and the dilation, can pass 2^31.
+  const int64_t cy = int64_t{y} * coarse_query.height / query.height;
+  const int64_t cx = int64_t{x} * coarse_query.width / query.width;
+  const int64_t off_y = ((y - cy * query.height / coarse_query.height) * key.height * coarse_query.height) /
+                        (int64_t{query.height} * coarse_key.height);
+  const int64_t off_x = ((x - cx * query.width / coarse_query.width) * key.width * coarse_query.width) /
+                        (int64_t{query.width} * coarse_key.width);
   const int first = (window - 1) / 2;
   for (int m = 0; m < k; ++m) {
-    const int match = clamp_int(coarse[m * coarse_query.pixels() + cy * coarse_query.width + cx], 0,
+    const int match = clamp_int(coarse[int64_t{m} * coarse_query.pixels() + cy * coarse_query.width + cx], 0,
                                 coarse_key.pixels() - 1);
-    const int base_y = (match / coarse_key.width) * key.height / coarse_key.height + off_y;
-    const int base_x = (match % coarse_key.width) * key.width / coarse_key.width + off_x;
+    const int64_t base_y = int64_t{match / coarse_key.width} * key.height / coarse_key.height + off_y;
+    const int64_t base_x = int64_t{match % coarse_key.width} * key.width / coarse_key.width + off_x;
     for (int i = 0; i < window; ++i) {
-      const int gy = clamp_int(base_y + (i - first) * dilation, 0, key.height - 1);
+      const int gy = clamp_int(base_y + int64_t{i - first} * dilation, 0, key.height - 1);
       for (int j = 0; j < window; ++j) {
-        const int gx = clamp_int(base_x + (j - first) * dilation, 0, key.width - 1);
-        out[((m * window + i) * window + j) * out_stride] = gy * key.width + gx;
+        const int gx = clamp_int(base_x + int64_t{j - first} * dilation, 0, key.width - 1);
+        out[((int64_t{m} * window + i) * window + j) * out_stride] = gy * key.width + gx;
       }
     }
   }
@@ -555,11 +553,11 @@ HOST_DEVICE void weighted_gather_pixel(T* out, T* weights, const T* query_pixel,
                                        const int* nnf, int nnf_stride, int k, int channels, int value_channels,
                                        T temperature) {
   for (int i = 0; i < k; ++i)
-    weights[i] = dot(query_pixel, key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels, channels);
+    weights[i] = dot(query_pixel, key + static_cast<int64_t>(nnf[int64_t{i} * nnf_stride]) * channels, channels);
   softmax_inplace(weights, k, temperature);
   for (int c = 0; c < value_channels; ++c) out[c] = 0;
   for (int i = 0; i < k; ++i) {
-    const T* v = value + static_cast<int64_t>(nnf[i * nnf_stride]) * value_channels;
+    const T* v = value + static_cast<int64_t>(nnf[int64_t{i} * nnf_stride]) * value_channels;
     for (int c = 0; c < value_channels; ++c) out[c] += weights[i] * v[c];
   }
 }
@@ -574,7 +572,7 @@ HOST_DEVICE void weighted_gather_backward_pixel(T* grad_query_pixel, T* weights,
                                                 T temperature) {
   T mean_grad = 0;
   for (int i = 0; i < k; ++i) {
-    const int64_t q = nnf[i * nnf_stride];
+    const int64_t q = nnf[int64_t{i} * nnf_stride];
     weights[i] = dot(query_pixel, key + q * channels, channels);
     logit_grads[i] = dot(grad_out_pixel, value + q * value_channels, value_channels);
   }
@@ -583,7 +581,7 @@ HOST_DEVICE void weighted_gather_backward_pixel(T* grad_query_pixel, T* weights,
   for (int c = 0; c < channels; ++c) grad_query_pixel[c] = 0;
   for (int i = 0; i < k; ++i) {
     logit_grads[i] = weights[i] * (logit_grads[i] - mean_grad) / temperature;
-    const T* kf = key + static_cast<int64_t>(nnf[i * nnf_stride]) * channels;
+    const T* kf = key + static_cast<int64_t>(nnf[int64_t{i} * nnf_stride]) * channels;
     for (int c = 0; c < channels; ++c) grad_query_pixel[c] += logit_grads[i] * kf[c];
   }
 }
@@ -600,7 +598,7 @@ HOST_DEVICE void bilinear_gather_pixel(T* out, T* weights, const T* query_pixel,
                                        const T* coords, int coords_stride, int k, MapSize ks, int channels,
                                        int value_channels, T temperature) {
   for (int i = 0; i < k; ++i) {
-    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    const Bilinear<T> b(coords[int64_t{i} * coords_stride], coords[int64_t{i} * coords_stride + 1], ks);
     T dots[4];
     corner_dots(dots, query_pixel, key, b, channels);
     weights[i] = b.blend(dots);
@@ -608,7 +606,7 @@ HOST_DEVICE void bilinear_gather_pixel(T* out, T* weights, const T* query_pixel,
   softmax_inplace(weights, k, temperature);
   for (int c = 0; c < value_channels; ++c) out[c] = 0;
   for (int i = 0; i < k; ++i) {
-    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    const Bilinear<T> b(coords[int64_t{i} * coords_stride], coords[int64_t{i} * coords_stride + 1], ks);
     for (int n = 0; n < 4; ++n) {
       const T w = weights[i] * b.weight[n];
       const T* v = value + static_cast<int64_t>(b.corner[n]) * value_channels;
@@ -629,7 +627,7 @@ HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coo
                                                 int value_channels, T temperature) {
   // weights[i]: softmax weight; key_coef/value_coef first hold per-candidate intermediates.
   for (int i = 0; i < k; ++i) {
-    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    const Bilinear<T> b(coords[int64_t{i} * coords_stride], coords[int64_t{i} * coords_stride + 1], ks);
     T kd[4], vd[4];
     corner_dots(kd, query_pixel, key, b, channels);
     corner_dots(vd, grad_out_pixel, value, b, value_channels);
@@ -646,10 +644,10 @@ HOST_DEVICE void bilinear_gather_backward_pixel(T* grad_query_pixel, T* grad_coo
   for (int i = 0; i < k; ++i) mean_grad += weights[i] * key_coef[4 * i];
   for (int c = 0; c < channels; ++c) grad_query_pixel[c] = 0;
   for (int i = 0; i < k; ++i) {
-    const Bilinear<T> b(coords[i * coords_stride], coords[i * coords_stride + 1], ks);
+    const Bilinear<T> b(coords[int64_t{i} * coords_stride], coords[int64_t{i} * coords_stride + 1], ks);
     const T logit_grad = weights[i] * (key_coef[4 * i] - mean_grad) / temperature;
-    grad_coords[i * grad_coords_stride] = logit_grad * key_coef[4 * i + 1] + weights[i] * value_coef[4 * i];
-    grad_coords[i * grad_coords_stride + 1] = logit_grad * key_coef[4 * i + 2] + weights[i] * value_coef[4 * i + 1];
+    grad_coords[int64_t{i} * grad_coords_stride] = logit_grad * key_coef[4 * i + 1] + weights[i] * value_coef[4 * i];
+    grad_coords[int64_t{i} * grad_coords_stride + 1] = logit_grad * key_coef[4 * i + 2] + weights[i] * value_coef[4 * i + 1];
     for (int n = 0; n < 4; ++n) {
       const T* kf = key + static_cast<int64_t>(b.corner[n]) * channels;
       const T coef = logit_grad * b.weight[n];

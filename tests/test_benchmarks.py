@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import cocosnet_ops
@@ -62,8 +63,12 @@ def test_bench_warp_smallest_configuration(tmp_path):
     assert status[(patchmatch, "32")] == "ok"
     for row in rows:
         if row["status"] == "ok":
-            assert float(row["forward_backward_s"]) > 0
-            assert float(row["forward_backward_peak_mib"]) >= 0
+            assert float(row["forward_s"]) > 0 and float(row["forward_backward_s"]) > 0
+            # A high-water mark: forward + backward comes after the forward pass.
+            assert float(row["forward_backward_peak_mib"]) >= float(row["forward_peak_mib"])
+    # The memory measurement sees what the dense warp must hold: its 1024 x 1024 float32 logits.
+    (dense,) = (r for r in rows if r["method"] == "dense" and r["side"] == "32")
+    assert float(dense["forward_peak_mib"]) >= 1024 * 1024 * 4 / 2**20
     assert "| dense | 64 | 32 | skipped (needs 1 GiB) |" in stdout
 
 
@@ -93,6 +98,17 @@ def test_bench_recall_smallest_configuration(tmp_path):
     for row in rows:
         assert 0 <= float(row["recall_at_1"]) <= 1 and 0 <= float(row["recall_at_k"]) <= 1
         assert (row["epe_px"] != "") == (row["dataset"] == "photo")
+    recall_at_1 = {
+        (r["dataset"], r["init"], r["random_search"], r["iters"]): float(r["recall_at_1"]) for r in rows
+    }
+    for dataset in {r["dataset"] for r in rows}:
+        # An exact coarse level starts far ahead of random candidates, and an iteration never
+        # loses the best match found so far (every pixel's current K compete again).
+        start = {init: recall_at_1[dataset, init, "True", "0"] for init in ("random", "hierarchical")}
+        assert start["hierarchical"] > 5 * start["random"]
+        for init in ("random", "hierarchical"):
+            for search in ("True", "False"):
+                assert recall_at_1[dataset, init, search, "1"] >= recall_at_1[dataset, init, search, "0"]
     assert "| photo | hierarchical | on |" in stdout
 
 
@@ -107,3 +123,46 @@ def test_recall_definitions():
     recall_at_1, recall_at_k = bench_recall.recall((found_nnf, found_scores), (exact_nnf, exact_scores))
     assert recall_at_1 == 0.5
     assert recall_at_k == 0.25
+
+
+def test_bench_knn_smallest_configuration(tmp_path, monkeypatch):
+    """Both exact searches find the same best scores, and every method is timed in each round."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_knn imports bench_recall
+    pytest.importorskip("faiss", reason="faiss-cpu (a test extra) is not installed")
+    out = tmp_path / "knn.csv"
+    stdout = run_script(
+        "bench_knn.py", *("--sides", "16", "32", "--repeats", "2", "--threads", "1", "--out", str(out))
+    )
+    columns, rows = read_csv(out)
+    assert columns == list(load_script("bench_knn.py").COLUMNS)
+    assert (tmp_path / "knn.png").stat().st_size > 0
+    assert {(r["method"], r["side"]) for r in rows} == {
+        (m, s) for m in ("exact_knn", "faiss_flat_ip", "patch_match_hierarchical") for s in ("16", "32")
+    }
+    for row in rows:
+        assert row["status"] == "ok"
+        assert 0 < float(row["min_s"]) <= float(row["median_s"])
+        assert float(row["faiss_over_method_median"]) > 0
+    exact_rows = [r for r in rows if r["method"] in ("exact_knn", "faiss_flat_ip")]
+    assert all(float(r["recall_at_1"]) == 1 and float(r["agrees_with_exact"]) == 1 for r in exact_rows)
+    assert 0 < float(next(r for r in rows if r["method"] == "patch_match_hierarchical")["recall_at_1"]) <= 1
+    assert "| faiss_flat_ip | 32 |" in stdout
+
+
+def test_bench_knn_says_when_faiss_is_missing(tmp_path, monkeypatch):
+    """Without faiss the script still runs and names what is missing, in its output and rows."""
+    blocker = tmp_path / "blocked" / "faiss"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('faiss blocked for this test')\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(blocker.parent), os.environ.get("PYTHONPATH")]))
+    )
+    out = tmp_path / "knn.csv"
+    stdout = run_script(
+        "bench_knn.py", *("--sides", "16", "--repeats", "1", "--threads", "1", "--out", str(out))
+    )
+    assert "faiss is not installed" in stdout and "pip install faiss-cpu" in stdout
+    _, rows = read_csv(out)
+    status = {r["method"]: r["status"] for r in rows}
+    assert status["faiss_flat_ip"].startswith("unavailable (faiss not installed")
+    assert status["exact_knn"] == "ok" and status["patch_match_hierarchical"] == "ok"

@@ -115,6 +115,44 @@ def test_select_topk_against_python_sort():
                 assert top[b, :, y, x].tolist() == [table[i].item() for i in expected]
 
 
+# ----------------------------------------------------------------------------- top-up
+
+
+def _naive_top_up(given, k, key_pixels, seed, pixel):
+    """The kernels' fill, pixel by pixel: 2k draws, then the key indices from a random start,
+    each taken when new, until k are listed."""
+    listed = list(dict.fromkeys(given))
+
+    def draw(counter):
+        return int(ref.counter_random(seed, ref.STREAM_FILL, torch.tensor([pixel]), counter)) % key_pixels
+
+    for j in range(2 * k):
+        if len(listed) < k and draw(j) not in listed:
+            listed.append(draw(j))
+    start, t = draw(2 * k), 0
+    while len(listed) < k:
+        if (start + t) % key_pixels not in listed:
+            listed.append((start + t) % key_pixels)
+        t += 1
+    return listed
+
+
+@pytest.mark.parametrize(("key_size", "k"), [((2, 3), 6), ((3, 3), 7), ((4, 5), 12), ((6, 7), 20)])
+def test_top_up_against_loop(key_size, k):
+    """Pixels given fewer than k distinct candidates are filled like the kernels fill them, also
+    where the draws repeat so much that the scan must finish the job."""
+    gen = torch.Generator().manual_seed(k)
+    key_pixels = key_size[0] * key_size[1]
+    fq, fk = _feats((1, 3, 3, 4), 0), _feats((1, 3, *key_size), 1)
+    cand = torch.randint(-key_pixels, key_pixels, (1, k // 2, 3, 4), generator=gen).int()
+    nnf, _ = ref.evaluate_candidates(fq, fk, cand, k)
+    for y in range(3):
+        for x in range(4):
+            given = [c for c in cand[0, :, y, x].tolist() if c >= 0]
+            expected = _naive_top_up(given, k, key_pixels, 0, y * 4 + x)
+            assert sorted(nnf[0, :, y, x].tolist()) == sorted(expected)
+
+
 # ----------------------------------------------------------------------------- nnf_upsample
 
 
@@ -240,6 +278,19 @@ def test_exact_knn_against_loop():
                 assert scores[b, :, y, x].tolist() == pytest.approx([d for d, _ in best], abs=1e-12)
 
 
+def test_exact_knn_in_chunks_of_query_pixels(monkeypatch):
+    """Memory-bounded chunks (here of 2, then of 1 query pixel per batch item, the last one
+    short) give the whole-map result, ties to the lower index included."""
+    gen = torch.Generator().manual_seed(5)
+    fq = torch.randint(-2, 3, (2, 3, 3, 5), generator=gen).double()
+    fk = torch.randint(-2, 3, (2, 3, 4, 4), generator=gen).double()
+    whole = ref.exact_knn(fq, fk, 6)
+    for entries in (2 * 2 * 16, 1):
+        monkeypatch.setattr(ref, "KNN_CHUNK_ENTRIES", entries)
+        chunked = ref.exact_knn(fq, fk, 6)
+        assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+
+
 def test_exact_knn_ties_go_to_the_lower_index(backend):
     fq = torch.ones(1, 2, 2, 2)
     fk = torch.zeros(1, 2, 3, 3)
@@ -327,24 +378,37 @@ def test_scale_shift_rounds_half_away_from_zero(d, key, query, expected):
 
 # ----------------------------------------------------------------------------- random numbers
 
-
-def _pcg(x):
-    state = (x * 747796405 + 2891336453) & MASK
-    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & MASK
-    return ((word >> 22) ^ word) & MASK
-
-
-def _counter_random(seed, stream, pixel, counter):
-    h = _pcg(seed & MASK)
-    h = _pcg(h ^ (stream & MASK))
-    h = _pcg(h ^ (pixel & MASK))
-    return _pcg(h ^ (counter & MASK))
+# pcg_hash (PCG-RXS-M-XS 32, Jarzynski and Olano, "Hash Functions for GPU Rendering", JCGT 9(3),
+# 2020) and counter_random, computed once outside this project: by the paper's C code compiled
+# with gcc (uint32_t arithmetic) and by numpy uint32 arithmetic, which agree. A wrong constant,
+# shift or composition changes them.
+PCG_HASH_VECTORS = {
+    0: 129708002,
+    1: 2831084092,
+    2: 2055130248,
+    12345: 4099845390,
+    0xFFFFFFFF: 3861530882,
+    0x80000000: 566699590,
+    0xDEADBEEF: 1730779506,
+}
+# (seed, stream, pixel, counter) -> pcg(pcg(pcg(pcg(seed) ^ stream) ^ pixel) ^ counter)
+COUNTER_RANDOM_VECTORS = {
+    (0, 1 << 16, 0, 0): 2705236602,
+    (7, 1 << 16, 3, 3): 1357722721,
+    (7, (3 << 16) | 4, 49, 65): 675085571,
+    (0xFFFFFFFF, (2 << 16) | 65535, 1048575, 127): 1525265379,
+}
 
 
 def test_pcg_hash_known_values():
-    """Scalar PCG-RXS-M-XS written out here agrees with the tensor version."""
-    xs = [0, 1, 2, 12345, MASK, 2**31]
-    assert ref.pcg_hash(torch.tensor(xs)).tolist() == [_pcg(x) for x in xs]
+    xs = list(PCG_HASH_VECTORS)
+    assert ref.pcg_hash(torch.tensor(xs)).tolist() == [PCG_HASH_VECTORS[x] for x in xs]
+
+
+@pytest.mark.parametrize(("args", "expected"), list(COUNTER_RANDOM_VECTORS.items()))
+def test_counter_random_known_values(args, expected):
+    seed, stream, pixel, counter = args
+    assert ref.counter_random(seed, stream, torch.tensor([pixel]), counter).tolist() == [expected]
 
 
 def test_counter_random_is_a_pure_function():
@@ -353,7 +417,7 @@ def test_counter_random_is_a_pure_function():
     b = ref.counter_random(7, ref.STREAM_FILL, pixel.clone(), torch.tensor(3))
     assert torch.equal(a, b)
     assert int(a.min()) >= 0 and int(a.max()) <= MASK
-    assert a.flatten().tolist() == [_counter_random(7, ref.STREAM_FILL, p, 3) for p in range(50)]
+    assert int(a.flatten()[3]) == COUNTER_RANDOM_VECTORS[(7, 1 << 16, 3, 3)]
     # Every argument matters: changing any one changes (nearly) every draw.
     for other in (
         ref.counter_random(8, ref.STREAM_FILL, pixel, 3),

@@ -7,6 +7,36 @@
 
 namespace cocosnet_ops {
 
+// Bounds of the arguments, the same as the Python checks' (cocosnet_ops/ops.py; tests/test_constants.py
+// pins the two together). The ops check them again here, so that a direct torch.ops call cannot
+// overflow the kernels' int arithmetic either.
+constexpr int64_t kMaxPatchSize = 31;
+constexpr int64_t kMaxIters = 65535;            // the iteration number is 16 bits of the random stream
+constexpr int64_t kMaxStep = int64_t{1} << 30;  // offsets and indices are int32 in the kernels
+constexpr int64_t kMaxWindow = 64;
+constexpr double kMinTemperature = 1e-30;
+
+// "name: expected an int in [low, high], got value", worded like the Python checks.
+inline void check_int_in(const char* name, int64_t value, int64_t low, int64_t high) {
+  TORCH_CHECK_VALUE(value >= low && value <= high, name, ": expected an int in [", low, ", ", high, "], got ", value);
+}
+
+inline void check_patch_size(int64_t patch_size) {
+  check_int_in("patch_size", patch_size, 1, kMaxPatchSize);
+  TORCH_CHECK_VALUE(patch_size % 2 == 1, "patch_size: expected an odd size in [1, ", kMaxPatchSize, "], got ",
+                    patch_size);
+}
+
+// A (height, width) argument whose pixels int32 flat indices can number.
+inline MapSize check_size(const char* name, at::IntArrayRef size) {
+  TORCH_CHECK_VALUE(size.size() == 2, name, ": expected a pair (height, width), got ", size.size(), " values");
+  check_int_in(name, size[0], 1, kMaxStep);
+  check_int_in(name, size[1], 1, kMaxStep);
+  TORCH_CHECK_VALUE(size[0] * size[1] <= kMaxStep, name, ": ", size[0], " x ", size[1],
+                    " pixels are too many for int32 indices");
+  return {static_cast<int>(size[0]), static_cast<int>(size[1])};
+}
+
 // (B, C, H, W) -> contiguous (B, H, W, C): each pixel's features in one run of memory.
 inline at::Tensor to_channels_last(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
 
@@ -27,6 +57,8 @@ inline void check_pair(const at::Tensor& query, const at::Tensor& key) {
   check_features(query, "query");
   check_features(key, "key");
   TORCH_CHECK_TYPE(query.scalar_type() == key.scalar_type(), "key: dtype must match query");
+  TORCH_CHECK_VALUE(key.device() == query.device(), "key: expected device ", query.device(), " like query, got ",
+                    key.device());
   TORCH_CHECK_VALUE(query.size(0) == key.size(0) && query.size(1) == key.size(1),
                     "key: batch and channels must match query");
 }
@@ -34,16 +66,20 @@ inline void check_pair(const at::Tensor& query, const at::Tensor& key) {
 inline void check_value(const at::Tensor& value, const at::Tensor& key) {
   check_features(value, "value");
   TORCH_CHECK_TYPE(value.scalar_type() == key.scalar_type(), "value: dtype must match key");
+  TORCH_CHECK_VALUE(value.device() == key.device(), "value: expected device ", key.device(), " like key, got ",
+                    value.device());
   TORCH_CHECK_VALUE(value.size(0) == key.size(0) && value.size(2) == key.size(2) && value.size(3) == key.size(3),
                     "value: batch and spatial size must match key");
 }
 
-// An int32 (B, K, Hq, Wq) tensor of flat indices in [0, key_pixels).
+// An int32 (B, K, Hq, Wq) tensor of flat indices in [0, key_pixels). The range is scanned on CPU
+// tensors only: on a GPU the scan would be a host sync per op, and the CUDA kernels clamp indices.
 inline void check_index_map(const at::Tensor& t, const char* name, const at::Tensor& query, int64_t key_pixels) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, name, ": expected int32, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == query.size(0) && t.size(1) > 0 && t.size(2) == query.size(2) &&
                         t.size(3) == query.size(3),
                     name, ": expected shape (B, K, Hq, Wq) matching the query");
+  TORCH_CHECK_VALUE(t.device() == query.device(), name, ": expected device ", query.device(), ", got ", t.device());
   // Only on the CPU: on a GPU the scan would be a host sync per op, and the kernels clamp.
   if (!t.is_cpu()) return;
   auto [low, high] = at::aminmax(t);
@@ -51,17 +87,26 @@ inline void check_index_map(const at::Tensor& t, const char* name, const at::Ten
                     ": entries must be flat key indices in [0, ", key_pixels, ")");
 }
 
+// Continuous (x, y) key positions (B, K, Hq, Wq, 2) matching the query.
+inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
+  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
+  TORCH_CHECK_VALUE(coords.device() == query.device(), "coords: expected device ", query.device(), ", got ",
+                    coords.device());
+  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
+                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
+                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
+}
+
 inline void check_search_args(const at::Tensor& query, const at::Tensor& key, int64_t k, int64_t patch_size) {
   check_pair(query, key);
-  TORCH_CHECK_VALUE(k >= 1 && k <= key.size(2) * key.size(3), "k: expected 1 <= k <= key pixels, got ", k);
-  TORCH_CHECK_VALUE(patch_size >= 1 && patch_size % 2 == 1, "patch_size: expected an odd size >= 1, got ",
-                    patch_size);
+  check_int_in("k", k, 1, key.size(2) * key.size(3));
+  check_patch_size(patch_size);
 }
 
 inline void check_iteration_args(int64_t iters, at::IntArrayRef jumps, int64_t seed) {
-  TORCH_CHECK_VALUE(iters >= 0 && iters < 65536, "iters: expected 0 <= iters < 65536, got ", iters);
-  TORCH_CHECK_VALUE(seed >= 0 && seed <= 0xFFFFFFFFLL, "seed: expected a 32-bit unsigned value, got ", seed);
-  for (int64_t step : jumps) TORCH_CHECK_VALUE(step >= 1, "jump: steps must be >= 1, got ", step);
+  check_int_in("iters", iters, 0, kMaxIters);
+  check_int_in("seed", seed, 0, 0xFFFFFFFFLL);
+  for (int64_t step : jumps) check_int_in("jump", step, 1, kMaxStep);
 }
 
 // The propagation step of iteration `it`: the last given step repeats; none means 1.
@@ -80,6 +125,8 @@ inline at::Tensor candidates_by_pixel(const c10::optional<at::Tensor>& candidate
   TORCH_CHECK_VALUE(c.dim() == 4 && c.size(0) == query.size(0) && c.size(2) == query.size(2) &&
                         c.size(3) == query.size(3),
                     "candidates: expected shape (B, M, Hq, Wq) matching the query");
+  TORCH_CHECK_VALUE(c.device() == query.device(), "candidates: expected device ", query.device(), ", got ",
+                    c.device());
   if (c.is_cpu())
     TORCH_CHECK_VALUE(c.max().item<int>() < key_pixels, "candidates: entries must be < ", key_pixels,
                       " (or < 0 for none)");
@@ -100,16 +147,13 @@ inline UpsampleSizes check_upsample_args(const at::Tensor& nnf, at::IntArrayRef 
                                          int64_t dilation) {
   TORCH_CHECK_TYPE(nnf.scalar_type() == at::kInt, "nnf: expected int32, got ", nnf.scalar_type());
   TORCH_CHECK_VALUE(nnf.dim() == 4 && nnf.numel() > 0, "nnf: expected a non-empty (B, K, H, W) tensor");
-  TORCH_CHECK_VALUE(coarse_key_size.size() == 2 && key_size.size() == 2 && query_size.size() == 2,
-                    "key_size, query_size, coarse_key_size: expected (height, width) pairs");
-  TORCH_CHECK_VALUE(window >= 1 && dilation >= 0, "window: expected >= 1 and dilation >= 0");
-  const UpsampleSizes s{map_size(nnf),
-                        {static_cast<int>(coarse_key_size[0]), static_cast<int>(coarse_key_size[1])},
-                        {static_cast<int>(key_size[0]), static_cast<int>(key_size[1])},
-                        {static_cast<int>(query_size[0]), static_cast<int>(query_size[1])}};
-  TORCH_CHECK_VALUE(s.coarse_key.height >= 1 && s.coarse_key.width >= 1 && s.key.height >= 1 && s.key.width >= 1 &&
-                        s.query.height >= s.coarse_query.height && s.query.width >= s.coarse_query.width,
-                    "query_size: must be at least the coarse NNF's size; sizes must be positive");
+  TORCH_CHECK_VALUE(nnf.size(2) * nnf.size(3) <= kMaxStep, "nnf: too many pixels for int32 indices");
+  const UpsampleSizes s{map_size(nnf), check_size("coarse_key_size", coarse_key_size), check_size("key_size", key_size),
+                        check_size("query_size", query_size)};
+  check_int_in("window", window, 1, kMaxWindow);
+  check_int_in("dilation", dilation, 0, kMaxStep / kMaxWindow);
+  TORCH_CHECK_VALUE(s.query.height >= s.coarse_query.height && s.query.width >= s.coarse_query.width,
+                    "query_size: must be at least the coarse NNF's size");
   // Only on the CPU: the kernels clamp coarse matches into the map, so none is read out of bounds.
   if (nnf.is_cpu()) {
     auto [low, high] = at::aminmax(nnf);
@@ -119,27 +163,25 @@ inline UpsampleSizes check_upsample_args(const at::Tensor& nnf, at::IntArrayRef 
   return s;
 }
 
-// (x, y) key coordinates (B, K, Hq, Wq, 2) of the query's dtype.
-inline void check_coords(const at::Tensor& coords, const at::Tensor& query) {
-  TORCH_CHECK_TYPE(coords.scalar_type() == query.scalar_type(), "coords: dtype must match query");
-  TORCH_CHECK_VALUE(coords.dim() == 5 && coords.size(0) == query.size(0) && coords.size(1) > 0 &&
-                        coords.size(2) == query.size(2) && coords.size(3) == query.size(3) && coords.size(4) == 2,
-                    "coords: expected shape (B, K, Hq, Wq, 2) matching the query");
-}
-
 inline void check_bilinear_scores_args(const at::Tensor& query, const at::Tensor& key, const at::Tensor& coords,
                                        int64_t patch_size) {
-  // Bounds the window loop (patch_size^2 terms per candidate) and keeps side * side an int.
-  constexpr int64_t kMaxPatchSize = 1023;
   check_pair(query, key);
   check_coords(coords, query);
-  TORCH_CHECK_VALUE(patch_size >= 1 && patch_size <= kMaxPatchSize && patch_size % 2 == 1,
-                    "patch_size: expected an odd size in [1, ", kMaxPatchSize, "], got ", patch_size);
+  check_patch_size(patch_size);
 }
 
 inline void check_temperature(double temperature) {
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature: expected a finite value > 0, got ",
-                    temperature);
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= kMinTemperature,
+                    "temperature: expected a finite value >= ", kMinTemperature, ", got ", temperature);
+}
+
+// A warp's output or its gradient: (B, Cv, Hq, Wq) of the query's dtype.
+inline void check_warp_shaped(const at::Tensor& t, const char* name, const at::Tensor& query, const at::Tensor& value) {
+  TORCH_CHECK_TYPE(t.scalar_type() == query.scalar_type(), name, ": dtype must match query");
+  TORCH_CHECK_VALUE(t.device() == query.device(), name, ": expected device ", query.device(), ", got ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == query.size(0) && t.size(1) == value.size(1) &&
+                        t.size(2) == query.size(2) && t.size(3) == query.size(3),
+                    name, ": expected shape (B, Cv, Hq, Wq) of the warp");
 }
 
 }  // namespace cocosnet_ops

@@ -88,6 +88,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> weighted_gather_backward_cpu(cons
                                                                             const at::Tensor& key,
                                                                             const at::Tensor& value,
                                                                             const at::Tensor& nnf, double temperature) {
+  check_pair(query, key);
+  check_value(value, key);
+  check_index_map(nnf, "nnf", query, key.size(2) * key.size(3));
+  check_warp_shaped(grad_out, "grad_out", query, value);
+  check_temperature(temperature);
   const GatherShape s(query, key, value, nnf.size(1));
   const at::Tensor q_cl = to_channels_last(query), k_cl = to_channels_last(key), v_cl = to_channels_last(value);
   const at::Tensor g_cl = to_channels_last(grad_out);
@@ -157,6 +162,11 @@ at::Tensor bilinear_weighted_gather_cpu(const at::Tensor& query, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_weighted_gather_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& coords, double temperature) {
+  check_pair(query, key);
+  check_value(value, key);
+  check_coords(coords, query);
+  check_warp_shaped(grad_out, "grad_out", query, value);
+  check_temperature(temperature);
   const GatherShape s(query, key, value, coords.size(1));
   const at::Tensor q_cl = to_channels_last(query), k_cl = to_channels_last(key), v_cl = to_channels_last(value);
   const at::Tensor g_cl = to_channels_last(grad_out);

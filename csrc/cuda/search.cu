@@ -29,8 +29,6 @@ Error launch_error() {
 // products. Every lane ends with the same sum (each addition is commutative), so all lanes of
 // a group keep identical lists and take identical branches.
 constexpr int kLanes = 8;
-// Candidates a group scores at once (see LaneGroupScorer::batch_dot); at most kLanes.
-constexpr int kBatch = 8;
 
 template <typename T>
 struct LaneGroupScorer : Scorer<T> {
@@ -55,53 +53,6 @@ struct LaneGroupScorer : Scorer<T> {
     }
     for (int c = lane; c < this->channels; c += kLanes) sum += a[c] * b[c];
     return group_sum(sum);
-  }
-
-  // The inner products of this pixel's query row with the key rows of `count` (<= kBatch)
-  // candidates; lane j holds candidate j in `mine` and gets its score back. Every lane issues
-  // its loads of all the rows before it adds anything, so a group has up to kBatch loads in
-  // flight, not one.
-  __device__ T batch_dot(int mine, int count) const {
-    const T* a = this->query + int64_t{this->qy * this->qs.width + this->qx} * this->channels;
-    int candidate[kBatch];
-    T sums[kBatch];
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      candidate[j] = __shfl_sync(mask, mine, j, kLanes);
-      sums[j] = 0;
-    }
-    bool done = false;
-    if constexpr (std::is_same_v<T, float>) {
-      if (this->channels % 4 == 0) {
-        const int row_chunks = this->channels / 4;
-        const float4* key4 = reinterpret_cast<const float4*>(this->key);
-        for (int c = lane; c < row_chunks; c += kLanes) {
-          const float4 x = reinterpret_cast<const float4*>(a)[c];
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) {
-            if (j < count) {
-              const float4 y = __ldg(key4 + int64_t{candidate[j]} * row_chunks + c);
-              sums[j] += (x.x * y.x + x.y * y.y) + (x.z * y.z + x.w * y.w);
-            }
-          }
-        }
-        done = true;
-      }
-    }
-    if (!done) {
-      for (int c = lane; c < this->channels; c += kLanes) {
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j)
-          if (j < count) sums[j] += a[c] * this->key[int64_t{candidate[j]} * this->channels + c];
-      }
-    }
-    T own = 0;
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const T sum = group_sum(sums[j]);
-      if (j == lane) own = sum;
-    }
-    return own;
   }
 
   __device__ T group_sum(T sum) const {
@@ -132,45 +83,6 @@ __device__ bool group_scorer(const SearchArgs<T>& args, int64_t& pixel, LaneGrou
   return true;
 }
 
-// Up to kBatch proposed candidates, spread over the group: lane j holds candidate j.
-struct CandidateBatch {
-  int mine;
-  int count = 0;
-
-  __device__ void add(int candidate, int lane) {
-    if (lane == count) mine = candidate;
-    ++count;
-  }
-
-  // Score the batch at once, then offer its candidates to the list one by one, in order.
-  template <typename T, typename List>
-  __device__ void flush(List& list, const LaneGroupScorer<T>& scorer) {
-    const T score = scorer.batch_dot(mine, count);
-    for (int j = 0; j < count; ++j) {
-      offer_scored(list, __shfl_sync(scorer.mask, mine, j, kLanes),
-                   rankable(__shfl_sync(scorer.mask, score, j, kLanes)));
-    }
-    count = 0;
-  }
-};
-
-// patch_match_step for single-pixel patches, with the candidates scored kBatch at a time: the
-// same candidates meet the list in the same order, so the result is the same.
-template <typename T, int KMax>
-__device__ void batched_step(RegisterTopK<T, KMax>& list, const LaneGroupScorer<T>& scorer, const int* previous,
-                             const T* previous_score, int step, const Radii& radii, uint32_t seed, int iteration,
-                             uint32_t pixel) {
-  const int own = scorer.qy * scorer.qs.width + scorer.qx;
-  list.assign(previous + own * list.k, previous_score + own * list.k);
-  CandidateBatch batch;
-  for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii.value,
-                          radii.count, seed, iteration, pixel, [&](int candidate) {
-                            batch.add(candidate, scorer.lane);
-                            if (batch.count == kBatch) batch.flush(list, scorer);
-                          });
-  batch.flush(list, scorer);
-}
-
 template <typename T, int KMax>
 __global__ void __launch_bounds__(kThreads)
     initial_search_kernel(SearchArgs<T> args, const int* __restrict__ candidates, int count, int* __restrict__ index,
@@ -185,8 +97,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int KMax>
-// Four blocks per multiprocessor: 128 registers a thread, little spilled.
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads)
     search_step_kernel(SearchArgs<T> args, Radii radii, int step, int iteration,
                        const int* __restrict__ previous_index, const T* __restrict__ previous_score,
                        int* __restrict__ index, T* __restrict__ score) {
@@ -195,13 +106,9 @@ __global__ void __launch_bounds__(kThreads, 4)
   if (!group_scorer(args, pixel, scorer)) return;
   RegisterTopK<T, KMax> list(args.k);
   const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
-  const uint32_t map_pixel = static_cast<uint32_t>(pixel % args.qs.pixels());
-  if (args.radius == 0)
-    batched_step(list, scorer, previous_index + batch_nnf, previous_score + batch_nnf, step, radii, args.seed,
-                 iteration, map_pixel);
-  else
-    patch_match_step(list, static_cast<int*>(nullptr), scorer, previous_index + batch_nnf,
-                     previous_score + batch_nnf, step, radii.value, radii.count, args.seed, iteration, map_pixel);
+  patch_match_step(list, static_cast<int*>(nullptr), scorer, previous_index + batch_nnf, previous_score + batch_nnf,
+                   step, radii.value, radii.count, args.seed, iteration,
+                   static_cast<uint32_t>(pixel % args.qs.pixels()));
   if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
