@@ -169,9 +169,9 @@ def weighted_gather_backward_kernel(
         acc += logit_grad[:, None] * tl.load(key_offsets, mask=key_mask, other=0.0)
         if ATOMIC:
             offsets, mask = _rows(grad_key, row, C, chan, pixel_ok[:, None])
-            tl.atomic_add(offsets, logit_grad[:, None] * q_tile, mask=mask)
+            tl.atomic_add(offsets, logit_grad[:, None] * q_tile, mask=mask, sem="relaxed")
             offsets, mask = _rows(grad_value, row, Cv, vchan, pixel_ok[:, None])
-            tl.atomic_add(offsets, weight[:, None] * g_tile, mask=mask)
+            tl.atomic_add(offsets, weight[:, None] * g_tile, mask=mask, sem="relaxed")
         else:
             tl.store(key_coef + entry + i * P, logit_grad, mask=pixel_ok)
             tl.store(value_coef + entry + i * P, weight, mask=pixel_ok)
@@ -298,9 +298,9 @@ def bilinear_gather_backward_kernel(
             acc += key_c[:, None] * tl.load(key_offsets, mask=key_mask, other=0.0)
             if ATOMIC:
                 offsets, mask = _rows(grad_key, key_row + corner, C, chan, rows_ok)
-                tl.atomic_add(offsets, key_c[:, None] * q_tile, mask=mask)
+                tl.atomic_add(offsets, key_c[:, None] * q_tile, mask=mask, sem="relaxed")
                 offsets, mask = _rows(grad_value, key_row + corner, Cv, vchan, rows_ok)
-                tl.atomic_add(offsets, value_c[:, None] * g_tile, mask=mask)
+                tl.atomic_add(offsets, value_c[:, None] * g_tile, mask=mask, sem="relaxed")
             else:
                 at = entry + (4 * i + n) * P
                 tl.store(key_coef + at, key_c, mask=pixel_ok)
