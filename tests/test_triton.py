@@ -1,7 +1,8 @@
 """The Triton kernels (backend="triton") against the reference and the cpu kernels.
 
 Without a GPU they run on CPU tensors in Triton's interpreter: conftest.py sets
-TRITON_INTERPRET=1 before anything imports triton. With a GPU (and TRITON_INTERPRET unset) the
+TRITON_INTERPRET=1 before anything imports triton; the kernels are also compiled for a GPU
+there, to catch what the interpreter lets pass. With a GPU (and TRITON_INTERPRET unset) the
 same tests run the compiled kernels on CUDA tensors.
 
 On integer-valued features every score is exact whatever the order of the sums, so the search
@@ -335,3 +336,15 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("backend: 'triton' is not available here (Triton runs on CPU tensors only")
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="on a GPU every test compiles the kernels")
+def test_kernels_compile_for_a_gpu():
+    """The interpreter checks less than the compiler: compile every launch for sm_90 (see
+    triton_gpu_compile.py), in a process where the kernels load without the interpreter."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    script = os.path.join(root, "tests", "triton_gpu_compile.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
