@@ -1,6 +1,9 @@
 """GPU time and achieved memory bandwidth of the CUDA kernels, one op at a time.
 
     python benchmarks/bench_gather_cuda.py --out benchmarks/results/gather_cuda.csv
+    python benchmarks/bench_gather_cuda.py --backend triton --out benchmarks/results/gather_triton.csv
+
+``--backend triton`` times the Triton kernels of the same ops (the first calls compile them).
 
 For each square side S (N = S * S pixels, batch 1), C feature channels, K = 16 and a 3-channel
 value, times with CUDA events (median of --repeats after warm-up): ``patch_match`` (5
@@ -29,9 +32,11 @@ import torch
 import torch.nn.functional as F
 
 import cocosnet_ops
+from cocosnet_ops import triton as triton_kernels
 
 FLOAT = 4
 COLUMNS = (
+    "backend",
     "op",
     "side",
     "channels",
@@ -65,7 +70,7 @@ def copy_peak_bytes_per_second(repeats: int) -> float:
     return 2 * source.numel() / cuda_seconds(lambda: target.copy_(source), repeats)
 
 
-def measure(side: int, channels: int, k: int, repeats: int) -> list[dict]:
+def measure(side: int, channels: int, k: int, repeats: int, backend: str) -> list[dict]:
     n = side * side
     g = torch.Generator(device="cuda").manual_seed(0)
     query = F.normalize(torch.randn(1, channels, side, side, device="cuda", generator=g), dim=1)
@@ -74,7 +79,8 @@ def measure(side: int, channels: int, k: int, repeats: int) -> list[dict]:
     nnf, _ = cocosnet_ops.patch_match(query, key, k=k, iters=5)
     coords = cocosnet_ops.nnf.nnf_to_coords(nnf, (side, side)) + 0.25
     grad_out = torch.rand(1, 3, side, side, device="cuda", generator=g)
-    ops = torch.ops.cocosnet_ops
+    # The Triton ops take the same arguments as the compiled ones.
+    ops = torch.ops.cocosnet_ops_triton if backend == "triton" else torch.ops.cocosnet_ops
     features, values, index = n * channels * FLOAT, n * 3 * FLOAT, n * k * FLOAT
     rows_read = n * k * (channels + 3) * FLOAT
     cases = [
@@ -114,6 +120,7 @@ def measure(side: int, channels: int, k: int, repeats: int) -> list[dict]:
         seconds = cuda_seconds(fn, repeats)
         results.append(
             {
+                "backend": backend,
                 "op": name,
                 "side": side,
                 "channels": channels,
@@ -132,10 +139,15 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backend", choices=("cuda", "triton"), default="cuda")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gather_cuda.csv"))
     args = parser.parse_args()
-    if not (torch.cuda.is_available() and cocosnet_ops.HAS_CUDA_KERNELS):
-        parser.error("needs a GPU and cocosnet_ops._C built with its CUDA kernels")
+    if not torch.cuda.is_available():
+        parser.error("needs a GPU")
+    if args.backend == "cuda" and not cocosnet_ops.HAS_CUDA_KERNELS:
+        parser.error("--backend cuda: needs cocosnet_ops._C built with its CUDA kernels")
+    if args.backend == "triton" and triton_kernels.unavailable("cuda"):
+        parser.error(f"--backend triton: {triton_kernels.unavailable('cuda')}")
     peak = copy_peak_bytes_per_second(args.repeats)
     print(
         f"GPU: {torch.cuda.get_device_name()}; device-to-device copy: {peak / 1e12:.2f} TB/s (read + write)"
@@ -144,7 +156,7 @@ def main() -> None:
         row
         for side in args.sides
         for channels in args.channels
-        for row in measure(side, channels, args.k, args.repeats)
+        for row in measure(side, channels, args.k, args.repeats, args.backend)
     ]
     for row in rows:
         row["compulsory_tb_s"] = row["compulsory_gb"] / row["seconds"] / 1e3
@@ -155,11 +167,11 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({c: round(v, 6) if isinstance(v, float) else v for c, v in r.items()} for r in rows)
-    print("| op | side | C | time (ms) | compulsory TB/s | gathered TB/s | gathered / copy peak |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| backend | op | side | C | time (ms) | compulsory TB/s | gathered TB/s | gathered / copy peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['op']} | {r['side']} | {r['channels']} | {r['seconds'] * 1e3:.3f} | "
+            f"| {r['backend']} | {r['op']} | {r['side']} | {r['channels']} | {r['seconds'] * 1e3:.3f} | "
             f"{r['compulsory_tb_s']:.2f} | {r['gathered_tb_s']:.2f} | {r['fraction_of_copy_peak']:.0%} |"
         )
     print(f"\nwrote {args.out}")

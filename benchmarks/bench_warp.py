@@ -15,6 +15,8 @@ Methods, on square maps of side S, N = S * S pixels, C channels, batch 1:
 * ``patchmatch_cpu``: ``patch_match`` (K=16, 5 iterations, under ``no_grad``: it is a search)
   then ``weighted_gather``, compiled cpu backend;
 * ``patchmatch_torch``: the same on the pure-PyTorch reference backend;
+* ``patchmatch_triton``: the same on the triton backend, a ``--device cuda`` method (on CPU
+  tensors Triton runs only in its interpreter); the untimed first passes compile the kernels;
 * ``dense``: ``reference.attention_warp``, matmul + softmax over all N x N pairs (CoCosNet v1);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with scale 1 / temperature.
   Inputs are laid out as contiguous (1, 1, N, C) and the value is zero-padded from 3 to C
@@ -66,9 +68,10 @@ from torch import Tensor
 
 import cocosnet_ops
 from cocosnet_ops import reference
+from cocosnet_ops import triton as triton_kernels
 
 CPU_METHODS = ("patchmatch_cpu", "patchmatch_torch", "dense", "sdpa")
-CUDA_METHODS = ("patchmatch_cuda", "dense", "sdpa_flash_bf16", "sdpa_efficient_bf16")
+CUDA_METHODS = ("patchmatch_cuda", "patchmatch_triton", "dense", "sdpa_flash_bf16", "sdpa_efficient_bf16")
 METHODS = tuple(dict.fromkeys(CPU_METHODS + CUDA_METHODS))
 SDPA_BACKENDS = {"sdpa_flash_bf16": "FLASH_ATTENTION", "sdpa_efficient_bf16": "EFFICIENT_ATTENTION"}
 COLUMNS = (
@@ -120,7 +123,7 @@ def estimate_bytes(method: str, side: int, channels: int, k: int) -> int:
         search = n * m * (2 * channels * FLOAT_BYTES + 12 * INDEX_BYTES)
         gather = 4 * n * k * (channels + 3) * FLOAT_BYTES
         return max(search, gather)
-    if method in ("patchmatch_cpu", "patchmatch_cuda"):
+    if method in ("patchmatch_cpu", "patchmatch_cuda", "patchmatch_triton"):
         return n * (4 * k * INDEX_BYTES + 4 * channels * FLOAT_BYTES)
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
@@ -320,6 +323,8 @@ def skip_reason(
         return "unavailable (cocosnet_ops._C not built)"
     if method == "patchmatch_cuda" and not cocosnet_ops.HAS_CUDA_KERNELS:
         return "unavailable (cocosnet_ops._C built without CUDA kernels)"
+    if method == "patchmatch_triton" and triton_kernels.unavailable(args.device):
+        return f"unavailable ({triton_kernels.unavailable(args.device)})"
     if estimated > args.memory_limit_gib:
         return f"skipped (needs {math.ceil(estimated)} GiB)"
     if timed_out_at is not None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from . import triton as triton_kernels
 from ._extension import load_compiled
 
 # Importing _C registers the compiled kernels. Without it (not built, or built against another
@@ -31,6 +32,23 @@ HAS_CUDA_KERNELS = HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_k
 MAX_CUDA_K = 64
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ops = torch.ops.cocosnet_ops
+# The Triton kernels mirror the compiled ops in their own namespace (cocosnet_ops/triton/ops.py).
+_triton_ops = torch.ops.cocosnet_ops_triton
+# The ops this build has CUDA kernels for: automatic choice takes triton (or torch) for the rest.
+_CUDA_KERNEL_OPS = frozenset(
+    op
+    for op in (
+        "patch_match",
+        "evaluate_candidates",
+        "nnf_upsample",
+        "exact_knn",
+        "weighted_gather",
+        "bilinear_weighted_gather",
+        "bilinear_scores",
+        "dense_warp",
+    )
+    if HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_key(f"cocosnet_ops::{op}", "CUDA")
+)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -184,10 +202,14 @@ def _check_coords(coords: object, query: Tensor) -> Tensor:
     return coords
 
 
-def _choose_backend(backend: str | None, device: torch.device) -> str:
+def _choose_backend(backend: str | None, device: torch.device, op: str) -> str:
     if backend is None:
         if device.type == "cuda":
-            return "cuda" if HAS_CUDA_KERNELS else "torch"
+            if op in _CUDA_KERNEL_OPS:
+                return "cuda"
+            if op in triton_kernels.OPS and not triton_kernels.unavailable(device.type):
+                return "triton"
+            return "torch"
         return "cpu" if HAS_COMPILED and device.type == "cpu" else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
@@ -202,8 +224,17 @@ def _choose_backend(backend: str | None, device: torch.device) -> str:
         )
         raise ValueError(f"backend: 'cuda' is not available here ({why})")
     if backend == "triton":
-        raise ValueError("backend: 'triton' kernels are not part of this build; use 'cuda', 'cpu' or 'torch'")
+        if op not in triton_kernels.OPS:
+            raise ValueError(f"backend: 'triton' has no kernel for {op}; use 'cuda', 'cpu' or 'torch'")
+        why = triton_kernels.unavailable(device.type)
+        if why:
+            raise ValueError(f"backend: 'triton' is not available here ({why})")
     return backend
+
+
+def _kernels(chosen: str) -> torch._ops._OpNamespace:
+    """The ops of a kernel backend: the Triton ones take the same arguments as the compiled."""
+    return _triton_ops if chosen == "triton" else _ops
 
 
 def _check_cuda_k(k: int, chosen: str) -> None:
@@ -281,13 +312,13 @@ def patch_match(
             raise ValueError("jump: expected at least one step when iters > 0")
     if init is not None:
         _check_index_map("init", init, query, key_pixels, candidates=True)
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "patch_match")
     _check_cuda_k(k, chosen)
     query, key = _search_input(query), _search_input(key)
     init = init.contiguous() if init is not None else None
     if chosen == "torch":
         return reference.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
-    return _ops.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
+    return _kernels(chosen).patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
 
 
 def evaluate_candidates(
@@ -312,12 +343,12 @@ def evaluate_candidates(
     _check_int("k", k, 1, key_pixels)
     _check_patch_size(patch_size)
     _check_index_map("candidates", candidates, query, key_pixels, candidates=True)
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "evaluate_candidates")
     _check_cuda_k(k, chosen)
     query, key, candidates = _search_input(query), _search_input(key), candidates.contiguous()
     if chosen == "torch":
         return reference.evaluate_candidates(query, key, candidates, k, patch_size)
-    return _ops.evaluate_candidates(query, key, candidates.contiguous(), k, patch_size)
+    return _kernels(chosen).evaluate_candidates(query, key, candidates.contiguous(), k, patch_size)
 
 
 def _check_size(name: str, size: object) -> tuple[int, int]:
@@ -380,7 +411,7 @@ def nnf_upsample(
                 f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map, "
                 f"got values in [{int(low)}, {int(high)}]"
             )
-    chosen = _choose_backend(backend, nnf.device)
+    chosen = _choose_backend(backend, nnf.device, "nnf_upsample")
     if chosen == "torch":
         return reference.nnf_upsample(nnf, key_size, query_size, window, dilation, coarse)
     return _ops.nnf_upsample(
@@ -401,7 +432,7 @@ def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None)
     """
     _check_pair(query, key)
     _check_int("k", k, 1, key.shape[2] * key.shape[3])
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "exact_knn")
     query, key = _search_input(query), _search_input(key)
     if chosen == "torch":
         return reference.exact_knn(query, key, k)
@@ -424,12 +455,12 @@ def weighted_gather(
     _check_value(value, key)
     _check_index_map("nnf", nnf, query, key.shape[2] * key.shape[3])
     temperature = _check_temperature(temperature)
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "weighted_gather")
     dtype = value.dtype
     query, key, value = _warp_inputs(query, key, value)
     if chosen == "torch":
         return reference.weighted_gather(query, key, value, nnf, temperature).to(dtype)
-    return _ops.weighted_gather(query, key, value, nnf.contiguous(), temperature).to(dtype)
+    return _kernels(chosen).weighted_gather(query, key, value, nnf.contiguous(), temperature).to(dtype)
 
 
 def bilinear_weighted_gather(
@@ -453,13 +484,13 @@ def bilinear_weighted_gather(
     _check_value(value, key)
     _check_coords(coords, query)
     temperature = _check_temperature(temperature)
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "bilinear_weighted_gather")
     dtype = value.dtype
     query, key, value = _warp_inputs(query, key, value)
     coords = coords.to(query.dtype).contiguous()
     if chosen == "torch":
         return reference.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
-    return _ops.bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
+    return _kernels(chosen).bilinear_weighted_gather(query, key, value, coords, temperature).to(dtype)
 
 
 def bilinear_scores(
@@ -485,12 +516,12 @@ def bilinear_scores(
     _check_pair(query, key)
     _check_coords(coords, query)
     patch_size = _check_patch_size(patch_size)
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "bilinear_scores")
     query, key = _search_input(query), _search_input(key)
     coords = coords.detach().to(query.dtype).contiguous()
     if chosen == "torch":
         return reference.bilinear_scores(query, key, coords, patch_size)
-    return _ops.bilinear_scores(query, key, coords, patch_size)
+    return _kernels(chosen).bilinear_scores(query, key, coords, patch_size)
 
 
 def dense_warp(
@@ -518,7 +549,7 @@ def dense_warp(
     temperature = _check_temperature(temperature)
     if not isinstance(cycle, bool):
         raise TypeError(f"cycle: expected a bool, got {_type_name(cycle)}")
-    chosen = _choose_backend(backend, query.device)
+    chosen = _choose_backend(backend, query.device, "dense_warp")
     dtype = value.dtype
     query, key, value = _warp_inputs(query, key, value)
 

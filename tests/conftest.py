@@ -14,9 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cocosnet_ops
-from cocosnet_ops import reference
-from cocosnet_ops.ops import COMPILED_LOAD_ERROR
+# Without a GPU the triton backend's tests (test_triton.py) run in Triton's interpreter, which
+# must be chosen before triton is first imported, and importing cocosnet_ops imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import cocosnet_ops  # noqa: E402
+from cocosnet_ops import reference  # noqa: E402
+from cocosnet_ops.ops import COMPILED_LOAD_ERROR  # noqa: E402
 
 # "torch" (reference.py) always works; "cpu" needs the compiled extension cocosnet_ops._C.
 BACKENDS = ["torch"] + (["cpu"] if cocosnet_ops.HAS_COMPILED else [])
