@@ -289,9 +289,9 @@ def patch_match(
     step of each iteration (default: halving from up to 8, ending at 1). The result depends
     only on the inputs and ``seed``, never on thread count or scheduling. Not differentiable.
 
-    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
-    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
-    cannot run.
+    ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
+    Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
+    or raises ValueError where it cannot run.
     """
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
@@ -334,9 +334,9 @@ def evaluate_candidates(
     best ``k`` distinct ones, as ``(nnf, scores)``. A pixel with fewer than k distinct
     candidates is topped up with deterministic random ones.
 
-    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
-    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
-    cannot run.
+    ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
+    Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
+    or raises ValueError where it cannot run.
     """
     _check_pair(query, key)
     key_pixels = key.shape[2] * key.shape[3]
@@ -447,9 +447,9 @@ def weighted_gather(
     Fused: never builds the (B, K, C, Hq, Wq) gathered features. Differentiable in query, key
     and value; ``nnf`` is int32 (B, K, Hq, Wq) from ``patch_match`` or ``exact_knn``.
 
-    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
-    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
-    cannot run.
+    ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
+    Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
+    or raises ValueError where it cannot run.
     """
     _check_pair(query, key)
     _check_value(value, key)
@@ -476,9 +476,9 @@ def bilinear_weighted_gather(
     (x, y) in key pixels and sampled bilinearly (clamped to the map). Differentiable in query,
     key, value and coords, so a network that moves the coordinates gets gradients.
 
-    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
-    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
-    cannot run.
+    ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
+    Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
+    or raises ValueError where it cannot run.
     """
     _check_pair(query, key)
     _check_value(value, key)
@@ -509,9 +509,9 @@ def bilinear_scores(
     Scores are in the features' dtype (float32 for half-precision features, like
     ``patch_match``); NaN features give NaN scores.
 
-    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
-    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
-    cannot run.
+    ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
+    Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
+    or raises ValueError where it cannot run.
     """
     _check_pair(query, key)
     _check_coords(coords, query)

@@ -21,7 +21,7 @@ import cocosnet_ops  # noqa: E402
 from cocosnet_ops import ops, reference  # noqa: E402
 from cocosnet_ops import triton as triton_kernels  # noqa: E402
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 pytestmark = pytest.mark.skipif(
     bool(triton_kernels.unavailable(DEVICE.type)), reason=triton_kernels.unavailable(DEVICE.type)
@@ -208,7 +208,8 @@ def test_gathers_gradcheck(which):
         query, key, value = args[:3]
         return warps(which, query, key, value, args[3] if which == "coords" else index, "triton")
 
-    assert torch.autograd.gradcheck(warp, tuple(leaves), fast_mode=True)
+    # On a GPU the key and value gradients are added with atomics, in an order that varies.
+    assert torch.autograd.gradcheck(warp, tuple(leaves), fast_mode=True, nondet_tol=1e-12)
 
 
 @pytest.mark.parametrize("which", ["nnf", "coords"])

@@ -71,7 +71,7 @@ def _slot(tile, slots, i):
 
 
 @triton.jit
-def _bilinear(x, y, Hk, Wk):
+def bilinear(x, y, Hk, Wk):
     """The Bilinear struct of patch_match.h: the four corners (flat key indices), the weights
     wx, wy, and whether each coordinate was inside the map (so has a gradient)."""
     moves_x = (x >= 0) & (x <= Wk - 1)
@@ -89,14 +89,14 @@ def _bilinear(x, y, Hk, Wk):
 
 
 @triton.jit
-def _blend(c0, c1, c2, c3, wx, wy):
+def blend(c0, c1, c2, c3, wx, wy):
     top = c0 * (1 - wx) + c1 * wx
     bottom = c2 * (1 - wx) + c3 * wx
     return top * (1 - wy) + bottom * wy
 
 
 @triton.jit
-def _dot_rows(tile, base, row, width, chan, mask):
+def dot_rows(tile, base, row, width, chan, mask):
     """Inner products of each pixel's ``tile`` row with row ``row`` of a channels-last map."""
     offsets, row_mask = _rows(base, row, width, chan, mask)
     return tl.sum(tile * tl.load(offsets, mask=row_mask, other=0.0), axis=1)
@@ -120,7 +120,7 @@ def weighted_gather_kernel(
     key_row = b * key_pixels
     for i in range(K):
         row = key_row + _clamped(tl.load(nnf + i * P, mask=pixel_ok, other=0), key_pixels)
-        logit = _dot_rows(q_tile, key, row, C, chan, pixel_ok[:, None])
+        logit = dot_rows(q_tile, key, row, C, chan, pixel_ok[:, None])
         logits = tl.where(slots[None, :] == i, logit[:, None], logits)
     weights = _softmax(logits, in_use, tl.load(temperature))
     acc = tl.zeros([BLOCK, CVB], dtype=q_tile.dtype)
@@ -152,8 +152,8 @@ def weighted_gather_backward_kernel(
     key_row = b * key_pixels
     for i in range(K):
         row = key_row + _clamped(tl.load(nnf + entry + i * P, mask=pixel_ok, other=0), key_pixels)
-        logit = _dot_rows(q_tile, key, row, C, chan, pixel_ok[:, None])
-        value_dot = _dot_rows(g_tile, value, row, Cv, vchan, pixel_ok[:, None])
+        logit = dot_rows(q_tile, key, row, C, chan, pixel_ok[:, None])
+        value_dot = dot_rows(g_tile, value, row, Cv, vchan, pixel_ok[:, None])
         logits = tl.where(slots[None, :] == i, logit[:, None], logits)
         value_dots = tl.where(slots[None, :] == i, value_dot[:, None], value_dots)
     temp = tl.load(temperature)
@@ -169,9 +169,9 @@ def weighted_gather_backward_kernel(
         acc += logit_grad[:, None] * tl.load(key_offsets, mask=key_mask, other=0.0)
         if ATOMIC:
             offsets, mask = _rows(grad_key, row, C, chan, pixel_ok[:, None])
-            tl.atomic_add(offsets, logit_grad[:, None] * q_tile, mask=mask)
+            tl.atomic_add(offsets, logit_grad[:, None] * q_tile, mask=mask, sem="relaxed")
             offsets, mask = _rows(grad_value, row, Cv, vchan, pixel_ok[:, None])
-            tl.atomic_add(offsets, weight[:, None] * g_tile, mask=mask)
+            tl.atomic_add(offsets, weight[:, None] * g_tile, mask=mask, sem="relaxed")
         else:
             tl.store(key_coef + entry + i * P, logit_grad, mask=pixel_ok)
             tl.store(value_coef + entry + i * P, weight, mask=pixel_ok)
@@ -198,12 +198,12 @@ def bilinear_gather_kernel(
     for i in range(K):
         x = tl.load(xy + i * P * 2, mask=pixel_ok, other=0.0)
         y = tl.load(xy + i * P * 2 + 1, mask=pixel_ok, other=0.0)
-        c0, c1, c2, c3, wx, wy, moves_x, moves_y = _bilinear(x, y, Hk, Wk)
-        logit = _blend(
-            _dot_rows(q_tile, key, key_row + c0, C, chan, rows_ok),
-            _dot_rows(q_tile, key, key_row + c1, C, chan, rows_ok),
-            _dot_rows(q_tile, key, key_row + c2, C, chan, rows_ok),
-            _dot_rows(q_tile, key, key_row + c3, C, chan, rows_ok),
+        c0, c1, c2, c3, wx, wy, moves_x, moves_y = bilinear(x, y, Hk, Wk)
+        logit = blend(
+            dot_rows(q_tile, key, key_row + c0, C, chan, rows_ok),
+            dot_rows(q_tile, key, key_row + c1, C, chan, rows_ok),
+            dot_rows(q_tile, key, key_row + c2, C, chan, rows_ok),
+            dot_rows(q_tile, key, key_row + c3, C, chan, rows_ok),
             wx, wy,
         )
         logits = tl.where(slots[None, :] == i, logit[:, None], logits)
@@ -212,7 +212,7 @@ def bilinear_gather_kernel(
     for i in range(K):
         x = tl.load(xy + i * P * 2, mask=pixel_ok, other=0.0)
         y = tl.load(xy + i * P * 2 + 1, mask=pixel_ok, other=0.0)
-        c0, c1, c2, c3, wx, wy, moves_x, moves_y = _bilinear(x, y, Hk, Wk)
+        c0, c1, c2, c3, wx, wy, moves_x, moves_y = bilinear(x, y, Hk, Wk)
         weight = _slot(weights, slots, i)
         for n in tl.static_range(4):
             corner = c0 if n == 0 else (c1 if n == 1 else (c2 if n == 2 else c3))
@@ -251,18 +251,18 @@ def bilinear_gather_backward_kernel(
     for i in range(K):
         x = tl.load(xy + i * P * 2, mask=pixel_ok, other=0.0)
         y = tl.load(xy + i * P * 2 + 1, mask=pixel_ok, other=0.0)
-        c0, c1, c2, c3, wx, wy, moves_x, moves_y = _bilinear(x, y, Hk, Wk)
-        k0 = _dot_rows(q_tile, key, key_row + c0, C, chan, rows_ok)
-        k1 = _dot_rows(q_tile, key, key_row + c1, C, chan, rows_ok)
-        k2 = _dot_rows(q_tile, key, key_row + c2, C, chan, rows_ok)
-        k3 = _dot_rows(q_tile, key, key_row + c3, C, chan, rows_ok)
-        v0 = _dot_rows(g_tile, value, key_row + c0, Cv, vchan, rows_ok)
-        v1 = _dot_rows(g_tile, value, key_row + c1, Cv, vchan, rows_ok)
-        v2 = _dot_rows(g_tile, value, key_row + c2, Cv, vchan, rows_ok)
-        v3 = _dot_rows(g_tile, value, key_row + c3, Cv, vchan, rows_ok)
+        c0, c1, c2, c3, wx, wy, moves_x, moves_y = bilinear(x, y, Hk, Wk)
+        k0 = dot_rows(q_tile, key, key_row + c0, C, chan, rows_ok)
+        k1 = dot_rows(q_tile, key, key_row + c1, C, chan, rows_ok)
+        k2 = dot_rows(q_tile, key, key_row + c2, C, chan, rows_ok)
+        k3 = dot_rows(q_tile, key, key_row + c3, C, chan, rows_ok)
+        v0 = dot_rows(g_tile, value, key_row + c0, Cv, vchan, rows_ok)
+        v1 = dot_rows(g_tile, value, key_row + c1, Cv, vchan, rows_ok)
+        v2 = dot_rows(g_tile, value, key_row + c2, Cv, vchan, rows_ok)
+        v3 = dot_rows(g_tile, value, key_row + c3, Cv, vchan, rows_ok)
         here = slots[None, :] == i
-        logits = tl.where(here, _blend(k0, k1, k2, k3, wx, wy)[:, None], logits)
-        value_dots = tl.where(here, _blend(v0, v1, v2, v3, wx, wy)[:, None], value_dots)
+        logits = tl.where(here, blend(k0, k1, k2, k3, wx, wy)[:, None], logits)
+        value_dots = tl.where(here, blend(v0, v1, v2, v3, wx, wy)[:, None], value_dots)
         # d<query, key(x, y)>/dx, /dy and the same for <grad_out, value(x, y)>; zero where clamped.
         dkx = tl.where(moves_x, (k1 - k0) * (1 - wy) + (k3 - k2) * wy, 0.0)
         dky = tl.where(moves_y, (k2 - k0) * (1 - wx) + (k3 - k1) * wx, 0.0)
@@ -285,7 +285,7 @@ def bilinear_gather_backward_kernel(
     for i in range(K):
         x = tl.load(xy + i * P * 2, mask=pixel_ok, other=0.0)
         y = tl.load(xy + i * P * 2 + 1, mask=pixel_ok, other=0.0)
-        c0, c1, c2, c3, wx, wy, moves_x, moves_y = _bilinear(x, y, Hk, Wk)
+        c0, c1, c2, c3, wx, wy, moves_x, moves_y = bilinear(x, y, Hk, Wk)
         logit_grad = _slot(logit_grads, slots, i)
         weight = _slot(weights, slots, i)
         for n in tl.static_range(4):
@@ -298,9 +298,9 @@ def bilinear_gather_backward_kernel(
             acc += key_c[:, None] * tl.load(key_offsets, mask=key_mask, other=0.0)
             if ATOMIC:
                 offsets, mask = _rows(grad_key, key_row + corner, C, chan, rows_ok)
-                tl.atomic_add(offsets, key_c[:, None] * q_tile, mask=mask)
+                tl.atomic_add(offsets, key_c[:, None] * q_tile, mask=mask, sem="relaxed")
                 offsets, mask = _rows(grad_value, key_row + corner, Cv, vchan, rows_ok)
-                tl.atomic_add(offsets, value_c[:, None] * g_tile, mask=mask)
+                tl.atomic_add(offsets, value_c[:, None] * g_tile, mask=mask, sem="relaxed")
             else:
                 at = entry + (4 * i + n) * P
                 tl.store(key_coef + at, key_c, mask=pixel_ok)

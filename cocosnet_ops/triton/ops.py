@@ -46,7 +46,9 @@ def _channels_last(t: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- search
 
 
-def _initial_topk(query: Tensor, key_cl: Tensor, cand: Tensor | None, k: int, patch_size: int, seed: int):
+def _initial_topk(
+    query: Tensor, key_cl: Tensor, cand: Tensor | None, k: int, patch_size: int, seed: int
+) -> tuple[Tensor, Tensor]:
     B, C, Hq, Wq = query.shape
     Hk, Wk = key_cl.shape[1:3]
     if cand is None:

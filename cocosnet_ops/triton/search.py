@@ -5,8 +5,9 @@ They follow the per-pixel code of ``csrc/patch_match.h`` and the reference
 (``cocosnet_ops/reference.py``): the same counter-based random numbers (PCG hash of seed,
 stream | iteration, pixel and draw, in uint32), the same candidates offered in the same order,
 the same ranking (higher score, ties to the lower index, NaN as -inf). One program handles
-BLOCK query pixels of one batch item; the channels run along the second axis of each tile, so
-a key row is one gathered (BLOCK, CB) load and an inner product one row reduction.
+BLOCK query pixels, numbered over the whole batch; the channels run along the second axis of
+each tile, so a key row is one gathered (BLOCK, CB) load and an inner product one row
+reduction.
 
 Each pixel's top-K list lives in registers as a (BLOCK, KB) pair of tiles. Its slots are kept
 unordered, with the worst entry tracked: inserting then costs one compare and reduction over
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .gather import _bilinear, _blend, _dot_rows
+from .gather import bilinear, blend, dot_rows
 
 # Kernels may read module globals only when they are constexpr.
 NONE_INDEX = tl.constexpr(2**31 - 1)  # the index of an unfilled slot: every real candidate ranks before it
@@ -351,13 +352,13 @@ def bilinear_scores_kernel(
             else:
                 q_rows = tl.load(query + (q_batch + sqy * Wq + sqx)[:, None] + chan_stride,
                                  mask=counts[:, None] & chan_ok[None, :], other=0.0)
-            c0, c1, c2, c3, wx, wy, moves_x, moves_y = _bilinear(sx, sy, Hk, Wk)
+            c0, c1, c2, c3, wx, wy, moves_x, moves_y = bilinear(sx, sy, Hk, Wk)
             rows_ok = counts[:, None]
-            term = _blend(
-                _dot_rows(q_rows, key, k_batch + c0, C, chan, rows_ok),
-                _dot_rows(q_rows, key, k_batch + c1, C, chan, rows_ok),
-                _dot_rows(q_rows, key, k_batch + c2, C, chan, rows_ok),
-                _dot_rows(q_rows, key, k_batch + c3, C, chan, rows_ok),
+            term = blend(
+                dot_rows(q_rows, key, k_batch + c0, C, chan, rows_ok),
+                dot_rows(q_rows, key, k_batch + c1, C, chan, rows_ok),
+                dot_rows(q_rows, key, k_batch + c2, C, chan, rows_ok),
+                dot_rows(q_rows, key, k_batch + c3, C, chan, rows_ok),
                 wx, wy,
             )
             total += tl.where(counts, term, 0.0)
