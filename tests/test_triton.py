@@ -322,20 +322,25 @@ def test_ops_without_triton_kernels_say_so(op):
 
 
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error():
-    """A fresh process (the kernels are loaded once per process), TRITON_INTERPRET unset."""
+    """A fresh process (triton and the kernels are loaded once per process), TRITON_INTERPRET
+    unset, then set too late: after importing cocosnet_ops, which imports triton."""
     script = (
-        "import torch, cocosnet_ops\n"
+        "import os, torch, cocosnet_ops\n"
         "x = torch.ones(1, 2, 3, 3)\n"
-        "try:\n"
-        "    cocosnet_ops.patch_match(x, x, k=2, backend='triton')\n"
-        "except ValueError as e:\n"
-        "    print(e)\n"
+        "for late in (False, True):\n"
+        "    os.environ.update({'TRITON_INTERPRET': '1'} if late else {})\n"
+        "    try:\n"
+        "        cocosnet_ops.patch_match(x, x, k=2, backend='triton')\n"
+        "    except ValueError as e:\n"
+        "        print(e)\n"
     )
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("backend: 'triton' is not available here (Triton runs on CPU tensors only")
+    unset, late = done.stdout.splitlines()
+    assert unset.startswith("backend: 'triton' is not available here (Triton runs on CPU tensors only")
+    assert late.startswith("backend: 'triton' is not available here (TRITON_INTERPRET=1 was set after triton")
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="on a GPU every test compiles the kernels")

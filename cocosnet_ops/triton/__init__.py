@@ -25,6 +25,15 @@ def _interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def _language_interpreted() -> bool:
+    """Whether triton.language's own @triton.jit functions (tl.zeros, ...) were made for the
+    interpreter: they are decorated once, when triton is first imported."""
+    from triton.language import standard
+    from triton.runtime.jit import JITFunction
+
+    return not isinstance(standard.zeros, JITFunction)
+
+
 @torch.compiler.assume_constant_result
 def unavailable(device_type: str) -> str:
     """Why the Triton kernels cannot run on tensors of ``device_type`` here, or "" when they can
@@ -36,7 +45,12 @@ def unavailable(device_type: str) -> str:
     if device_type == "cpu" and not interpreted:
         return (
             "Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before "
-            "the first use of backend='triton'"
+            "triton is first imported (importing cocosnet_ops imports it)"
+        )
+    if interpreted and not _language_interpreted():
+        return (
+            "TRITON_INTERPRET=1 was set after triton was imported (importing cocosnet_ops imports "
+            "it), so triton.language was built for the GPU: set it before"
         )
     if device_type == "cuda" and not interpreted and not torch.cuda.is_available():
         return "no GPU is available"
