@@ -6,6 +6,7 @@ Skipped without a GPU."""
 
 import pytest
 import torch
+from kernel_cases import integer_features
 
 import cocosnet_ops
 from cocosnet_ops import reference
@@ -30,10 +31,6 @@ CLOSE = dict(rtol=1e-4, atol=1e-4)
 def unit_features(generator, *shape, dtype=torch.float32, device=None):
     x = torch.randn(*shape, generator=generator, dtype=torch.float64, device=device)
     return torch.nn.functional.normalize(x, dim=1).to(dtype)
-
-
-def integer_features(generator, *shape, dtype=torch.float32):
-    return torch.randint(-3, 4, shape, generator=generator).to(dtype)
 
 
 GATHER_CASES = [

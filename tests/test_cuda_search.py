@@ -5,6 +5,8 @@ backends must agree bitwise. Skipped without a GPU."""
 
 import pytest
 import torch
+from kernel_cases import SEARCH_CASES as BASE_SEARCH_CASES
+from kernel_cases import integer_features, unit_features
 
 import cocosnet_ops
 from cocosnet_ops import reference
@@ -19,22 +21,8 @@ pytestmark = [
 CUDA = torch.device("cuda")
 
 
-def integer_features(generator, *shape):
-    return torch.randint(-3, 4, shape, generator=generator).to(torch.float32)
-
-
-def unit_features(generator, *shape):
-    return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=1)
-
-
 SEARCH_CASES = [
-    # (B, C, Hq, Wq, Hk, Wk, k, iters, patch_size, random_search, seed)
-    (1, 4, 8, 8, 8, 8, 4, 3, 1, True, 0),
-    (2, 5, 9, 11, 8, 13, 6, 4, 1, True, 7),
-    (2, 3, 12, 7, 5, 16, 8, 5, 3, True, 123),
-    (1, 9, 6, 10, 10, 6, 3, 2, 1, False, 0),
-    (1, 2, 3, 4, 2, 3, 6, 2, 3, True, 1),  # k equals the key pixel count
-    (2, 16, 16, 16, 12, 20, 16, 5, 1, True, 99),
+    *BASE_SEARCH_CASES,
     (1, 32, 40, 24, 30, 50, 33, 3, 1, True, 5),  # the largest list bound
     (2, 7, 20, 20, 20, 20, 64, 2, 5, True, 11),
 ]

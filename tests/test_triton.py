@@ -18,6 +18,8 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernel_cases import integer_features, unit_features  # noqa: E402
+
 import cocosnet_ops  # noqa: E402
 from cocosnet_ops import ops, reference  # noqa: E402
 from cocosnet_ops import triton as triton_kernels  # noqa: E402
@@ -27,14 +29,6 @@ DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 pytestmark = pytest.mark.skipif(
     bool(triton_kernels.unavailable(DEVICE.type)), reason=triton_kernels.unavailable(DEVICE.type)
 )
-
-
-def integer_features(generator, *shape, dtype=torch.float32):
-    return torch.randint(-3, 4, shape, generator=generator).to(dtype)
-
-
-def unit_features(generator, *shape, dtype=torch.float32):
-    return torch.nn.functional.normalize(torch.randn(*shape, generator=generator, dtype=dtype), dim=1)
 
 
 def on_device(*tensors):
