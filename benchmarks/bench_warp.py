@@ -166,6 +166,24 @@ def make_warp(
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
 
+def warp_passes(
+    warp: Callable[[Tensor, Tensor, Tensor], Tensor], query: Tensor, key: Tensor, value: Tensor
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The two passes every case measures: a forward under no_grad, and a forward + backward
+    of ``out.sum()`` that clears the inputs' gradients after itself."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            warp(query, key, value)
+
+    def forward_backward() -> None:
+        warp(query, key, value).sum().backward()
+        for t in (query, key, value):
+            t.grad = None
+
+    return forward, forward_backward
+
+
 def peak_rss_bytes() -> int:
     """This process's RSS high-water mark (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -192,18 +210,9 @@ def run_case(
     query = leaf(F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1))
     key = leaf(F.normalize(torch.randn(1, channels, side, side, generator=generator), dim=1))
     value = leaf(torch.rand(1, 3, side, side, generator=generator))
-    warp = make_warp(method, k, iters, temperature)
+    forward, forward_backward = warp_passes(make_warp(method, k, iters, temperature), query, key, value)
     if device == "cuda":
-        return run_cuda_case(warp, query, key, value, repeats, max_seconds)
-
-    def forward() -> None:
-        with torch.no_grad():
-            warp(query, key, value)
-
-    def forward_backward() -> None:
-        warp(query, key, value).sum().backward()
-        for t in (query, key, value):
-            t.grad = None
+        return run_cuda_case(forward, forward_backward, repeats, max_seconds)
 
     def seconds(fn: Callable[[], None]) -> float:
         start = time.perf_counter()
@@ -233,24 +242,13 @@ def run_case(
 
 
 def run_cuda_case(
-    warp: Callable[[Tensor, Tensor, Tensor], Tensor],
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
+    forward: Callable[[], None],
+    forward_backward: Callable[[], None],
     repeats: int,
     max_seconds: float,
 ) -> dict:
     """GPU timing with CUDA events (best of ``repeats`` after a warm-up pass), and peak memory
     from the caching allocator: ``max_memory_allocated`` above what the inputs hold."""
-
-    def forward() -> None:
-        with torch.no_grad():
-            warp(query, key, value)
-
-    def forward_backward() -> None:
-        warp(query, key, value).sum().backward()
-        for t in (query, key, value):
-            t.grad = None
 
     def peak_bytes(fn: Callable[[], None]) -> int:
         torch.cuda.synchronize()
