@@ -41,7 +41,6 @@ another index counts as agreeing). The processor is named from /proc/cpuinfo.
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import statistics
 import time
@@ -50,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_recall import hierarchical_search, recall, smooth_pair
+from bench_recall import hierarchical_search, recall, smooth_pair, write_csv
 from torch import Tensor
 
 import cocosnet_ops
@@ -185,15 +184,6 @@ def format_progress(row: dict) -> str:
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: round(v, 6) if isinstance(v, float) else v for c, v in row.items()})
-
-
 def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -280,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
             for row in measure_side(args, side, processor):
                 print(format_progress(row), flush=True)
                 rows.append(row)
-    write_csv(rows, args.out)
+    write_csv(rows, args.out, COLUMNS)
     plot_path = args.out.with_suffix(".png")
     write_plot(rows, plot_path)
     print(f"\nwrote {args.out} and {plot_path}\n")

@@ -53,6 +53,7 @@ import argparse
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -307,10 +308,10 @@ def format_progress(row: dict) -> str:
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({c: round(v, 6) if isinstance(v, float) else v for c, v in row.items()})
