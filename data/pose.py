@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -69,7 +70,9 @@ def _describe(source: PathOrFile) -> str:
 
 def _load_rows(source: PathOrFile, columns: int) -> np.ndarray:
     try:
-        rows = np.loadtxt(source, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():  # an empty file (nobody detected) is valid: no warning for it
+            warnings.simplefilter("ignore", UserWarning)
+            rows = np.loadtxt(source, dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read OpenPose file {_describe(source)}: {error}") from error
     if rows.size == 0:
