@@ -202,8 +202,11 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if label.shape[:2] == (height, width):
         return label
-    skeleton = cv2.resize(np.ascontiguousarray(label[:, :, :3]), (width, height),
-                          interpolation=cv2.INTER_NEAREST)
-    distances = cv2.resize(np.ascontiguousarray(label[:, :, 3:]), (width, height),
-                           interpolation=cv2.INTER_LINEAR)
-    return np.concatenate([skeleton, distances], axis=2)
+    # Plane by plane: the labels drawn here are (H, W, C) views of contiguous (C, H, W) planes.
+    planes = label.transpose(2, 0, 1)
+    resized = np.empty((planes.shape[0], height, width), dtype=np.float32)
+    for channel, plane in enumerate(planes):
+        interpolation = cv2.INTER_NEAREST if channel < 3 else cv2.INTER_LINEAR
+        resized[channel] = cv2.resize(np.ascontiguousarray(plane), (width, height),
+                                      interpolation=interpolation)
+    return resized.transpose(1, 2, 0)
