@@ -149,7 +149,9 @@ def validate(config: Mapping[str, Any]) -> None:
     if train["amp"] not in AMP_MODES:
         raise ConfigError(f"train.amp: expected one of {AMP_MODES}, got {train['amp']!r}")
     if train["visual_label"] not in VISUAL_LABELS:
-        raise ConfigError(f"train.visual_label: expected one of {VISUAL_LABELS}, got {train['visual_label']!r}")
+        raise ConfigError(
+            f"train.visual_label: expected one of {VISUAL_LABELS}, got {train['visual_label']!r}"
+        )
     if train["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device: expected auto, cpu or cuda, got {train['device']!r}")
     data = config["data"]
@@ -164,7 +166,9 @@ def validate(config: Mapping[str, Any]) -> None:
     weight_names = {f.name for f in dataclasses.fields(LossWeights)}
     unknown = set(config["model"].get("loss_weights") or {}) - weight_names
     if unknown:
-        raise ConfigError(f"model.loss_weights: unknown keys {sorted(unknown)}; known: {sorted(weight_names)}")
+        raise ConfigError(
+            f"model.loss_weights: unknown keys {sorted(unknown)}; known: {sorted(weight_names)}"
+        )
 
 
 def uses_vgg(config: Mapping[str, Any]) -> bool:
@@ -177,7 +181,9 @@ def model_options(config: Mapping[str, Any], label_nc: int) -> CoCosNetOptions:
     weights the three VGG loss terms get weight 0 (and the file is not needed)."""
     model = dict(config["model"])
     if model.setdefault("label_nc", label_nc) != label_nc:
-        raise ConfigError(f"model.label_nc: {model['label_nc']}, but the dataset's labels have {label_nc} channels")
+        raise ConfigError(
+            f"model.label_nc: {model['label_nc']}, but the dataset's labels have {label_nc} channels"
+        )
     weights = LossWeights(**(model.pop("loss_weights", None) or {}))
     if not uses_vgg(config):
         weights = dataclasses.replace(weights, vgg=0.0, perceptual=0.0, contextual=0.0)
