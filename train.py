@@ -163,7 +163,10 @@ class Trainer:
         np.random.seed(seed)
         random.seed(seed)
 
-        dataset = data.build_dataset(config["data"]["name"], "train", **(config["data"].get("train") or {}))
+        try:
+            dataset = data.build_dataset(config["data"]["name"], "train", **(config["data"]["train"] or {}))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"data: {error}") from error
         self.dataset = SeededItems(dataset, seed)
         options = model_options(config, int(dataset.label_nc))
         if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():

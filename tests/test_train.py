@@ -55,6 +55,8 @@ def straight(config_file, tmp_path_factory, one_intra_op_thread) -> Path:
     out = tmp_path_factory.mktemp("straight")
     final = train.main(run_args(config_file, out, "--max_steps", str(STEPS)))
     assert final == checkpoint.checkpoint_path(out / "checkpoints", STEPS)
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     return out / "checkpoints"
 
 

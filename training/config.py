@@ -80,7 +80,8 @@ def load_config(
 ) -> dict[str, Any]:
     """The defaults, updated by the YAML file at ``path`` (if any), then by the ``train`` section
     values ``train`` (the command line's explicit flags), then by ``overrides``
-    (``"section.key=value"`` or ``"section.key.subkey=value"``, the value parsed as YAML)."""
+    (``"section.key=value"``, ``"section.key.subkey=value"`` or ``"section={key: value}"``, the
+    value parsed as YAML)."""
     config = default_config()
     if path is not None:
         path = Path(path)
@@ -95,14 +96,14 @@ def load_config(
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
-        if not sep or len(parts) < 2 or not all(parts):
-            raise ConfigError(f"--set: expected section.key=value, got {item!r}")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set: expected section.key=value or section={{key: value}}, got {item!r}")
         nested: dict[str, Any] = {}
         inner = nested
         for part in parts[:-1]:
             inner = inner.setdefault(part, {})
         inner[parts[-1]] = parse_yaml(value)
-        _merge(config, nested, "--set")
+        _merge(config, nested, f"--set {item}")
     validate(config)
     return config
 
