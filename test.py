@@ -81,7 +81,8 @@ def pose_files(candidate: Path) -> tuple[Path, Path]:
     if not candidate.name.endswith(CANDIDATE_SUFFIX):
         raise ValueError(f"--label: a pose file must be named *{CANDIDATE_SUFFIX}, got {candidate}")
     subset = candidate.with_name(candidate.name[: -len(CANDIDATE_SUFFIX)] + SUBSET_SUFFIX)
-    return _require_file(candidate, "pose file"), _require_file(subset, "pose subset file (beside the candidates)")
+    subset = _require_file(subset, "pose subset file (beside the candidates)")
+    return _require_file(candidate, "pose file"), subset
 
 
 def label_kind(path: Path) -> str:
@@ -90,8 +91,8 @@ def label_kind(path: Path) -> str:
     if path.suffix.lower() in LABEL_IMAGE_SUFFIXES:
         return "segmentation"
     raise ValueError(
-        f"label: expected an OpenPose *{CANDIDATE_SUFFIX} or a label image ({', '.join(LABEL_IMAGE_SUFFIXES)}), "
-        f"got {path}"
+        f"label: expected an OpenPose *{CANDIDATE_SUFFIX} or a label image "
+        f"({', '.join(LABEL_IMAGE_SUFFIXES)}), got {path}"
     )
 
 
@@ -117,14 +118,18 @@ def segmentation_label(path: Path, side: int, label_nc: int) -> Tensor:
 def single_pair(args: argparse.Namespace, label_nc: int, side: int) -> dict[str, Any]:
     """The batch of one (label, exemplar, exemplar label) given on the command line."""
     if args.exemplar is None or args.exemplar_label is None:
-        raise ValueError("--label needs --exemplar (a photo) and --exemplar_label (its pose file or label image)")
+        raise ValueError(
+            "--label needs --exemplar (a photo) and --exemplar_label (its pose file or label image)"
+        )
     kind = label_kind(args.label)
     if label_kind(args.exemplar_label) != kind:
         raise ValueError(f"--exemplar_label: expected the same kind of label as --label ({kind})")
     photo = read_photo(_require_file(args.exemplar, "--exemplar"))
     if kind == "pose":
         if label_nc != openpose.LABEL_NC:
-            raise ValueError(f"--label: a pose gives {openpose.LABEL_NC} channels, the model takes {label_nc}")
+            raise ValueError(
+                f"--label: a pose gives {openpose.LABEL_NC} channels, the model takes {label_nc}"
+            )
         frame = args.pose_frame or float(max(photo.size))
         label = pose_label(args.label, side, frame)
         exemplar_label = pose_label(args.exemplar_label, side, frame)

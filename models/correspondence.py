@@ -93,6 +93,7 @@ class Correspondence(nn.Module):
         dilation: int = 2,
         gru_iters: int = 3,
         gru_hidden_nc: int = 32,
+        gru_input_nc: int = 64,
         max_delta: float = 1.0,
         reference_mode: bool = False,
         gru_mode: str = "interleaved",
@@ -122,7 +123,9 @@ class Correspondence(nn.Module):
         self.gru_mode = gru_mode
         # Without GRU steps the update block would hold parameters that never get a gradient.
         self.update = (
-            UpdateBlock(k, match_nc, gru_hidden_nc, max_delta=max_delta) if self.gru_iters > 0 else None
+            UpdateBlock(k, match_nc, gru_hidden_nc, gru_input_nc, max_delta=max_delta)
+            if self.gru_iters > 0
+            else None
         )
 
     def _seed(self, level: int) -> int:

@@ -31,7 +31,9 @@ class HeldOutScores:
     samples: int
 
 
-def matched_coordinates(translation: Translation, temperature: float, level: int = -1) -> tuple[Tensor, Tensor]:
+def matched_coordinates(
+    translation: Translation, temperature: float, level: int = -1
+) -> tuple[Tensor, Tensor]:
     """(softmax-weighted, best) matched exemplar coordinates (B, 2, H, W) at ``level``.
 
     The K candidates are the GRU-moved coordinates where the GRU ran, else the NNF's pixels; their
@@ -52,7 +54,9 @@ def matched_coordinates(translation: Translation, temperature: float, level: int
 
 
 @torch.no_grad()
-def evaluate(model: CoCosNet, batches: Iterable[Mapping[str, Tensor]], device: torch.device | str = "cpu") -> HeldOutScores:
+def evaluate(
+    model: CoCosNet, batches: Iterable[Mapping[str, Tensor]], device: torch.device | str = "cpu"
+) -> HeldOutScores:
     """Scores of ``model`` (evaluation mode, restored afterwards) on ``batches`` of held-out items."""
     was_training = model.training
     model.eval()
@@ -60,8 +64,8 @@ def evaluate(model: CoCosNet, batches: Iterable[Mapping[str, Tensor]], device: t
     pixels = samples = 0
     try:
         for batch in batches:
-            label, exemplar, exemplar_label = (batch[k].to(device) for k in ("label", "exemplar", "exemplar_label"))
-            translation = model.correspondence(label, exemplar, exemplar_label)
+            inputs = (batch[k].to(device) for k in ("label", "exemplar", "exemplar_label"))
+            translation = model.correspondence(*inputs)
             warp = translation.warps[-1]
             l1_sum += float((warp - batch["image"].to(device)).abs().mean(1).sum())
             pixels += warp.shape[0] * warp.shape[-2] * warp.shape[-1]
