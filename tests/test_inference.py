@@ -144,3 +144,17 @@ def test_held_out_scores_measure_the_true_correspondence(trained):
     weighted, best = matched_coordinates(translation, 0.01)
     torch.testing.assert_close(weighted, batch["exemplar_coords"], rtol=0, atol=1e-4)
     torch.testing.assert_close(best, batch["exemplar_coords"], rtol=0, atol=0)
+
+
+def test_demo_prints_the_warp_line_and_writes_the_grids(tmp_path, capsys):
+    """make demo's script at its smallest: 32x32 items, one step, two held-out pairs."""
+    import demo
+
+    small = ["data.train.size=32", "data.train.length=4", "model.k=4", "model.nef=8", "model.match_nc=8"]
+    before, after = demo.main(["--out", str(tmp_path), "--steps", "1", "--held_out", "2",
+                               *[arg for s in small for arg in ("--set", s)]])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"warp L1 (finest level, held-out): untrained {before:.4f} -> trained {after:.4f}" in lines
+    assert before != after
+    assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (2 * 32, 8 * 32, 3)
+    assert len(list((tmp_path / "translations").glob("*_flow.png"))) == 2
