@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT / "configs" / "demo.yaml"
 # configs/demo.yaml, narrowed so that training fits in minutes on a 2-core CPU.
 CPU_OVERRIDES = (
+    "model.nef=8",
+    "model.match_nc=8",
+    "model.k=4",
+    "model.patch_match_iters=2",
     "model.spade_nc=16",
     "model.ngf=8",
     "model.ndf=8",
@@ -70,7 +74,7 @@ def stack_grids(paths: Sequence[Path], out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> tuple[float, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--steps", type=int, default=150, help="training steps (batch 2)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps (batch 2)")
     parser.add_argument("--held_out", type=int, default=8, help="held-out pairs to measure and translate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

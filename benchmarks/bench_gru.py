@@ -6,7 +6,7 @@ correspondence is known: the finest level's end-point error (pixels) of the soft
 matched coordinate (the weights the warp gives the K candidates) and of the best-scoring one,
 over the pixels visible in both images, plus the warp L1. Writes one CSV row per variant and seed.
 
-    python benchmarks/bench_gru.py --steps 150 --seeds 0 --out benchmarks/results/gru.csv
+    python benchmarks/bench_gru.py --steps 60 --seeds 0 --out benchmarks/results/gru.csv
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def processor() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--held_out", type=int, default=16)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
