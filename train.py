@@ -163,7 +163,10 @@ class Trainer:
         np.random.seed(seed)
         random.seed(seed)
 
-        dataset = data.build_dataset(config["data"]["name"], "train", **(config["data"].get("train") or {}))
+        try:
+            dataset = data.build_dataset(config["data"]["name"], "train", **(config["data"]["train"] or {}))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"data: {error}") from error
         self.dataset = SeededItems(dataset, seed)
         options = model_options(config, int(dataset.label_nc))
         if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():
@@ -189,7 +192,9 @@ class Trainer:
         generator_params = [
             p for module in (self.model.correspondence, self.model.generator) for p in module.parameters()
         ]
-        self.optimizer_g = torch.optim.Adam(generator_params, lr=lr_g, betas=betas, eps=settings["generator_eps"])
+        self.optimizer_g = torch.optim.Adam(
+            generator_params, lr=lr_g, betas=betas, eps=settings["generator_eps"]
+        )
         self.optimizer_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=lr_d, betas=betas)
         self.base_lrs = (lr_g, lr_d)
         self.amp_dtype = amp_dtype(settings["amp"], device)
@@ -288,7 +293,8 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def lr_factor(self) -> float:
-        return learning_rate_factor(self.epoch, self.settings["constant_epochs"], self.settings["decay_epochs"])
+        settings = self.settings
+        return learning_rate_factor(self.epoch, settings["constant_epochs"], settings["decay_epochs"])
 
     def set_learning_rates(self) -> None:
         factor = self.lr_factor()
@@ -347,7 +353,8 @@ class Trainer:
         max_steps = settings["max_steps"] if settings["max_steps"] is not None else math.inf
         total_steps = min(max_steps, total_epochs * self.steps_per_epoch)
         progress = tqdm(
-            total=total_steps, initial=self.step, disable=not self.context.is_main, unit="step", dynamic_ncols=True
+            total=total_steps, initial=self.step, disable=not self.context.is_main, unit="step",
+            dynamic_ncols=True,
         )
         while self.epoch < total_epochs and self.step < max_steps:
             self.set_learning_rates()
@@ -371,7 +378,10 @@ class Trainer:
                 self.epoch += 1
                 self.samples_in_epoch = 0
         progress.close()
-        final = self.save() if self.saved_step != self.step else checkpoint.checkpoint_path(self.checkpoints, self.step)
+        if self.saved_step == self.step:
+            final = checkpoint.checkpoint_path(self.checkpoints, self.step)
+        else:
+            final = self.save()
         if self.writer is not None:
             self.writer.close()
         return final
@@ -381,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """Train as the command line ``argv`` says; returns the final checkpoint's path."""
     args = parse_args(argv)
     config = build_config(args)
-    out = args.out if args.out is not None else Path("runs") / (args.config.stem if args.config else "default")
+    out = args.out or Path("runs") / (args.config.stem if args.config else "default")
     context = distributed.setup(config["train"]["device"])
     try:
         return Trainer(config, out, context).fit(args.resume)

@@ -55,6 +55,8 @@ def straight(config_file, tmp_path_factory, one_intra_op_thread) -> Path:
     out = tmp_path_factory.mktemp("straight")
     final = train.main(run_args(config_file, out, "--max_steps", str(STEPS)))
     assert final == checkpoint.checkpoint_path(out / "checkpoints", STEPS)
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     return out / "checkpoints"
 
 
@@ -123,7 +125,9 @@ def test_sigkill_resumes_from_last_checkpoint_and_never_truncates(config_file, s
     assert_bitwise_equal(final["model"], checkpoint.load(straight / f"step_{STEPS:08d}.pt")["model"])
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
 def test_torchrun_two_processes_match_one_process(config_file, straight, tmp_path, one_intra_op_thread):
     """Two gloo processes with one sample each against one process with both: the same global
     batch, so the same weights up to the summation order of the gradient all-reduce and the
@@ -137,7 +141,8 @@ def test_torchrun_two_processes_match_one_process(config_file, straight, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = checkpoint.load(checkpoint.checkpoint_path(tmp_path / "ddp" / "checkpoints", steps))["model"]
     single = checkpoint.load(straight / f"step_{steps:08d}.pt")["model"]
-    initial = checkpoint.load(train.main(run_args(config_file, tmp_path / "init", "--max_steps", "0")))["model"]
+    initial_path = train.main(run_args(config_file, tmp_path / "init", "--max_steps", "0"))
+    initial = checkpoint.load(initial_path)["model"]
     names = [name for name, t in single.items() if t.is_floating_point()]
     moved = sum(float((single[n] - initial[n]).double().square().sum()) for n in names) ** 0.5
     apart = sum(float((single[n] - ddp[n]).double().square().sum()) for n in names) ** 0.5

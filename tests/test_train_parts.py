@@ -18,7 +18,10 @@ def test_set_overrides_parse_yaml_values_and_name_bad_keys(tmp_path):
     assert config["model"]["loss_weights"] == {"warp": 0} and config["data"]["train"]["size"] == 64
     with pytest.raises(ConfigError, match="train.lr"):
         load_config(None, ["train.lr=-1"])
+    assert load_config(None, ["model={k: 4, nef: 8}"])["model"] == {"k": 4, "nef": 8}
     with pytest.raises(ConfigError, match="--set"):
+        load_config(None, ["train.lr"])
+    with pytest.raises(ConfigError, match="unknown sections"):
         load_config(None, ["lr=1"])
     with pytest.raises(ConfigError, match="unknown keys \\['not_a_key'\\]"):
         load_config(None, ["model.not_a_key=1"])

@@ -80,7 +80,8 @@ def load_config(
 ) -> dict[str, Any]:
     """The defaults, updated by the YAML file at ``path`` (if any), then by the ``train`` section
     values ``train`` (the command line's explicit flags), then by ``overrides``
-    (``"section.key=value"`` or ``"section.key.subkey=value"``, the value parsed as YAML)."""
+    (``"section.key=value"``, ``"section.key.subkey=value"`` or ``"section={key: value}"``, the
+    value parsed as YAML)."""
     config = default_config()
     if path is not None:
         path = Path(path)
@@ -95,14 +96,14 @@ def load_config(
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
-        if not sep or len(parts) < 2 or not all(parts):
-            raise ConfigError(f"--set: expected section.key=value, got {item!r}")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set: expected section.key=value or section={{key: value}}, got {item!r}")
         nested: dict[str, Any] = {}
         inner = nested
         for part in parts[:-1]:
             inner = inner.setdefault(part, {})
         inner[parts[-1]] = parse_yaml(value)
-        _merge(config, nested, "--set")
+        _merge(config, nested, f"--set {item}")
     validate(config)
     return config
 
@@ -149,7 +150,9 @@ def validate(config: Mapping[str, Any]) -> None:
     if train["amp"] not in AMP_MODES:
         raise ConfigError(f"train.amp: expected one of {AMP_MODES}, got {train['amp']!r}")
     if train["visual_label"] not in VISUAL_LABELS:
-        raise ConfigError(f"train.visual_label: expected one of {VISUAL_LABELS}, got {train['visual_label']!r}")
+        raise ConfigError(
+            f"train.visual_label: expected one of {VISUAL_LABELS}, got {train['visual_label']!r}"
+        )
     if train["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device: expected auto, cpu or cuda, got {train['device']!r}")
     data = config["data"]
@@ -164,7 +167,9 @@ def validate(config: Mapping[str, Any]) -> None:
     weight_names = {f.name for f in dataclasses.fields(LossWeights)}
     unknown = set(config["model"].get("loss_weights") or {}) - weight_names
     if unknown:
-        raise ConfigError(f"model.loss_weights: unknown keys {sorted(unknown)}; known: {sorted(weight_names)}")
+        raise ConfigError(
+            f"model.loss_weights: unknown keys {sorted(unknown)}; known: {sorted(weight_names)}"
+        )
 
 
 def uses_vgg(config: Mapping[str, Any]) -> bool:
@@ -177,7 +182,9 @@ def model_options(config: Mapping[str, Any], label_nc: int) -> CoCosNetOptions:
     weights the three VGG loss terms get weight 0 (and the file is not needed)."""
     model = dict(config["model"])
     if model.setdefault("label_nc", label_nc) != label_nc:
-        raise ConfigError(f"model.label_nc: {model['label_nc']}, but the dataset's labels have {label_nc} channels")
+        raise ConfigError(
+            f"model.label_nc: {model['label_nc']}, but the dataset's labels have {label_nc} channels"
+        )
     weights = LossWeights(**(model.pop("loss_weights", None) or {}))
     if not uses_vgg(config):
         weights = dataclasses.replace(weights, vgg=0.0, perceptual=0.0, contextual=0.0)

@@ -89,7 +89,9 @@ class ResumableSampler(DistributedSampler):
     samples of a global batch are the same whatever the number of processes it is split over.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.skip = 0
 
