@@ -12,7 +12,9 @@ does, to give the 20-channel labels. Items are a pure function of (seed, split, 
 from __future__ import annotations
 
 import math
+import os
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -236,13 +238,14 @@ def render(identity: Identity, figure: Figure, rng: np.random.Generator, size: i
     return image, parts, u, v
 
 
-def _label(keypoints: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """The 20-channel label, read back from the OpenPose txt layout (an ear may be undetected)."""
+def _detect(keypoints: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The keypoints as a pose file holds them, read back from the OpenPose txt layout; an ear may be
+    undetected (NaN), as OpenPose misses ears."""
     detected = keypoints.copy()
     for ear in (16, 17):
         if rng.uniform() < 0.15:
             detected[ear] = np.nan
-    return openpose.draw_pose_label(openpose.openpose_round_trip(detected), (size, size))
+    return openpose.openpose_round_trip(detected)
 
 
 def make_pair(seed: int, split: str, index: int, size: int) -> dict[str, np.ndarray]:
@@ -267,15 +270,17 @@ def make_pair(seed: int, split: str, index: int, size: int) -> dict[str, np.ndar
     part = parts[inside]
     valid[inside] = ((exemplar_parts[y0, x0] == part) & (exemplar_parts[y0, x1] == part)
                      & (exemplar_parts[y1, x0] == part) & (exemplar_parts[y1, x1] == part))
+    keypoints = _detect(target_figure.keypoints, rng)
+    exemplar_keypoints = _detect(exemplar_figure.keypoints, rng)
     return {
         "image": target,
         "exemplar": exemplar,
-        "label": _label(target_figure.keypoints, rng, size),
-        "exemplar_label": _label(exemplar_figure.keypoints, rng, size),
+        "label": openpose.draw_pose_label(keypoints, (size, size)),
+        "exemplar_label": openpose.draw_pose_label(exemplar_keypoints, (size, size)),
         "exemplar_coords": coords,
         "valid": valid,
-        "keypoints": target_figure.keypoints,
-        "exemplar_keypoints": exemplar_figure.keypoints,
+        "keypoints": keypoints,
+        "exemplar_keypoints": exemplar_keypoints,
     }
 
 
@@ -323,3 +328,31 @@ class SyntheticPoseDataset(Dataset):
             "exemplar_coords": _chw(pair["exemplar_coords"]),
             "valid": torch.from_numpy(pair["valid"][None].astype(np.float32)),
         }
+
+
+def export_deepfashion_layout(root: str | os.PathLike, split: str = "test", length: int = 8, size: int = 128,
+                              seed: int = 0) -> list[str]:
+    """Write synthetic pairs as files in the DeepFashionHD layout that data.deepfashion reads.
+
+    Photos ``img/SYNTHETIC/id_<index>/{target,exemplar}.png`` with their OpenPose files under ``pose/``,
+    the split's list (``train.txt`` or ``val.txt``: the targets) and ``deepfashion_self_pair.txt``
+    (target,exemplar). Gives the list's photo paths. For trying test.py's single-pair mode or the
+    DeepFashionHD loader on data with a known answer.
+    """
+    root = Path(root)
+    photos, pairs = [], []
+    for index in range(length):
+        pair = make_pair(seed, split, index, size)
+        folder = f"SYNTHETIC/id_{index:06d}"
+        for role, image_key, pose_key in (("target", "image", "keypoints"),
+                                          ("exemplar", "exemplar", "exemplar_keypoints")):
+            (root / "img" / folder).mkdir(parents=True, exist_ok=True)
+            pixels = np.round(pair[image_key] * 255).astype(np.uint8)
+            cv2.imwrite(str(root / "img" / folder / f"{role}.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+            openpose.write_openpose(root / "pose" / folder / f"{role}_candidate.txt",
+                                    root / "pose" / folder / f"{role}_subset.txt", pair[pose_key])
+        photos.append(f"img/{folder}/target.png")
+        pairs.append(f"img/{folder}/target.png,img/{folder}/exemplar.png")
+    (root / ("train.txt" if split == "train" else "val.txt")).write_text("\n".join(photos) + "\n")
+    (root / "deepfashion_self_pair.txt").write_text("\n".join(pairs) + "\n")
+    return photos

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from data import build_dataset
-from data.synthetic import SyntheticPoseDataset
+from data.synthetic import SyntheticPoseDataset, export_deepfashion_layout
 
 SIZE = 64
 
@@ -91,3 +91,18 @@ def test_bad_name_and_split():
         build_dataset("imagenet", "train")
     with pytest.raises(ValueError, match="split"):
         build_dataset("synthetic", "val")
+
+
+def test_exported_files_read_back_through_the_deepfashion_loader(tmp_path):
+    """Written as pose and photo files, the pairs load through DeepFashionHD's reader as they are made."""
+    photos = export_deepfashion_layout(tmp_path, "test", length=2, size=SIZE)
+    assert photos == ["img/SYNTHETIC/id_000000/target.png", "img/SYNTHETIC/id_000001/target.png"]
+    from_files = build_dataset("deepfashionhd", "test", root=tmp_path, size=SIZE)
+    made = build_dataset("synthetic", "test", size=SIZE, length=2)
+    for index in range(2):
+        read, expected = from_files[index], made[index]
+        torch.testing.assert_close(read["label"], expected["label"])
+        torch.testing.assert_close(read["exemplar_label"], expected["exemplar_label"])
+        for key in ("image", "exemplar"):
+            assert (read[key] - expected[key]).abs().max() <= 1.01 / 255
+        assert read["self_ref"].item() == 1.0
