@@ -65,6 +65,16 @@ def train_args(out: Path, steps: int, seed: int, extra: Sequence[str]) -> list[s
     return args
 
 
+def train_or_reuse(out: Path, steps: int, seed: int, extra: Sequence[str]) -> Path:
+    """The final checkpoint of a demo training in ``out``: reused when a run there already reached
+    ``steps`` (rerunning the demo, or the GRU benchmark sharing its runs), else trained now."""
+    done = checkpoint.checkpoint_path(out / "checkpoints", steps)
+    if done.is_file():
+        print(f"reusing {done}")
+        return done
+    return train.main(train_args(out, steps, seed, extra))
+
+
 def stack_grids(paths: Sequence[Path], out: Path) -> None:
     """The per-pair grids one above the other in one PNG."""
     rows = [np.asarray(Image.open(p)) for p in paths]
@@ -81,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[float, float]:
                         help="more configuration overrides, as train.py takes them")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    untrained = train.main(train_args(args.out / "untrained", 0, args.seed, args.overrides))
-    trained = train.main(train_args(args.out / "trained", args.steps, args.seed, args.overrides))
+    untrained = train_or_reuse(args.out / "untrained", 0, args.seed, args.overrides)
+    trained = train_or_reuse(args.out / "trained", args.steps, args.seed, args.overrides)
     train_seconds = time.perf_counter() - start
 
     config = checkpoint.load(trained)["config"]

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 import demo  # noqa: E402
-import train  # noqa: E402
 from training import checkpoint  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 
@@ -34,7 +33,7 @@ VARIANTS = {
     "gru after patchmatch": ("model.gru_mode=after",),
     "gru interleaved": ("model.gru_mode=interleaved",),
 }
-COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", "train_s",
+COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", "train_cpu_s",
            "processor")
 
 
@@ -64,14 +63,14 @@ def main() -> None:
         for name in args.variants:
             overrides = [*VARIANTS[name], *args.overrides]
             folder = args.runs / f"{name.replace(' ', '_')}_seed{seed}"
-            start = time.perf_counter()
-            final = train.main(demo.train_args(folder, args.steps, seed, overrides))
-            seconds = time.perf_counter() - start
+            start = time.process_time()
+            final = demo.train_or_reuse(folder, args.steps, seed, overrides)
+            seconds = time.process_time() - start
             scores = evaluate(checkpoint.load_model(final), batches)
             row = {
                 "variant": name, "seed": seed, "steps": args.steps, "extra": " ".join(args.overrides),
                 "epe_softmax_px": f"{scores.epe_softmax:.3f}", "epe_best_px": f"{scores.epe_best:.3f}",
-                "warp_l1": f"{scores.warp_l1:.4f}", "train_s": f"{seconds:.0f}", "processor": processor(),
+                "warp_l1": f"{scores.warp_l1:.4f}", "train_cpu_s": f"{seconds:.0f}", "processor": processor(),
             }
             print(row, flush=True)
             rows.append(row)
