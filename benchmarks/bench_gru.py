@@ -4,7 +4,8 @@ Every variant trains the demo model (``demo.py``'s configuration) for the same n
 from the same seed, then is measured on the same held-out synthetic pairs, whose true
 correspondence is known: the finest level's end-point error (pixels) of the softmax-weighted
 matched coordinate (the weights the warp gives the K candidates) and of the best-scoring one,
-over the pixels visible in both images, plus the warp L1. Writes one CSV row per variant and seed.
+over the pixels visible in both images, plus the warp L1. Writes one CSV row per variant and seed,
+with the training's CPU seconds (empty where a finished run in ``--runs`` was reused).
 
     python benchmarks/bench_gru.py --steps 60 --seeds 0 --out benchmarks/results/gru.csv
 """
@@ -64,13 +65,14 @@ def main() -> None:
             overrides = [*VARIANTS[name], *args.overrides]
             folder = args.runs / f"{name.replace(' ', '_')}_seed{seed}"
             start = time.process_time()
+            reused = checkpoint.checkpoint_path(folder / "checkpoints", args.steps).is_file()
             final = demo.train_or_reuse(folder, args.steps, seed, overrides)
-            seconds = time.process_time() - start
+            seconds = "" if reused else f"{time.process_time() - start:.0f}"  # empty: trained earlier
             scores = evaluate(checkpoint.load_model(final), batches)
             row = {
                 "variant": name, "seed": seed, "steps": args.steps, "extra": " ".join(args.overrides),
                 "epe_softmax_px": f"{scores.epe_softmax:.3f}", "epe_best_px": f"{scores.epe_best:.3f}",
-                "warp_l1": f"{scores.warp_l1:.4f}", "train_cpu_s": f"{seconds:.0f}", "processor": processor(),
+                "warp_l1": f"{scores.warp_l1:.4f}", "train_cpu_s": seconds, "processor": processor(),
             }
             print(row, flush=True)
             rows.append(row)
