@@ -51,6 +51,14 @@ class CoCosNetOptions:
     patch_size: int = 1
     upsample_matches: int = 4
     gru_iters: int = 3
+    # "interleaved": a GRU step after each of the last gru_iters PatchMatch iterations (the
+    # paper's order); "after": all PatchMatch iterations, then the GRU steps.
+    gru_mode: str = "interleaved"
+    # The largest move of a candidate per GRU step, in pixels of the level's exemplar map.
+    gru_max_delta: float = 1.0
+    # Widths of the GRU's state and of its candidate encoder (which must exceed 2k).
+    gru_hidden_nc: int = 32
+    gru_input_nc: int = 64
     temperature: float = 0.01
     reference_mode: bool = False
     # Generator: "spade" (width ngf) or "pix2pixhd" (finest width pix2pixhd_ngf).
@@ -129,7 +137,11 @@ class CoCosNet(nn.Module):
             temperature=options.temperature,
             upsample_matches=options.upsample_matches,
             gru_iters=options.gru_iters,
+            gru_hidden_nc=options.gru_hidden_nc,
+            gru_input_nc=options.gru_input_nc,
+            max_delta=options.gru_max_delta,
             reference_mode=options.reference_mode,
+            gru_mode=options.gru_mode,
         )
         cond_nc = 4 * 3 + options.label_nc
         if options.generator == "spade":
