@@ -100,7 +100,10 @@ def _type_name(x: object) -> str:
 def _check_int(name: str, x: object, low: int, high: int | None = None) -> int:
     if isinstance(x, (bool, Tensor)) or not hasattr(type(x), "__index__"):
         raise TypeError(f"{name}: expected an int, got {_type_name(x)}")
-    x = operator.index(x)
+    # A size under torch.compile with dynamic shapes is a SymInt: compare it (a guard), never
+    # convert it (that would specialise the graph to this size).
+    if not isinstance(x, torch.SymInt):
+        x = operator.index(x)
     if x < low or (high is not None and x > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}: expected an int {bound}, got {x}")
@@ -126,7 +129,8 @@ def _check_temperature(temperature: object) -> float:
     if isinstance(temperature, (bool, Tensor)) or not hasattr(type(temperature), "__float__"):
         raise TypeError(f"temperature: expected a float, got {_type_name(temperature)}")
     temperature = float(temperature)
-    if not math.isfinite(temperature) or temperature < MIN_TEMPERATURE:
+    # Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float.
+    if not MIN_TEMPERATURE <= temperature < math.inf:
         raise ValueError(f"temperature: expected a finite value >= {MIN_TEMPERATURE}, got {temperature}")
     return temperature
 
@@ -356,7 +360,7 @@ def _check_seed_tensor(seed: Tensor) -> None:
         raise ValueError(f"seed: expected a one-element tensor, got shape {tuple(seed.shape)}")
 
 
-@torch.library.custom_op("cocosnet_ops_seeded::patch_match", mutates_args=())
+@torch.library.custom_op("cocosnet_ops_traced::patch_match", mutates_args=())
 def _patch_match_tensor_seed(
     query: Tensor,
     key: Tensor,
@@ -476,9 +480,29 @@ def nnf_upsample(
     chosen = _choose_backend(backend, nnf.device, "nnf_upsample")
     if chosen == "torch":
         return reference.nnf_upsample(nnf, key_size, query_size, window, dilation, coarse)
-    return _ops.nnf_upsample(
+    return _nnf_upsample_symbolic_sizes(
         nnf.contiguous(), list(coarse), list(key_size), list(query_size), window, dilation
     )
+
+
+@torch.library.custom_op("cocosnet_ops_traced::nnf_upsample", mutates_args=())
+def _nnf_upsample_symbolic_sizes(
+    nnf: Tensor,
+    coarse_key_size: list[int],
+    key_size: list[int],
+    query_size: list[int],
+    window: int,
+    dilation: int,
+) -> Tensor:
+    """The compiled ``nnf_upsample`` behind a schema of symbolic sizes: its own takes ``int[]``,
+    which would specialise a graph traced with dynamic shapes to the sizes of the first call."""
+    return _ops.nnf_upsample(nnf, coarse_key_size, key_size, query_size, window, dilation)
+
+
+@_nnf_upsample_symbolic_sizes.register_fake
+def _(nnf, coarse_key_size, key_size, query_size, window, dilation):
+    B, K = nnf.shape[:2]
+    return nnf.new_empty((B, K * window * window, query_size[0], query_size[1]))
 
 
 def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
