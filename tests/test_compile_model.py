@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_models import make_batch, tiny_options
 
+import cocosnet_ops
 from models import CoCosNet, TrainingStep
 
 # Non-square first: its height and width get separate symbols, which the square size then reuses.
@@ -23,6 +24,32 @@ def _fresh_compiler():
     torch.manual_seed(0)
     yield
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_patch_match_reads_a_tensor_seed_like_an_int(backend):
+    query, key = torch.randn(1, 8, 12, 10), torch.randn(1, 8, 9, 11)
+    expected = cocosnet_ops.patch_match(query, key, k=4, iters=2, seed=123456789, backend=backend)
+    got = cocosnet_ops.patch_match(query, key, k=4, iters=2, seed=torch.tensor(123456789), backend=backend)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    other = cocosnet_ops.patch_match(query, key, k=4, iters=2, seed=torch.tensor([7]), backend=backend)
+    assert not torch.equal(other[0], expected[0])
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"),
+    [
+        (torch.tensor(1.0), TypeError),
+        (torch.tensor(True), TypeError),
+        (torch.tensor([1, 2]), ValueError),
+        (torch.tensor(-1), ValueError),
+        (torch.tensor(2**32), ValueError),
+    ],
+)
+def test_patch_match_rejects_bad_tensor_seeds(seed, error):
+    query = torch.randn(1, 4, 6, 6)
+    with pytest.raises(error, match="seed"):
+        cocosnet_ops.patch_match(query, query, k=2, iters=1, seed=seed)
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
