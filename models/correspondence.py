@@ -128,11 +128,13 @@ class Correspondence(nn.Module):
             else None
         )
 
-    def _seed(self, level: int) -> int:
+    def _seed(self, level: int) -> int | Tensor:
         """PatchMatch's random-search seed: fresh draws while training (from torch's generator, so
-        seeded runs repeat), fixed per level in evaluation so inference is deterministic."""
+        seeded runs repeat), fixed per level in evaluation so inference is deterministic. The draw
+        stays a tensor that ``patch_match`` reads when it runs: under torch.compile it is part of
+        the graph (converting it to an int here would break the graph)."""
         if self.training:
-            return int(torch.randint(0, 2**31 - 1, ()))
+            return torch.randint(0, 2**31 - 1, ())
         return level
 
     def forward(
