@@ -1,0 +1,345 @@
+"""Parity with the public CoCosNet v2 code on the same weights and inputs.
+
+Builds the public networks (from a checkout of github.com/microsoft/CoCosNet-v2 that the user
+provides: ``--public-dir``; imported at run time, nothing is copied) with its DeepFashionHD
+options, at small widths and at the public widths (nef 32, ngf 64, ndf 64), freshly
+initialised; gives ours their weights through ``models.public_checkpoints``; runs both on the
+same 512x512 inputs (the public code only runs at 512x512): two DeepFashion sample photos from
+``../shared/data/deepfashion_samples`` with one pose label map per photo, drawn once here and
+given to both. Compares, level by level, the alignment features (the two U-Nets' normalised
+outputs and the projected matching features), the level-0 dense warp, and the generator's
+output given identical warps (the public warps, fed to both generators). Levels 1-3 of the warp
+are reported too, but differ by design (our PatchMatch and GRU differ from the public ones).
+
+    PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2
+
+writes ``benchmarks/results/public_parity.csv`` and ``.md`` (the README table). With
+``--write-fixture tests/fixtures/public_cocosnet_v2_small.pt`` it also writes the small-width
+fixture that ``tests/test_public_checkpoints.py`` checks with no public code present: the
+public-format state dicts (float16), synthetic inputs (uint8 at low resolution, upsampled
+exactly by nearest neighbour) and the public code's outputs, subsampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib
+import platform
+import random
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+
+from models import CoCosNet, CoCosNetOptions, generator_input
+from models.public_checkpoints import convert, load_public
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "data" / "deepfashion_samples"
+SIDE = 512  # the public code's only size
+LABEL_NC = 20  # DeepFashionHD: 3 pose-drawing channels + 17 limb distance maps
+WIDTHS = {"small": {"nef": 8, "ngf": 4, "ndf": 4}, "public": {"nef": 32, "ngf": 64, "ndf": 64}}
+FIXTURE_STRIDES = (1, 2, 4, 8)  # per level: every 64x64-th pixel of the 1/8 .. 1/1 maps
+COLUMNS = ["widths", "level", "quantity", "max_abs_diff", "max_abs_value", "tolerance", "holds"]
+# COCO-18 limbs (1-based keypoint ids), as the public DeepFashionHD loader draws them.
+LIMBS = [(2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13),
+         (13, 14), (2, 1), (1, 15), (15, 17), (1, 16), (16, 18)]  # fmt: skip
+
+
+def import_public(public_dir: Path) -> Namespace:
+    """The public network modules. Both projects name their package ``models``: ours is set
+    aside in ``sys.modules`` while the public one imports, then restored; the public modules keep
+    working through their own globals. Nothing on the networks' import path needs torchvision,
+    so no placeholder module is registered."""
+    if not (public_dir / "models" / "networks" / "correspondence.py").is_file():
+        raise ValueError(f"--public-dir: {public_dir} is not a checkout of microsoft/CoCosNet-v2")
+
+    def owned(name: str) -> bool:
+        return name.split(".")[0] in ("models", "util")
+
+    ours = {k: sys.modules.pop(k) for k in list(sys.modules) if owned(k)}
+    sys.path.insert(0, str(public_dir))
+    try:
+        modules = Namespace(
+            correspondence=importlib.import_module("models.networks.correspondence"),
+            generator=importlib.import_module("models.networks.generator"),
+            discriminator=importlib.import_module("models.networks.discriminator"),
+        )
+    finally:
+        sys.path.remove(str(public_dir))
+        for k in [k for k in sys.modules if owned(k)]:
+            del sys.modules[k]
+        sys.modules.update(ours)
+    return modules
+
+
+def public_options(nef: int, ngf: int, ndf: int) -> Namespace:
+    """The public test options for DeepFashionHD (its README's command: --PONO --PONO_C --nef 32
+    --iteration_count 5 --crop_size 512), at the given widths."""
+    return Namespace(
+        label_nc=LABEL_NC, semantic_nc=LABEL_NC, contain_dontcare_label=False, output_nc=3,
+        nef=nef, ngf=ngf, ndf=ndf, norm_E="spectralinstance", norm_G="spectralspadesyncbatch3x3",
+        norm_D="spectralinstance", PONO=True, PONO_C=True, featEnc_kernel=3, match_kernel=1,
+        temperature=0.01, iteration_count=5, batchSize=1, isTrain=False, phase="test",
+        weight_warp_cycle=0.0, crop_size=SIDE, aspect_ratio=1.0, num_D=2, n_layers_D=4,
+        netD_subarch="n_layer", no_ganFeat_loss=False,
+    )  # fmt: skip
+
+
+def converge_spectral_norms(net: nn.Module, iters: int = 30) -> None:
+    """Power iterations of the public spectral-norm hooks (as training does), so that u and v
+    estimate the top singular vectors as in a trained checkpoint; fresh ones are random."""
+    with torch.no_grad():
+        for module in net.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, SpectralNorm):
+                    for _ in range(iters):
+                        hook.compute_weight(module, do_power_iteration=True)
+
+
+def build_public(public: Namespace, widths: dict[str, int], seed: int) -> dict[str, nn.Module]:
+    torch.manual_seed(seed)
+    opt = public_options(**widths)
+    nets = {
+        "corr": public.correspondence.NoVGGHPMCorrespondence(opt),
+        "G": public.generator.SPADEGenerator(opt),
+        "D": public.discriminator.MultiscaleDiscriminator(opt),
+    }
+    for net in nets.values():
+        converge_spectral_norms(net)
+        net.eval()
+    return nets
+
+
+def ours_from(nets: dict[str, nn.Module]) -> tuple[CoCosNet, dict[str, str], int]:
+    """Our model at the public widths with the public weights, through the converter."""
+    converted = convert(nets["corr"].state_dict(), nets["G"].state_dict(), nets["D"].state_dict())
+    model = CoCosNet(CoCosNetOptions(**converted.options))
+    skipped = load_public(model, converted)
+    return model.eval(), skipped, len(converted.state_dict)
+
+
+@contextlib.contextmanager
+def public_cpu_devices() -> Iterator[None]:
+    """The public PatchMatch moves tensors with ``.to(t.get_device())``, which is -1 (an invalid
+    index) on the CPU; while it runs, ``get_device`` returns the device itself."""
+    original = torch.Tensor.get_device
+    torch.Tensor.get_device = lambda self: self.device
+    try:
+        yield
+    finally:
+        torch.Tensor.get_device = original
+
+
+def pose_label(pose_stem: Path, photo_side: int) -> Tensor:
+    """A 20-channel pose label at SIDE x SIDE from an OpenPose candidate/subset pair, drawn like the
+    public DeepFashionHD loader (a coloured skeleton, then one distance map per limb), simplified:
+    both networks receive this same tensor, so only its shape and range matter for parity."""
+    candidate = np.loadtxt(f"{pose_stem}_candidate.txt", ndmin=2)
+    subset = np.loadtxt(f"{pose_stem}_subset.txt")
+    scale = SIDE / photo_side
+    points = {i + 1: tuple(int(v * scale) for v in candidate[int(subset[i]), :2])
+              for i in range(18) if subset[i] >= 0}  # fmt: skip
+    canvas = np.zeros((SIDE, SIDE, 3), np.uint8)
+    distances = []
+    for n, (a, b) in enumerate(LIMBS):
+        limb = np.zeros((SIDE, SIDE), np.uint8)
+        if a in points and b in points:
+            colour = tuple(int(c) for c in cv2.applyColorMap(np.uint8([[n * 15]]), cv2.COLORMAP_HSV)[0, 0])
+            cv2.line(canvas, points[a], points[b], colour, 8)
+            cv2.line(limb, points[a], points[b], 255, 8)
+        distance = cv2.distanceTransform(255 - limb, cv2.DIST_L1, 3)
+        distances.append(np.clip(distance / 3, 0, 255) / 255)
+    for p in points.values():
+        cv2.circle(canvas, p, 10, (255, 255, 255), -1)
+    channels = [canvas[..., c] / 255 for c in range(3)] + distances
+    return torch.from_numpy(np.stack(channels)).float().unsqueeze(0)
+
+
+def sample_inputs() -> tuple[Tensor, Tensor, Tensor]:
+    """(label of one sample's pose, the other sample's photo in [-1, 1], that photo's pose label)."""
+    if not SAMPLES.is_dir():
+        raise SystemExit(f"the sample photos are missing: {SAMPLES}")
+    photos = sorted((SAMPLES / "img").rglob("*.jpg"))[:2]
+
+    def stem(photo: Path) -> Path:
+        return SAMPLES / "pose" / photo.relative_to(SAMPLES / "img").with_suffix("")
+
+    exemplar_photo = Image.open(photos[1]).convert("RGB")
+    exemplar = torch.from_numpy(np.asarray(exemplar_photo.resize((SIDE, SIDE), Image.BILINEAR)))
+    exemplar = exemplar.permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
+    label_side = Image.open(photos[0]).width
+    return pose_label(stem(photos[0]), label_side), exemplar, pose_label(stem(photos[1]), exemplar_photo.width)
+
+
+def synthetic_inputs() -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """Seeded low-resolution uint8 inputs (stored in the fixture) and their exact 512x512 upsampling."""
+    g = torch.Generator().manual_seed(0)
+    stored = {
+        "label": torch.randint(0, 256, (1, LABEL_NC, 64, 64), generator=g, dtype=torch.uint8),
+        "exemplar": torch.randint(0, 256, (1, 3, 128, 128), generator=g, dtype=torch.uint8),
+        "exemplar_label": torch.randint(0, 256, (1, LABEL_NC, 64, 64), generator=g, dtype=torch.uint8),
+    }
+    return stored, fixture_inputs(stored)
+
+
+def fixture_inputs(stored: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """The fixture's stored uint8 maps as the 512x512 inputs: labels in [0, 1], the exemplar in [-1, 1]."""
+
+    def up(t: Tensor) -> Tensor:
+        return F.interpolate(t.float(), size=(SIDE, SIDE), mode="nearest")
+
+    return up(stored["label"]) / 255, up(stored["exemplar"]) / 127.5 - 1, up(stored["exemplar_label"]) / 255
+
+
+def public_forward(public: Namespace, corr: nn.Module, label: Tensor, exemplar: Tensor,
+                   exemplar_label: Tensor, all_levels: bool) -> dict[str, list[Tensor]]:
+    """The public correspondence's features and warps, step by step as its forward computes them."""
+    util = public.correspondence.util
+    match = public.correspondence.match_kernel_and_pono_c
+    opt = corr.opt
+    seg = [util.feature_normalize(f) for f in corr.adaptive_model_seg(label, label)]
+    ref_input = torch.cat((exemplar, exemplar_label), dim=1)
+    img = [util.feature_normalize(f) for f in corr.adaptive_model_img(ref_input, ref_input)]
+    theta = [match(getattr(corr, f"theta_{i}")(seg[i]), opt.match_kernel, opt.PONO_C) for i in range(4)]
+    phi = [match(getattr(corr, f"phi_{i}")(img[i]), opt.match_kernel, opt.PONO_C) for i in range(4)]
+    mat, warp0, _ = corr.multi_scale_patch_match(theta[0], phi[0], exemplar, 0)
+    out = {"label_features": seg, "image_features": img, "query": theta, "key": phi, "warps": [warp0]}
+    if all_levels:
+        random.seed(0)  # the public PatchMatch draws its propagation order from `random`
+        with public_cpu_devices():
+            warps = corr(exemplar, None, label, exemplar_label)["warp_out"]
+        torch.testing.assert_close(warps[0], warp0, rtol=0, atol=0)  # the step-by-step path is its forward
+        out["warps"] = warps
+    return out
+
+
+def max_diff(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+def parity_rows(name: str, public: Namespace, nets: dict[str, nn.Module], model: CoCosNet,
+                inputs: tuple[Tensor, Tensor, Tensor]) -> list[dict]:
+    label, exemplar, exemplar_label = inputs
+    rows = []
+
+    def row(level: int | str, quantity: str, diff: float, scale: float, tol: float | None) -> None:
+        holds = "" if tol is None else ("yes" if diff <= tol else "NO")
+        rows.append(dict(widths=name, level=level, quantity=quantity, max_abs_diff=diff,
+                         max_abs_value=scale, tolerance="by design" if tol is None else tol, holds=holds))  # fmt: skip
+        print(f"{name:>6} level {level}: {quantity:<34} max |diff| {diff:.3e}  (max |value| {scale:.3g})")
+
+    with torch.no_grad():
+        theirs = public_forward(public, nets["corr"], label, exemplar, exemplar_label, all_levels=True)
+        corr = model.correspondence(label, exemplar, exemplar_label, cycle=False)
+        image_features = model.correspondence.alignment.image_features(exemplar, exemplar_label)
+        ours = {"label_features": corr.features.label_features, "image_features": image_features,
+                "query": corr.features.query, "key": corr.features.key}  # fmt: skip
+        for level in range(4):
+            for quantity, title in [("label_features", "label U-Net features (normalised)"),
+                                    ("image_features", "image U-Net features (normalised)"),
+                                    ("query", "matching features, label (query)"),
+                                    ("key", "matching features, exemplar (key)")]:  # fmt: skip
+                a, b = ours[quantity][level], theirs[quantity][level]
+                row(level, title, max_diff(a, b), float(b.abs().max()), 1e-5)
+        row(0, "dense warp", max_diff(corr.warps[0], theirs["warps"][0]), float(theirs["warps"][0].abs().max()), 1e-5)
+        for level in range(1, 4):
+            a, b = corr.warps[level], theirs["warps"][level]
+            row(level, "warp (our PatchMatch + GRU)", max_diff(a, b), float(b.abs().max()), None)
+        warps = theirs["warps"]
+        ours_image = model.generator(generator_input(label, warps))
+        their_image = nets["G"](label, warp_out=warps)
+        row("-", "generator output, public warps", max_diff(ours_image, their_image),
+            float(their_image.abs().max()), 1e-4)  # fmt: skip
+    return rows
+
+
+def write_fixture(path: Path, public: Namespace) -> None:
+    """Small widths: public-format state dicts in float16 (the public networks then run with those
+    rounded weights), synthetic inputs and the public outputs, subsampled."""
+    nets = build_public(public, WIDTHS["small"], seed=1)
+    states = {key: {k: v.half() for k, v in net.state_dict().items()} for key, net in nets.items()}
+    for key, net in nets.items():
+        net.load_state_dict({k: v.float() for k, v in states[key].items()})
+    stored, (label, exemplar, exemplar_label) = synthetic_inputs()
+    with torch.no_grad():
+        theirs = public_forward(public, nets["corr"], label, exemplar, exemplar_label, all_levels=False)
+        warps = fixture_generator_warps(theirs["warps"][0], exemplar)
+        image = nets["G"](label, warp_out=warps)
+    outputs = {q: [f[..., ::s, ::s].contiguous() for f, s in zip(theirs[q], FIXTURE_STRIDES, strict=True)]
+               for q in ("label_features", "image_features", "query", "key")}  # fmt: skip
+    torch.save({"widths": WIDTHS["small"], "corr": states["corr"], "G": states["G"], "D": states["D"],
+                "inputs": stored, "outputs": outputs, "strides": FIXTURE_STRIDES, "warp0": theirs["warps"][0],
+                "image": image[..., ::4, ::4].contiguous(), "image_stride": 4}, path)  # fmt: skip
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
+
+
+def fixture_generator_warps(warp0: Tensor, exemplar: Tensor) -> list[Tensor]:
+    """The generator's warps in the fixture: the public level-0 warp, then the exemplar pooled to
+    levels 1-3 (cheap to recompute exactly, unlike the stored public warps would be large)."""
+    return [warp0, F.avg_pool2d(exemplar, 4), F.avg_pool2d(exemplar, 2), exemplar]
+
+
+def processor() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = [f"`{command}` (float32, {processor()}, torch {torch.__version__}):", "",
+             "| widths | level | quantity | max abs diff | max abs value | tolerance |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        tol = r["tolerance"] if isinstance(r["tolerance"], str) else f"{r['tolerance']:.0e} ({r['holds']})"
+        lines.append(f"| {r['widths']} | {r['level']} | {r['quantity']} | {r['max_abs_diff']:.2e} | "
+                     f"{r['max_abs_value']:.3g} | {tol} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--public-dir", type=Path, required=True, help="a checkout of microsoft/CoCosNet-v2")
+    parser.add_argument("--widths", nargs="+", choices=sorted(WIDTHS), default=["small", "public"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "public_parity.csv")
+    parser.add_argument("--write-fixture", type=Path, help="also write the small-width test fixture here")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    public = import_public(args.public_dir.resolve())
+    if args.write_fixture:
+        write_fixture(args.write_fixture, public)
+    inputs = sample_inputs()
+    rows = []
+    for name in args.widths:
+        start = time.perf_counter()
+        nets = build_public(public, WIDTHS[name], seed=0)
+        model, skipped, mapped = ours_from(nets)
+        print(f"{name}: {mapped} tensors mapped, {len(skipped)} skipped (the discriminators' unused decoder)")
+        rows += parity_rows(name, public, nets, model, inputs)
+        print(f"{name}: {time.perf_counter() - start:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    command = "PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2"
+    args.out.with_suffix(".md").write_text(markdown(rows, command))
+    print(markdown(rows, command))
+    return 0 if all(r["holds"] != "NO" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
