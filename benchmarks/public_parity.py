@@ -5,12 +5,12 @@ provides: ``--public-dir``; imported at run time, nothing is copied) with its De
 options, at small widths and at the public widths (nef 32, ngf 64, ndf 64), freshly
 initialised; gives ours their weights through ``models.public_checkpoints``; runs both on the
 same 512x512 inputs (the public code only runs at 512x512): two DeepFashion sample photos from
-``../shared/data/deepfashion_samples`` with one pose label map per photo, drawn once here and
-given to both. Compares, level by level, the alignment features (the two U-Nets' normalised
-outputs and the projected matching features), the level-0 dense warp, and the generator's
-output given identical warps (the public warps at all four levels, fed to both generators).
-The warps of levels 1-3 differ by design (our PatchMatch and GRU are not the public ones) and
-are not compared.
+``../shared/data/deepfashion_samples`` with one pose label map per photo, drawn once here by
+``data.pose`` (as the DeepFashionHD loader draws them) and given to both. Compares, level by
+level, the alignment features (the two U-Nets' normalised outputs and the projected matching
+features), the level-0 dense warp, and the generator's output given identical warps (the public
+warps at all four levels, fed to both generators). The warps of levels 1-3 differ by design
+(our PatchMatch and GRU are not the public ones) and are not compared.
 
     PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2
 
@@ -35,7 +35,6 @@ from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 import cocosnet_ops
+from data.pose import draw_pose_label, read_openpose, resize_label
 from models import CoCosNet, CoCosNetOptions, generator_input
 from models.normalization import l2_normalize
 from models.public_checkpoints import convert, load_public
@@ -55,9 +55,6 @@ LABEL_NC = 20  # DeepFashionHD: 3 pose-drawing channels + 17 limb distance maps
 WIDTHS = {"small": {"nef": 8, "ngf": 4, "ndf": 4}, "public": {"nef": 32, "ngf": 64, "ndf": 64}}
 FIXTURE_STRIDES = (1, 2, 4, 8)  # per level: every 64x64-th pixel of the 1/8 .. 1/1 maps
 COLUMNS = ["widths", "level", "quantity", "max_abs_diff", "max_abs_value", "tolerance", "holds"]
-# COCO-18 limbs (1-based keypoint ids), as the public DeepFashionHD loader draws them.
-LIMBS = [(2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13),
-         (13, 14), (2, 1), (1, 15), (15, 17), (1, 16), (16, 18)]  # fmt: skip
 
 
 def import_public(public_dir: Path) -> Namespace:
@@ -146,28 +143,10 @@ def public_cpu_devices() -> Iterator[None]:
 
 
 def pose_label(pose_stem: Path, photo_side: int) -> Tensor:
-    """A 20-channel pose label at SIDE x SIDE from an OpenPose candidate/subset pair, drawn like the
-    public DeepFashionHD loader (a coloured skeleton, then one distance map per limb), simplified:
-    both networks receive this same tensor, so only its shape and range matter for parity."""
-    candidate = np.loadtxt(f"{pose_stem}_candidate.txt", ndmin=2)
-    subset = np.loadtxt(f"{pose_stem}_subset.txt")
-    scale = SIDE / photo_side
-    points = {i + 1: tuple(int(v * scale) for v in candidate[int(subset[i]), :2])
-              for i in range(18) if subset[i] >= 0}  # fmt: skip
-    canvas = np.zeros((SIDE, SIDE, 3), np.uint8)
-    distances = []
-    for n, (a, b) in enumerate(LIMBS):
-        limb = np.zeros((SIDE, SIDE), np.uint8)
-        if a in points and b in points:
-            colour = tuple(int(c) for c in cv2.applyColorMap(np.uint8([[n * 15]]), cv2.COLORMAP_HSV)[0, 0])
-            cv2.line(canvas, points[a], points[b], colour, 8)
-            cv2.line(limb, points[a], points[b], 255, 8)
-        distance = cv2.distanceTransform(255 - limb, cv2.DIST_L1, 3)
-        distances.append(np.clip(distance / 3, 0, 255) / 255)
-    for p in points.values():
-        cv2.circle(canvas, p, 10, (255, 255, 255), -1)
-    channels = [canvas[..., c] / 255 for c in range(3)] + distances
-    return torch.from_numpy(np.stack(channels)).float().unsqueeze(0)
+    """The 20-channel DeepFashionHD pose label (``data.pose``) at SIDE x SIDE, (1, 20, SIDE, SIDE)."""
+    keypoints = read_openpose(f"{pose_stem}_candidate.txt", f"{pose_stem}_subset.txt")
+    label = resize_label(draw_pose_label(keypoints, (photo_side, photo_side)), (SIDE, SIDE))
+    return torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1))).unsqueeze(0)
 
 
 def sample_inputs() -> tuple[Tensor, Tensor, Tensor]:
@@ -180,7 +159,7 @@ def sample_inputs() -> tuple[Tensor, Tensor, Tensor]:
         return SAMPLES / "pose" / photo.relative_to(SAMPLES / "img").with_suffix("")
 
     exemplar_photo = Image.open(photos[1]).convert("RGB")
-    exemplar = torch.from_numpy(np.asarray(exemplar_photo.resize((SIDE, SIDE), Image.BILINEAR)))
+    exemplar = torch.from_numpy(np.array(exemplar_photo.resize((SIDE, SIDE), Image.BILINEAR)))
     exemplar = exemplar.permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
     label_side = Image.open(photos[0]).width
     return (
