@@ -53,7 +53,10 @@ SAMPLES = ROOT.parent / "shared" / "data" / "deepfashion_samples"
 SIDE = 512  # the public code's only size
 LABEL_NC = 20  # DeepFashionHD: 3 pose-drawing channels + 17 limb distance maps
 WIDTHS = {"small": {"nef": 8, "ngf": 4, "ndf": 4}, "public": {"nef": 32, "ngf": 64, "ndf": 64}}
-FIXTURE_STRIDES = (1, 2, 4, 8)  # per level: every 64x64-th pixel of the 1/8 .. 1/1 maps
+# The fixture's networks: small enough to keep it at a few MB (the public SPADE layers are 128
+# wide whatever the widths), on a 3-channel label; its outputs: a 32x32 grid of each level.
+FIXTURE_WIDTHS = {"nef": 4, "ngf": 2, "ndf": 4, "label_nc": 3}
+FIXTURE_STRIDES = (2, 4, 8, 16)
 COLUMNS = ["widths", "level", "quantity", "max_abs_diff", "max_abs_value", "tolerance", "holds"]
 
 
@@ -84,11 +87,11 @@ def import_public(public_dir: Path) -> Namespace:
     return modules
 
 
-def public_options(nef: int, ngf: int, ndf: int) -> Namespace:
+def public_options(nef: int, ngf: int, ndf: int, label_nc: int = LABEL_NC) -> Namespace:
     """The public test options for DeepFashionHD (its README's command: --PONO --PONO_C --nef 32
     --iteration_count 5 --crop_size 512), at the given widths."""
     return Namespace(
-        label_nc=LABEL_NC, semantic_nc=LABEL_NC, contain_dontcare_label=False, output_nc=3,
+        label_nc=label_nc, semantic_nc=label_nc, contain_dontcare_label=False, output_nc=3,
         nef=nef, ngf=ngf, ndf=ndf, norm_E="spectralinstance", norm_G="spectralspadesyncbatch3x3",
         norm_D="spectralinstance", PONO=True, PONO_C=True, featEnc_kernel=3, match_kernel=1,
         temperature=0.01, iteration_count=5, batchSize=1, isTrain=False, phase="test",
@@ -169,13 +172,13 @@ def sample_inputs() -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
-def synthetic_inputs() -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+def synthetic_inputs(label_nc: int) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
     """Seeded low-resolution uint8 inputs (stored in the fixture) and their exact 512x512 upsampling."""
     g = torch.Generator().manual_seed(0)
     stored = {
-        "label": torch.randint(0, 256, (1, LABEL_NC, 64, 64), generator=g, dtype=torch.uint8),
+        "label": torch.randint(0, 256, (1, label_nc, 64, 64), generator=g, dtype=torch.uint8),
         "exemplar": torch.randint(0, 256, (1, 3, 128, 128), generator=g, dtype=torch.uint8),
-        "exemplar_label": torch.randint(0, 256, (1, LABEL_NC, 64, 64), generator=g, dtype=torch.uint8),
+        "exemplar_label": torch.randint(0, 256, (1, label_nc, 64, 64), generator=g, dtype=torch.uint8),
     }
     return stored, fixture_inputs(stored)
 
@@ -281,18 +284,18 @@ def parity_rows(
 def write_fixture(path: Path, public: Namespace) -> None:
     """Small widths: public-format state dicts in float16 (the public networks then run with those
     rounded weights), synthetic inputs and the public outputs, subsampled."""
-    nets = build_public(public, WIDTHS["small"], seed=1)
+    nets = build_public(public, FIXTURE_WIDTHS, seed=1)
     states = {key: {k: v.half() for k, v in net.state_dict().items()} for key, net in nets.items()}
     for key, net in nets.items():
         net.load_state_dict({k: v.float() for k, v in states[key].items()})
-    stored, (label, exemplar, exemplar_label) = synthetic_inputs()
+    stored, (label, exemplar, exemplar_label) = synthetic_inputs(FIXTURE_WIDTHS["label_nc"])
     with torch.no_grad():
         theirs = public_forward(public, nets["corr"], label, exemplar, exemplar_label, all_levels=False)
         warps = fixture_generator_warps(theirs["warps"][0], exemplar)
         image = nets["G"](label, warp_out=warps)
     outputs = {q: [f[..., ::s, ::s].contiguous() for f, s in zip(theirs[q], FIXTURE_STRIDES, strict=True)]
                for q in ("label_features", "image_features", "query", "key")}  # fmt: skip
-    torch.save({"widths": WIDTHS["small"], "corr": states["corr"], "G": states["G"], "D": states["D"],
+    torch.save({"widths": FIXTURE_WIDTHS, "corr": states["corr"], "G": states["G"], "D": states["D"],
                 "inputs": stored, "outputs": outputs, "strides": FIXTURE_STRIDES, "warp0": theirs["warps"][0],
                 "image": image[..., ::4, ::4].contiguous(), "image_stride": 4}, path)  # fmt: skip
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
@@ -326,7 +329,13 @@ def markdown(rows: list[dict], command: str, notes: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--public-dir", type=Path, required=True, help="a checkout of microsoft/CoCosNet-v2")
-    parser.add_argument("--widths", nargs="+", choices=sorted(WIDTHS), default=["small", "public"])
+    parser.add_argument(
+        "--widths",
+        nargs="*",
+        choices=sorted(WIDTHS),
+        default=["small", "public"],
+        help="none: only write the fixture",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "public_parity.csv")
     parser.add_argument("--write-fixture", type=Path, help="also write the small-width test fixture here")
     args = parser.parse_args()
@@ -334,6 +343,8 @@ def main() -> int:
     public = import_public(args.public_dir.resolve())
     if args.write_fixture:
         write_fixture(args.write_fixture, public)
+    if not args.widths:
+        return 0
     inputs = sample_inputs()
     rows, notes = [], []
     for name in args.widths:

@@ -4,8 +4,6 @@ the public code's outputs stored in a small fixture (written by ``benchmarks/pub
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import cocosnet_ops
-from models import CoCosNet, CoCosNetOptions, generator_input
+from models import CoCosNet, CoCosNetOptions, generator_input, public_checkpoints
 from models.alignment import NUM_LEVELS
 from models.normalization import l2_normalize
 from models.public_checkpoints import (
@@ -57,7 +55,7 @@ def test_every_public_tensor_is_mapped_and_only_the_decoder_skipped(fixture, mod
     ours = {k for k in model.state_dict() if not k.startswith("vgg.")}
     assert set(converted.state_dict) == ours
     assert converted.options == {
-        "nef": 8, "label_nc": 20, "match_nc": 8, "k": 16, "ngf": 4, "ndf": 4, "num_D": 2, "n_layers_D": 3,
+        "nef": 4, "label_nc": 3, "match_nc": 4, "k": 16, "ngf": 2, "ndf": 4, "num_D": 2, "n_layers_D": 3,
     }  # fmt: skip
     spectral = "correspondence.alignment.label_unet.layer1.0.parametrizations.weight."
     public = "adaptive_model_seg.layer1.0.weight_"
@@ -112,26 +110,27 @@ def test_generator_matches_the_public_code_given_the_same_warps(fixture, model):
     torch.testing.assert_close(image[..., ::stride, ::stride], fixture["image"], rtol=0, atol=1e-4)
 
 
-def test_dataparallel_prefix_and_converted_file_load(fixture, model, tmp_path):
+def test_dataparallel_prefix_and_converted_file_load(fixture, model, tmp_path, capsys):
     wrapped = {"module." + k: v for k, v in fixture["corr"].items()}
     assert read_state_dict(wrapped).keys() == fixture["corr"].keys()
-    paths = {}
-    for key in ("corr", "G", "D"):
-        paths[key] = tmp_path / f"latest_net_{key.capitalize() if key == 'corr' else key}.pth"
-        torch.save(fixture[key], paths[key])
+    paths = {key: tmp_path / f"latest_net_{key}.pth" for key in ("Corr", "G", "D")}
+    torch.save(wrapped, paths["Corr"])
+    torch.save(fixture["G"], paths["G"])
+    torch.save(fixture["D"], paths["D"])
     out = tmp_path / "converted.pt"
-    done = subprocess.run(
-        [sys.executable, "-m", "models.public_checkpoints", "--corr", str(paths["corr"]),
-         "--G", str(paths["G"]), "--D", str(paths["D"]), "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "skipped discriminator: discriminator_0.dec." in done.stdout
-    for loaded in (CoCosNet.from_public(out), CoCosNet.from_public(paths["corr"], paths["G"])):
+    argv = ["--corr", str(paths["Corr"]), "--G", str(paths["G"]), "--D", str(paths["D"]), "--out", str(out)]
+    assert public_checkpoints.main(argv) == 0
+    assert "skipped discriminator: discriminator_0.dec." in capsys.readouterr().out
+    for loaded in (CoCosNet.from_public(out), CoCosNet.from_public(paths["Corr"], paths["G"])):
         assert not loaded.training
         for network in ("correspondence", "generator"):
             mine, theirs = getattr(loaded, network).state_dict(), getattr(model, network).state_dict()
             assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(paths["G"].read_bytes()[:100])
+    argv[3] = str(damaged)
+    assert public_checkpoints.main(argv) == 1
+    assert "damaged.pth" in capsys.readouterr().err
 
 
 def test_every_mismatch_is_listed_in_one_error(fixture):
