@@ -158,6 +158,23 @@ class CoCosNet(nn.Module):
         self.discriminator = MultiscaleDiscriminator(d_in, options.ndf, options.n_layers_D, options.num_D)
         self.vgg = VGG19Features(options.vgg_weights)
 
+    @classmethod
+    def from_public(
+        cls,
+        corr: str | os.PathLike | Mapping[str, Tensor],
+        generator: str | os.PathLike | Mapping[str, Tensor] | None = None,
+        discriminator: str | os.PathLike | Mapping[str, Tensor] | None = None,
+        **options,
+    ) -> CoCosNet:
+        """The model with the public CoCosNet v2 weights, in eval mode: ``corr`` is a file written
+        by ``python -m models.public_checkpoints`` (alone), or the public ``latest_net_Corr.pth``
+        with ``generator`` (``latest_net_G.pth``) and optionally ``discriminator``
+        (``latest_net_D.pth``). ``options``: other ``CoCosNetOptions`` fields (the widths are
+        read from the tensors). See ``models.public_checkpoints``."""
+        from .public_checkpoints import load_public_model  # it imports this module
+
+        return load_public_model(corr, generator, discriminator, **options)
+
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor) -> Translation:
         corr = self.correspondence(label, exemplar, exemplar_label)
         image = self.generator(generator_input(label, corr.warps))
