@@ -84,7 +84,7 @@ def stack_grids(paths: Sequence[Path], out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> tuple[float, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--steps", type=int, default=60, help="training steps (batch 2)")
+    parser.add_argument("--steps", type=int, default=30, help="training steps (batch 2)")
     parser.add_argument("--held_out", type=int, default=8, help="held-out pairs to measure and translate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -7,7 +7,7 @@ matched coordinate (the weights the warp gives the K candidates) and of the best
 over the pixels visible in both images, plus the warp L1. Writes one CSV row per variant and seed,
 with the training's CPU seconds (empty where a finished run in ``--runs`` was reused).
 
-    python benchmarks/bench_gru.py --steps 60 --seeds 0 --out benchmarks/results/gru.csv
+    python benchmarks/bench_gru.py --steps 30 --seeds 0 --out benchmarks/results/gru.csv
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def processor() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--held_out", type=int, default=16)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
