@@ -78,7 +78,7 @@ COLUMNS = (
     "epe_median_px",
     "seconds",
 )
-DATASETS = ("smooth", "photo")
+DATASETS = ("smooth", "photo", "hard")
 INITS = ("random", "hierarchical")
 CHANNELS = 32
 SCORE_TOLERANCE = 1e-6
@@ -88,6 +88,16 @@ PHOTO_ROTATION_DEG = 10.0
 PHOTO_SCALE = 1.1
 PHOTO_SHIFT = (0.04, -0.03)
 PHOTO_BLUR_SIGMAS = (1.0, 2.0, 4.0)
+# Hard pairs: photos and a repeated texture shipped with scikit-image, one pair per image,
+# occluded by discs of stochastic textures.
+HARD_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "brick")
+HARD_OCCLUDER_IMAGES = ("grass", "gravel")
+HARD_CORNER_SHIFT = 0.12  # perspective: each corner moves up to this fraction of the side
+HARD_OCCLUDERS = 6
+HARD_OCCLUDER_RADIUS = (0.06, 0.14)  # fractions of the side
+HARD_NOISE_STD = 0.02
+HARD_GAIN = (0.75, 1.15)  # brightness ramp across the key image
+HARD_BIAS = 0.05
 
 
 # ----------------------------------------------------------------------------- data
@@ -170,13 +180,105 @@ def photo_pair(side: int) -> tuple[Tensor, Tensor, Tensor]:
     return photo_features(photo), photo_features(warped), torch.from_numpy(true_xy).float()
 
 
+def skimage_rgb(name: str, side: int) -> np.ndarray:
+    """scikit-image's image ``name``: centre square, resized to side x side, RGB float32 in [0, 1]."""
+    from skimage import data
+
+    image = getattr(data, name)()
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    height, width = image.shape[:2]
+    crop = min(height, width)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    image = image[top : top + crop, left : left + crop, :3]
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def hard_homography(side: int, rng: np.random.Generator) -> np.ndarray:
+    """A 3x3 perspective map from query pixel (x, y, 1) to key pixel: every corner of the map
+    moves by up to ``HARD_CORNER_SHIFT * side`` in x and y."""
+    corners = np.array([[0, 0], [side - 1, 0], [side - 1, side - 1], [0, side - 1]], dtype=np.float32)
+    moved = corners + rng.uniform(-HARD_CORNER_SHIFT, HARD_CORNER_SHIFT, size=(4, 2)) * side
+    return cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
+
+
+def apply_homography(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Points (..., 2) mapped by the 3x3 perspective ``matrix``."""
+    mapped = np.concatenate([xy, np.ones_like(xy[..., :1])], axis=-1) @ matrix.T
+    return mapped[..., :2] / mapped[..., 2:]
+
+
+def hard_key_image(
+    image: np.ndarray, occluder: np.ndarray, matrix: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The key image of a hard pair and its occlusion mask (True where an occluder covers it).
+
+    ``image`` seen through the perspective ``matrix`` (reflected past the borders), then
+    ``HARD_OCCLUDERS`` discs of another image (``occluder``, at the same place), a brightness
+    ramp (gain from ``HARD_GAIN[0]`` to ``HARD_GAIN[1]`` along a random direction, plus
+    ``HARD_BIAS``) and Gaussian noise of std ``HARD_NOISE_STD``, clipped to [0, 1]."""
+    side = image.shape[0]
+    key = cv2.warpPerspective(
+        image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+    mask = np.zeros((side, side), dtype=np.uint8)
+    for _ in range(HARD_OCCLUDERS):
+        centre = rng.uniform(0, side, size=2)
+        radius = rng.uniform(*HARD_OCCLUDER_RADIUS) * side
+        cv2.circle(mask, (int(centre[0]), int(centre[1])), max(1, int(radius)), 1, thickness=-1)
+    occluded = mask.astype(bool)
+    key[occluded] = occluder[occluded]
+    angle = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / max(1, side - 1)
+    ramp = (np.cos(angle) * (x - 0.5) + np.sin(angle) * (y - 0.5)) / np.sqrt(0.5) + 0.5
+    gain = HARD_GAIN[0] + (HARD_GAIN[1] - HARD_GAIN[0]) * ramp
+    key = key * gain[:, :, None] + HARD_BIAS + rng.normal(0, HARD_NOISE_STD, size=key.shape)
+    return np.clip(key, 0, 1).astype(np.float32), occluded
+
+
+def patch_features(image: np.ndarray) -> Tensor:
+    """(1, 27, H, W) features of an RGB float image: every channel standardised over the image,
+    then the 3x3 patch around each pixel (borders reflected), L2-normalised per pixel."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+    rgb = (rgb - rgb.mean(dim=(2, 3), keepdim=True)) / rgb.std(dim=(2, 3), keepdim=True)
+    patches = F.unfold(F.pad(rgb, (1, 1, 1, 1), mode="reflect"), kernel_size=3)
+    return F.normalize(patches.view(1, 27, *image.shape[:2]), dim=1)
+
+
+def hard_pairs(
+    side: int, images: Sequence[str] = HARD_IMAGES, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Query and key features (B, 27, S, S), one batch item per image, and the true key point
+    (x, y) of every query pixel (B, S, S, 2), NaN where an occluder hides it.
+
+    The query is the image itself; the key is ``hard_key_image`` of it under a random
+    perspective map (``hard_homography``), occluded by discs of the ``HARD_OCCLUDER_IMAGES`` in
+    turn."""
+    rng = np.random.default_rng(seed)
+    rgb = [skimage_rgb(name, side) for name in images]
+    occluders = [skimage_rgb(name, side) for name in HARD_OCCLUDER_IMAGES]
+    y, x = np.mgrid[0:side, 0:side].astype(np.float64)
+    queries, keys, true_points = [], [], []
+    for index, image in enumerate(rgb):
+        matrix = hard_homography(side, rng)
+        key, occluded = hard_key_image(image, occluders[index % len(occluders)], matrix, rng)
+        true_xy = apply_homography(matrix, np.stack([x, y], axis=-1))
+        column = np.clip(np.round(true_xy[..., 0]), 0, side - 1).astype(int)
+        row = np.clip(np.round(true_xy[..., 1]), 0, side - 1).astype(int)
+        true_xy[occluded[row, column]] = np.nan
+        queries.append(patch_features(image))
+        keys.append(patch_features(key))
+        true_points.append(torch.from_numpy(true_xy).float())
+    return torch.cat(queries), torch.cat(keys), torch.stack(true_points)
+
+
 # ----------------------------------------------------------------------------- search
 
 
 def exact_in_bands(query: Tensor, key: Tensor, k: int, max_pairs: int = 2**27) -> tuple[Tensor, Tensor]:
     """``exact_knn`` over bands of query rows, each scoring at most ``max_pairs`` pairs."""
-    Hk, Wk = key.shape[2:]
-    rows = max(1, max_pairs // (query.shape[3] * Hk * Wk))
+    B, _, Hk, Wk = key.shape
+    rows = max(1, max_pairs // (B * query.shape[3] * Hk * Wk))
     bands = [
         cocosnet_ops.exact_knn(query[:, :, r : r + rows], key, k) for r in range(0, query.shape[2], rows)
     ]
