@@ -55,8 +55,7 @@ def main() -> None:
     exemplar_tensor = torch.from_numpy(exemplar).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     start = time.perf_counter()
-    nnf, scores = hierarchical_search(query, key, args.k, args.iters, random_search=True, levels=3,
-                                      upsample_options={})
+    nnf, scores = hierarchical_search(query, key, args.k, args.iters, random_search=True, levels=3)
     search_seconds = time.perf_counter() - start
     start = time.perf_counter()
     rebuilt = cocosnet_ops.weighted_gather(query, key, exemplar_tensor, nnf, temperature=0.01)
