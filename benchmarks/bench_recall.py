@@ -1,13 +1,16 @@
 """Recall of patch_match against exact kNN, versus iterations, random search and hierarchical init.
 
-Reproduce the README tables (side 256; about 30 minutes on 2 busy cores with the compiled cpu
-backend, much of it exact kNN of the five hard pairs; the reference backend is far slower):
+Reproduce the README tables (the 5-iteration rows of the hierarchical search and the timings;
+about 20 minutes on 2 busy cores with the compiled cpu backend, most of it exact kNN of the
+five hard pairs; the reference backend is far slower):
 
-    python benchmarks/bench_recall.py --side 256 --random-search on --speed-side 512 \
-        --out benchmarks/results/recall.csv
+    python benchmarks/bench_recall.py --side 256 --inits hierarchical --random-search on \
+        --min-iters 5 --speed-side 512 --speed-repeats 3 --out benchmarks/results/recall.csv
 
-``--speed-side 512`` also times ``patch_match`` and the hierarchical search with each
-``--upsample`` setting at side 512 on the smooth pair (C = 32), interleaved, into
+The whole sweep (iterations 0..5, random and hierarchical init, random search on and off)
+drops ``--inits``, ``--random-search`` and ``--min-iters``. ``--speed-side 512`` also times
+``patch_match`` (random init) and the hierarchical search with each ``--upsample`` setting,
+``--iters`` iterations, at side 512 on the smooth pair (C = 32), interleaved, into
 ``recall_speed.csv``. Development size (about a minute, on either backend):
 
     python benchmarks/bench_recall.py --side 64 --out benchmarks/results/recall_64.csv
@@ -423,7 +426,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(format_progress(rows[-1]), flush=True)
         for init, options in search_configurations(args):
             for random_search in args.random_search:
-                for iters in range(args.iters + 1):
+                for iters in range(args.min_iters, args.iters + 1):
                     start = time.perf_counter()
                     if init == "hierarchical":
                         found = hierarchical_search(
@@ -619,7 +622,8 @@ def speed_table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=256)
-    parser.add_argument("--iters", type=int, default=5, help="sweep patch_match iterations 0..ITERS")
+    parser.add_argument("--iters", type=int, default=5, help="sweep patch_match iterations MIN_ITERS..ITERS")
+    parser.add_argument("--min-iters", type=int, default=0)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument(
         "--datasets", nargs="*", choices=DATASETS, default=list(DATASETS), help="none: only --speed-side"
@@ -645,8 +649,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recall.csv"))
     args = parser.parse_args(argv)
     args.random_search = [choice == "on" for choice in args.random_search]
-    if args.iters < 0 or args.levels < 1 or args.speed_repeats < 1:
-        parser.error("--iters must be >= 0, --levels >= 1 and --speed-repeats >= 1")
+    if not 0 <= args.min_iters <= args.iters or args.levels < 1 or args.speed_repeats < 1:
+        parser.error("need 0 <= --min-iters <= --iters, --levels >= 1 and --speed-repeats >= 1")
     for option in ("window", "dilation"):
         if any(options[option] < (1 if option == "window" else 0) for options in args.upsample):
             parser.error("--upsample: window must be >= 1 and dilation >= 0")
