@@ -1,84 +1,118 @@
-"""make demo: match a photo to a rotated, scaled and shifted copy of itself, and rebuild it.
+"""make demo: train CoCosNet v2 on the embedded synthetic figures at 128x128 on the CPU, then translate
+held-out pairs and show how much better the trained correspondence warps the exemplar.
 
-The photo is scikit-image's astronaut (shipped inside the package, nothing is downloaded). The
-exemplar is its affine warp, so the true correspondence is known. Features are the fixed
-random filter bank of ``benchmarks/bench_recall.py``; the search is the hierarchical one
-(exact kNN at 1/8, then ``nnf_upsample`` + ``patch_match`` per level); the query photo is then
-rebuilt from the exemplar with ``weighted_gather``. Writes PNGs to ``--out`` and prints
-timings, recall against exact kNN and the end-point error against the true correspondence.
+It trains through ``train.main`` with ``configs/demo.yaml`` and the CPU-sized overrides below
+(a narrower ConvGRU and generator, fewer steps: the demo has minutes on two cores), saves the
+same model at initialisation (zero steps, same seed) beside it, measures both on the same
+held-out pairs, and runs ``test.py`` on those pairs, which writes translations, warps per level,
+NNF flow pictures and one grid per pair (label | exemplar | warp 1/8 .. 1/1 | output | target).
 
-    python demo.py --side 256 --out demo_output
+    python demo.py --out runs/demo            # about 10 minutes on two cores
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from skimage import data
+from PIL import Image
+from torch.utils.data import DataLoader
 
-import cocosnet_ops
-from benchmarks.bench_recall import (
-    exact_in_bands,
-    hierarchical_search,
-    photo_features,
-    photo_transform,
-    recall,
+import data
+import train
+from training import checkpoint
+from training.evaluation import evaluate
+
+ROOT = Path(__file__).resolve().parent
+CONFIG = ROOT / "configs" / "demo.yaml"
+# configs/demo.yaml, narrowed so that training fits in minutes on a 2-core CPU.
+CPU_OVERRIDES = (
+    "model.nef=8",
+    "model.match_nc=8",
+    "model.k=4",
+    "model.patch_match_iters=2",
+    "model.spade_nc=16",
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.num_D=1",
+    "model.gru_hidden_nc=16",
+    "model.gru_input_nc=32",
+    "train.batch_size=2",
+    "train.num_workers=0",
+    "train.checkpoint_every=1000",
+    "train.image_every=1000",
 )
-from cocosnet_ops import nnf as nnf_utils
 
 
-def to_png(path: Path, image: np.ndarray | torch.Tensor) -> None:
-    if isinstance(image, torch.Tensor):  # (1, 3, H, W) in [0, 1]
-        image = (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+def load_test_script():
+    """test.py as a module (its name would otherwise be the standard library's ``test`` package)."""
+    spec = importlib.util.spec_from_file_location("cocosnet_test", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def main() -> None:
+def train_args(out: Path, steps: int, seed: int, extra: Sequence[str]) -> list[str]:
+    args = ["--config", str(CONFIG), "--out", str(out), "--max_steps", str(steps), "--seed", str(seed),
+            "--device", "cpu", "--vgg_weights", "none"]
+    for override in (*CPU_OVERRIDES, *extra):
+        args += ["--set", override]
+    return args
+
+
+def train_or_reuse(out: Path, steps: int, seed: int, extra: Sequence[str]) -> Path:
+    """The final checkpoint of a demo training in ``out``: reused when a run there already reached
+    ``steps`` (rerunning the demo, or the GRU benchmark sharing its runs), else trained now."""
+    done = checkpoint.checkpoint_path(out / "checkpoints", steps)
+    if done.is_file():
+        print(f"reusing {done}")
+        return done
+    return train.main(train_args(out, steps, seed, extra))
+
+
+def stack_grids(paths: Sequence[Path], out: Path) -> None:
+    """The per-pair grids one above the other in one PNG."""
+    rows = [np.asarray(Image.open(p)) for p in paths]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+
+
+def main(argv: Sequence[str] | None = None) -> tuple[float, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", type=int, default=256, help="photo side in pixels")
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("demo_output"))
-    args = parser.parse_args()
-    torch.set_flush_denormal(True)
-
-    photo = cv2.resize(data.astronaut(), (args.side, args.side), interpolation=cv2.INTER_AREA)
-    photo = photo.astype(np.float32) / 255.0
-    matrix = photo_transform(args.side)
-    exemplar = cv2.warpAffine(photo, matrix, (args.side, args.side), flags=cv2.INTER_LINEAR)
-    query, key = photo_features(photo), photo_features(exemplar)
-    exemplar_tensor = torch.from_numpy(exemplar).permute(2, 0, 1).unsqueeze(0).contiguous()
-
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--steps", type=int, default=60, help="training steps (batch 2)")
+    parser.add_argument("--held_out", type=int, default=8, help="held-out pairs to measure and translate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="more configuration overrides, as train.py takes them")
+    args = parser.parse_args(argv)
     start = time.perf_counter()
-    nnf, scores = hierarchical_search(query, key, args.k, args.iters, random_search=True, levels=3)
-    search_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    rebuilt = cocosnet_ops.weighted_gather(query, key, exemplar_tensor, nnf, temperature=0.01)
-    gather_seconds = time.perf_counter() - start
+    untrained = train_or_reuse(args.out / "untrained", 0, args.seed, args.overrides)
+    trained = train_or_reuse(args.out / "trained", args.steps, args.seed, args.overrides)
+    train_seconds = time.perf_counter() - start
 
-    recall_at_1, recall_at_k = recall((nnf, scores), exact_in_bands(query, key, args.k))
-    y, x = np.mgrid[0 : args.side, 0 : args.side].astype(np.float64)
-    true_xy = torch.from_numpy(np.stack([x, y, np.ones_like(x)], axis=-1) @ matrix.T)
-    found_xy = nnf_utils.index_to_xy(nnf[:, :1], (args.side, args.side))[0, 0].double()
-    inside = (true_xy >= 0).all(-1) & (true_xy <= args.side - 1).all(-1)
-    epe = (found_xy - true_xy).norm(dim=-1)[inside]
+    config = checkpoint.load(trained)["config"]
+    size = config["data"]["train"]["size"]
+    held_out = data.build_dataset("synthetic", "test", size=size, length=args.held_out, seed=args.seed)
+    batches = list(DataLoader(held_out, batch_size=4))
+    before = evaluate(checkpoint.load_model(untrained), batches)
+    after = evaluate(checkpoint.load_model(trained), batches)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    to_png(args.out / "query.png", (photo * 255).round().astype(np.uint8))
-    to_png(args.out / "exemplar.png", (exemplar * 255).round().astype(np.uint8))
-    to_png(args.out / "rebuilt.png", rebuilt)
-    to_png(args.out / "matches.png", nnf_utils.nnf_to_flow_image(nnf, (args.side, args.side))[0])
-    print(f"side {args.side}, K={args.k}, {args.iters} iterations per level, backend "
-          f"{'cpu (compiled)' if cocosnet_ops.HAS_COMPILED else 'torch (reference)'}")
-    print(f"search {search_seconds:.2f} s, weighted_gather {gather_seconds:.3f} s")
-    print(f"recall@1 {recall_at_1:.3f}, recall@{args.k} {recall_at_k:.3f} against exact kNN")
-    print(f"end-point error of the best match: median {epe.median():.2f} px, mean {epe.mean():.2f} px")
-    print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('*.png')))} to {args.out}/")
+    translations = args.out / "translations"
+    grids = load_test_script().main(["--checkpoint", str(trained), "--out", str(translations),
+                                     "--limit", str(args.held_out)])
+    stack_grids(grids, args.out / "grid.png")
+    print(f"trained {args.steps} steps in {train_seconds:.0f} s on {torch.get_num_threads()} threads; "
+          f"total {time.perf_counter() - start:.0f} s")
+    print(f"end-point error of the matches (finest level, held-out, px): untrained {before.epe_softmax:.2f} "
+          f"-> trained {after.epe_softmax:.2f}")
+    print(f"wrote {len(grids)} translations to {translations}/ and their grids to {args.out / 'grid.png'}")
+    print(f"warp L1 (finest level, held-out): untrained {before.warp_l1:.4f} -> trained {after.warp_l1:.4f}")
+    return before.warp_l1, after.warp_l1
 
 
 if __name__ == "__main__":

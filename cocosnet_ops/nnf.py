@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .ops import _inspectable
 
 __all__ = [
     "coords_to_nnf",
@@ -60,7 +61,8 @@ def _check_nnf(nnf: object, key_pixels: int) -> Tensor:
         raise TypeError(f"nnf: expected an int32 or int64 tensor of flat key indices, got {nnf.dtype}")
     if nnf.dim() != 4:
         raise ValueError(f"nnf: expected a 4-D tensor (B, K, Hq, Wq), got shape {tuple(nnf.shape)}")
-    if nnf.numel():
+    # Reading the values back is a host sync: not while tracing (torch.compile) nor on meta tensors.
+    if nnf.numel() and _inspectable(nnf):
         low, high = torch.aminmax(nnf)
         if int(low) < 0 or int(high) >= key_pixels:
             raise ValueError(

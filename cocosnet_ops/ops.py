@@ -100,7 +100,10 @@ def _type_name(x: object) -> str:
 def _check_int(name: str, x: object, low: int, high: int | None = None) -> int:
     if isinstance(x, (bool, Tensor)) or not hasattr(type(x), "__index__"):
         raise TypeError(f"{name}: expected an int, got {_type_name(x)}")
-    x = operator.index(x)
+    # A size under torch.compile with dynamic shapes is a SymInt: compare it (a guard), never
+    # convert it (that would specialise the graph to this size).
+    if not isinstance(x, torch.SymInt):
+        x = operator.index(x)
     if x < low or (high is not None and x > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}: expected an int {bound}, got {x}")
@@ -109,6 +112,7 @@ def _check_int(name: str, x: object, low: int, high: int | None = None) -> int:
 
 MAX_PATCH_SIZE = 31
 MAX_ITERS = 65535  # the iteration number is 16 bits of the random stream
+MAX_SEED = 2**32 - 1
 MAX_STEP = 2**30  # offsets and indices are int32 in the kernels
 MAX_WINDOW = 64
 MIN_TEMPERATURE = 1e-30
@@ -125,7 +129,8 @@ def _check_temperature(temperature: object) -> float:
     if isinstance(temperature, (bool, Tensor)) or not hasattr(type(temperature), "__float__"):
         raise TypeError(f"temperature: expected a float, got {_type_name(temperature)}")
     temperature = float(temperature)
-    if not math.isfinite(temperature) or temperature < MIN_TEMPERATURE:
+    # Comparisons rather than math.isfinite, which torch.compile cannot trace on a symbolic float.
+    if not MIN_TEMPERATURE <= temperature < math.inf:
         raise ValueError(f"temperature: expected a finite value >= {MIN_TEMPERATURE}, got {temperature}")
     return temperature
 
@@ -274,7 +279,7 @@ def patch_match(
     patch_size: int = 1,
     jump: Sequence[int] | None = None,
     random_search: bool = True,
-    seed: int = 0,
+    seed: int | Tensor = 0,
     *,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -289,6 +294,11 @@ def patch_match(
     step of each iteration (default: halving from up to 8, ending at 1). The result depends
     only on the inputs and ``seed``, never on thread count or scheduling. Not differentiable.
 
+    ``seed`` is an int in [0, 2**32 - 1], or a one-element integer tensor holding one (e.g. drawn
+    with ``torch.randint``): the op reads a tensor seed when it runs, so a seed drawn inside a
+    ``torch.compile`` region stays in the graph instead of breaking it (a CPU tensor avoids a
+    device sync).
+
     ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
     Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
     or raises ValueError where it cannot run.
@@ -298,7 +308,10 @@ def patch_match(
     _check_int("k", k, 1, key_pixels)
     iters = _check_int("iters", iters, 0, MAX_ITERS)
     patch_size = _check_patch_size(patch_size)
-    seed = _check_int("seed", seed, 0, 2**32 - 1)
+    if isinstance(seed, Tensor):
+        _check_seed_tensor(seed)
+    else:
+        seed = _check_int("seed", seed, 0, MAX_SEED)
     if not isinstance(random_search, bool):
         raise TypeError(f"random_search: expected a bool, got {_type_name(random_search)}")
     if jump is None:
@@ -316,9 +329,62 @@ def patch_match(
     _check_cuda_k(k, chosen)
     query, key = _search_input(query), _search_input(key)
     init = init.contiguous() if init is not None else None
-    if chosen == "torch":
-        return reference.patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
-    return _kernels(chosen).patch_match(query, key, k, iters, init, patch_size, steps, random_search, seed)
+    if isinstance(seed, Tensor):
+        return _patch_match_tensor_seed(
+            query, key, k, iters, init, patch_size, steps, random_search, seed, chosen
+        )
+    return _patch_match_int_seed(query, key, k, iters, init, patch_size, steps, random_search, seed, chosen)
+
+
+def _patch_match_int_seed(
+    query: Tensor,
+    key: Tensor,
+    k: int,
+    iters: int,
+    init: Tensor | None,
+    patch_size: int,
+    jumps: list[int],
+    random_search: bool,
+    seed: int,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    if backend == "torch":
+        return reference.patch_match(query, key, k, iters, init, patch_size, jumps, random_search, seed)
+    return _kernels(backend).patch_match(query, key, k, iters, init, patch_size, jumps, random_search, seed)
+
+
+def _check_seed_tensor(seed: Tensor) -> None:
+    if seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool:
+        raise TypeError(f"seed: expected an int or an integer tensor, got a {seed.dtype} tensor")
+    if seed.numel() != 1:
+        raise ValueError(f"seed: expected a one-element tensor, got shape {tuple(seed.shape)}")
+
+
+@torch.library.custom_op("cocosnet_ops_traced::patch_match", mutates_args=())
+def _patch_match_tensor_seed(
+    query: Tensor,
+    key: Tensor,
+    k: int,
+    iters: int,
+    init: Tensor | None,
+    patch_size: int,
+    jumps: list[int],
+    random_search: bool,
+    seed: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """``patch_match`` with its seed in a tensor. An opaque op to torch.compile, so reading the
+    seed here happens when the compiled graph runs, not while it is traced."""
+    value = int(seed.reshape(()))
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed: expected a value in [0, {MAX_SEED}], got {value}")
+    return _patch_match_int_seed(query, key, k, iters, init, patch_size, jumps, random_search, value, backend)
+
+
+@_patch_match_tensor_seed.register_fake
+def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, backend):
+    B, _, Hq, Wq = query.shape
+    return query.new_empty((B, k, Hq, Wq), dtype=torch.int32), query.new_empty((B, k, Hq, Wq))
 
 
 def evaluate_candidates(
@@ -414,9 +480,29 @@ def nnf_upsample(
     chosen = _choose_backend(backend, nnf.device, "nnf_upsample")
     if chosen == "torch":
         return reference.nnf_upsample(nnf, key_size, query_size, window, dilation, coarse)
-    return _ops.nnf_upsample(
+    return _nnf_upsample_symbolic_sizes(
         nnf.contiguous(), list(coarse), list(key_size), list(query_size), window, dilation
     )
+
+
+@torch.library.custom_op("cocosnet_ops_traced::nnf_upsample", mutates_args=())
+def _nnf_upsample_symbolic_sizes(
+    nnf: Tensor,
+    coarse_key_size: list[int],
+    key_size: list[int],
+    query_size: list[int],
+    window: int,
+    dilation: int,
+) -> Tensor:
+    """The compiled ``nnf_upsample`` behind a schema of symbolic sizes: its own takes ``int[]``,
+    which would specialise a graph traced with dynamic shapes to the sizes of the first call."""
+    return _ops.nnf_upsample(nnf, coarse_key_size, key_size, query_size, window, dilation)
+
+
+@_nnf_upsample_symbolic_sizes.register_fake
+def _(nnf, coarse_key_size, key_size, query_size, window, dilation):
+    B, K = nnf.shape[:2]
+    return nnf.new_empty((B, K * window * window, query_size[0], query_size[1]))
 
 
 def exact_knn(query: Tensor, key: Tensor, k: int, *, backend: str | None = None) -> tuple[Tensor, Tensor]:

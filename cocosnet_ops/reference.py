@@ -74,8 +74,10 @@ def default_jumps(query_height: int, query_width: int, iters: int) -> list[int]:
     """Jump-flood step per iteration: halving from up to 8 (scaled to the map), ending at 1."""
     if iters <= 0:
         return []
-    start = max(1, min(8, max(query_height, query_width) // 8))
-    start = 1 << (start.bit_length() - 1)
+    # The largest power of two <= clamp(longest side // 8, 1, 8), by comparisons only, so that
+    # torch.compile with dynamic shapes guards on a range of sizes instead of one size.
+    longest = max(query_height, query_width)
+    start = next((s for s in (8, 4, 2) if longest >= 8 * s), 1)
     steps = [max(1, start >> t) for t in range(iters)]
     steps[-1] = 1
     return steps

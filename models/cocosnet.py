@@ -51,6 +51,14 @@ class CoCosNetOptions:
     patch_size: int = 1
     upsample_matches: int = 4
     gru_iters: int = 3
+    # "interleaved": a GRU step after each of the last gru_iters PatchMatch iterations (the
+    # paper's order); "after": all PatchMatch iterations, then the GRU steps.
+    gru_mode: str = "interleaved"
+    # The largest move of a candidate per GRU step, in pixels of the level's exemplar map.
+    gru_max_delta: float = 1.0
+    # Widths of the GRU's state and of its candidate encoder (which must exceed 2k).
+    gru_hidden_nc: int = 32
+    gru_input_nc: int = 64
     temperature: float = 0.01
     reference_mode: bool = False
     # Generator: "spade" (width ngf) or "pix2pixhd" (finest width pix2pixhd_ngf).
@@ -129,7 +137,11 @@ class CoCosNet(nn.Module):
             temperature=options.temperature,
             upsample_matches=options.upsample_matches,
             gru_iters=options.gru_iters,
+            gru_hidden_nc=options.gru_hidden_nc,
+            gru_input_nc=options.gru_input_nc,
+            max_delta=options.gru_max_delta,
             reference_mode=options.reference_mode,
+            gru_mode=options.gru_mode,
         )
         cond_nc = 4 * 3 + options.label_nc
         if options.generator == "spade":
@@ -145,6 +157,23 @@ class CoCosNet(nn.Module):
         d_in = options.label_nc + int(options.instance_edges) + 3
         self.discriminator = MultiscaleDiscriminator(d_in, options.ndf, options.n_layers_D, options.num_D)
         self.vgg = VGG19Features(options.vgg_weights)
+
+    @classmethod
+    def from_public(
+        cls,
+        corr: str | os.PathLike | Mapping[str, Tensor],
+        generator: str | os.PathLike | Mapping[str, Tensor] | None = None,
+        discriminator: str | os.PathLike | Mapping[str, Tensor] | None = None,
+        **options,
+    ) -> CoCosNet:
+        """The model with the public CoCosNet v2 weights, in eval mode: ``corr`` is a file written
+        by ``python -m models.public_checkpoints`` (alone), or the public ``latest_net_Corr.pth``
+        with ``generator`` (``latest_net_G.pth``) and optionally ``discriminator``
+        (``latest_net_D.pth``). ``options``: other ``CoCosNetOptions`` fields (the widths are
+        read from the tensors). See ``models.public_checkpoints``."""
+        from .public_checkpoints import load_public_model  # it imports this module
+
+        return load_public_model(corr, generator, discriminator, **options)
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor) -> Translation:
         corr = self.correspondence(label, exemplar, exemplar_label)

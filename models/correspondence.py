@@ -7,6 +7,12 @@ matches over a window (``nnf_upsample``), improves them with ``patch_match``, an
 (one module for all levels) move the K candidates by sub-pixel amounts; the exemplar is then
 warped with ``bilinear_weighted_gather`` at the moved coordinates, so the GRU is trained by the
 warp losses. Query (label) and key (exemplar) maps may differ in size.
+
+Two orders of search and refinement (``gru_mode``): ``"interleaved"``, the paper's, runs the GRU
+inside the PatchMatch loop: each of the last ``gru_iters`` PatchMatch iterations is one
+``patch_match`` step from the current matches followed by one GRU step, and the next step starts
+from the moved matches rounded to the nearest key pixels. ``"after"`` runs all PatchMatch
+iterations first, then the ``gru_iters`` GRU steps on its result.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import cocosnet_ops
+from cocosnet_ops import reference
 from cocosnet_ops.nnf import coords_to_nnf, nnf_to_coords
 
 from .alignment import NUM_LEVELS, AlignedFeatures, DomainAlignment
 from .gru import UpdateBlock
+
+GRU_MODES = ("interleaved", "after")
 
 # The public implementation's PatchMatch is pure PyTorch; its mode runs the "torch" backend.
 REFERENCE_BACKEND = "torch"
@@ -63,6 +72,9 @@ class Correspondence(nn.Module):
     pure-PyTorch backend, propagation without random search, only the best coarse match
     upsampled, and no GRU (the public GRU's output never reaches the warp), so the warps come
     from ``weighted_gather`` on the integer matches.
+
+    ``gru_mode``: ``"interleaved"`` (the paper's order, needs ``gru_iters <= iters``) or
+    ``"after"`` (search, then refine); see the module docstring.
     """
 
     def __init__(
@@ -81,12 +93,21 @@ class Correspondence(nn.Module):
         dilation: int = 2,
         gru_iters: int = 3,
         gru_hidden_nc: int = 32,
+        gru_input_nc: int = 64,
         max_delta: float = 1.0,
         reference_mode: bool = False,
+        gru_mode: str = "interleaved",
     ) -> None:
         super().__init__()
         if not 1 <= upsample_matches <= k:
             raise ValueError(f"upsample_matches: expected an int in [1, k={k}], got {upsample_matches}")
+        if gru_mode not in GRU_MODES:
+            raise ValueError(f"gru_mode: expected one of {GRU_MODES}, got {gru_mode!r}")
+        if gru_mode == "interleaved" and not reference_mode and gru_iters > iters:
+            raise ValueError(
+                f"gru_iters: the interleaved GRU follows PatchMatch iterations, so expected at most "
+                f"iters={iters}, got {gru_iters}"
+            )
         self.alignment = DomainAlignment(label_nc, nef, match_nc, norm, spade_nc)
         self.k = k
         self.iters = iters
@@ -99,16 +120,21 @@ class Correspondence(nn.Module):
         self.random_search = not reference_mode
         self.backend = REFERENCE_BACKEND if reference_mode else None
         self.gru_iters = 0 if reference_mode else gru_iters
+        self.gru_mode = gru_mode
         # Without GRU steps the update block would hold parameters that never get a gradient.
         self.update = (
-            UpdateBlock(k, match_nc, gru_hidden_nc, max_delta=max_delta) if self.gru_iters > 0 else None
+            UpdateBlock(k, match_nc, gru_hidden_nc, gru_input_nc, max_delta=max_delta)
+            if self.gru_iters > 0
+            else None
         )
 
-    def _seed(self, level: int) -> int:
+    def _seed(self, level: int) -> int | Tensor:
         """PatchMatch's random-search seed: fresh draws while training (from torch's generator, so
-        seeded runs repeat), fixed per level in evaluation so inference is deterministic."""
+        seeded runs repeat), fixed per level in evaluation so inference is deterministic. The draw
+        stays a tensor that ``patch_match`` reads when it runs: under torch.compile it is part of
+        the graph (converting it to an int here would break the graph)."""
         if self.training:
-            return int(torch.randint(0, 2**31 - 1, ()))
+            return torch.randint(0, 2**31 - 1, ())
         return level
 
     def forward(
@@ -146,30 +172,70 @@ class Correspondence(nn.Module):
                 coarse_key_size=coarse_key_size,
                 backend=self.backend,
             )
-            nnf, scores = cocosnet_ops.patch_match(
-                query.detach(),
-                key.detach(),
-                k=self.k,
-                iters=self.iters,
-                init=init,
-                patch_size=self.patch_size,
-                random_search=self.random_search,
-                seed=self._seed(level),
-                backend=self.backend,
-            )
             if self.update is None:
+                nnf, _ = self._search(query, key, init, self.iters, None, self._seed(level))
                 warp = cocosnet_ops.weighted_gather(
                     query, key, value, nnf, self.temperature, backend=self.backend
                 )
                 coords, matches = None, nnf
             else:
-                coords = self._refine(query, key, nnf, scores)
+                if self.gru_mode == "interleaved":
+                    nnf, coords = self._search_interleaved(query, key, init, self._seed(level))
+                else:
+                    nnf, scores = self._search(query, key, init, self.iters, None, self._seed(level))
+                    coords = self._refine(query, key, nnf, scores)
                 warp = cocosnet_ops.bilinear_weighted_gather(query, key, value, coords, self.temperature)
                 matches = coords_to_nnf(coords.detach(), key_size=tuple(key.shape[-2:]))
             warps.append(warp)
             nnfs.append(nnf)
             all_coords.append(coords)
         return CorrespondenceOutput(warps, cycle_warp, nnfs, all_coords, features)
+
+    def _search(
+        self, query: Tensor, key: Tensor, init: Tensor, iters: int, jump: list[int] | None, seed: int
+    ) -> tuple[Tensor, Tensor]:
+        return cocosnet_ops.patch_match(
+            query.detach(),
+            key.detach(),
+            k=self.k,
+            iters=iters,
+            init=init,
+            patch_size=self.patch_size,
+            jump=jump,
+            random_search=self.random_search,
+            seed=seed,
+            backend=self.backend,
+        )
+
+    def _search_interleaved(
+        self, query: Tensor, key: Tensor, init: Tensor, seed: int
+    ) -> tuple[Tensor, Tensor]:
+        """PatchMatch with a GRU step after each of its last ``gru_iters`` iterations; returns the
+        last step's matches (B, K, Hq, Wq) and the GRU-moved coordinates (B, K, Hq, Wq, 2)."""
+        assert self.update is not None
+        key_size = tuple(key.shape[-2:])
+        hk, wk = key_size
+        base_x, base_y = query_positions_in_key(tuple(query.shape[-2:]), key_size, query.device)
+        # The jump-flood schedule of one ``iters``-iteration search, spread over the steps.
+        jumps = reference.default_jumps(query.shape[-2], query.shape[-1], self.iters)
+        plain = self.iters - self.gru_iters
+        matches = init
+        if plain > 0:
+            matches, _ = self._search(query, key, init, plain, jumps[:plain], seed)
+        hidden = None
+        for step in range(self.gru_iters):
+            # Each single-iteration call draws its own random-search offsets.
+            step_seed = (seed + plain + step) % 2**32
+            nnf, scores = self._search(query, key, matches, 1, [jumps[plain + step]], step_seed)
+            if hidden is None:
+                matched = cocosnet_ops.weighted_gather(query, key, key, nnf, self.temperature)
+                hidden = self.update.initial_state(query, matched)
+            coords = nnf_to_coords(nnf, key_size)
+            offsets = torch.cat([(coords[..., 0] - base_x) / wk, (coords[..., 1] - base_y) / hk], dim=1)
+            hidden, delta = self.update(hidden, scores.float().to(hidden.dtype), offsets.to(hidden.dtype))
+            coords = coords + delta.float()
+            matches = coords_to_nnf(coords.detach(), key_size)
+        return nnf, coords
 
     def _refine(self, query: Tensor, key: Tensor, nnf: Tensor, scores: Tensor) -> Tensor:
         """GRU iterations moving the K candidates of every pixel; returns (B, K, Hq, Wq, 2) coordinates."""

@@ -39,17 +39,17 @@ class SepConvGRU(nn.Module):
 
 class CandidateEncoder(nn.Module):
     """Encodes the K candidates' scores (B, K, H, W) and offsets (B, 2K, H, W) into ``out_nc``
-    channels, the offsets themselves passed through as the last 2K."""
+    channels, the offsets themselves passed through as the last 2K; ``mid_nc`` wide inside."""
 
-    def __init__(self, k: int, out_nc: int = 64) -> None:
+    def __init__(self, k: int, out_nc: int = 64, mid_nc: int = 64) -> None:
         super().__init__()
         if out_nc <= 2 * k:
             raise ValueError(f"out_nc: expected more than 2k = {2 * k} channels, got {out_nc}")
-        self.convc1 = nn.Conv2d(k, 64, 1)
-        self.convc2 = nn.Conv2d(64, 64, 3, padding=1)
-        self.convf1 = nn.Conv2d(2 * k, 64, 7, padding=3)
-        self.convf2 = nn.Conv2d(64, 64, 3, padding=1)
-        self.conv = nn.Conv2d(128, out_nc - 2 * k, 3, padding=1)
+        self.convc1 = nn.Conv2d(k, mid_nc, 1)
+        self.convc2 = nn.Conv2d(mid_nc, mid_nc, 3, padding=1)
+        self.convf1 = nn.Conv2d(2 * k, mid_nc, 7, padding=3)
+        self.convf2 = nn.Conv2d(mid_nc, mid_nc, 3, padding=1)
+        self.conv = nn.Conv2d(2 * mid_nc, out_nc - 2 * k, 3, padding=1)
         self.act = nn.ReLU()
 
     def forward(self, scores: Tensor, offsets: Tensor) -> Tensor:
@@ -87,7 +87,9 @@ class UpdateBlock(nn.Module):
 
     ``initial_state`` builds the hidden state from the query features and the exemplar features
     matched to them; ``forward`` runs one update and returns ``(hidden, delta)`` with ``delta``
-    (B, K, H, W, 2) as (dx, dy) in key-map pixels.
+    (B, K, H, W, 2) as (dx, dy) in key-map pixels. ``input_nc`` is the width of the candidate
+    encoder (its output and its inner layers) and of the delta head's hidden layer: the block runs
+    at full image resolution on the finest level, where these widths set most of its cost.
     """
 
     def __init__(
@@ -102,9 +104,9 @@ class UpdateBlock(nn.Module):
             nn.InstanceNorm2d(hidden_nc),
             nn.ReLU(),
         )
-        self.encoder = CandidateEncoder(k, input_nc)
+        self.encoder = CandidateEncoder(k, input_nc, mid_nc=input_nc)
         self.gru = SepConvGRU(hidden_nc, input_nc)
-        self.head = DeltaHead(k, hidden_nc, max_delta=max_delta)
+        self.head = DeltaHead(k, hidden_nc, mid_nc=input_nc, max_delta=max_delta)
 
     def initial_state(self, query_features: Tensor, matched_features: Tensor) -> Tensor:
         return self.initial(torch.cat([query_features, matched_features], dim=1))

@@ -1,0 +1,48 @@
+"""Datasets: the embedded synthetic figures, DeepFashionHD (OpenPose txt poses), paired label folders.
+
+``build_dataset(name, split, **options)`` gives a ``torch.utils.data.Dataset`` whose items are dicts:
+
+- "label" float32 (label_nc, H, W): the semantic input of the target;
+- "image" float32 (3, H, W) in [-1, 1]: the target photo;
+- "exemplar" float32 (3, H, W) in [-1, 1] and "exemplar_label" float32 (label_nc, H, W);
+- "self_ref" float32 scalar: 1.0 when the exemplar shows the same subject as the target;
+- "name" str: a file-name-safe id of the sample;
+- folder datasets with instance maps: "instance" float32 (1, H, W) instance ids;
+- synthetic: "exemplar_coords" float32 (2, H, W), the true (x, y) exemplar pixel of each target pixel,
+  and "valid" float32 (1, H, W), 1 where that correspondence exists.
+
+Every dataset has ``label_nc`` (channels of "label") and ``image_size`` (H, W) attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+DATASETS = ("synthetic", "deepfashionhd", "folder")
+SPLITS = ("train", "test")
+
+
+def build_dataset(name: str, split: str, **options: Any) -> Dataset:
+    """The dataset ``name`` (one of DATASETS) for ``split`` ("train", or "test": held out).
+
+    Options: synthetic: size=128, length=1000, seed=0. deepfashionhd: root, size=256,
+    skip_bad_samples=False (see data.deepfashion). folder: root, label_nc, size=256 (see data.folder).
+    """
+    if not isinstance(name, str) or name.lower() not in DATASETS:
+        raise ValueError(f"name: expected one of {DATASETS}, got {name!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    name = name.lower()
+    if name == "synthetic":
+        from data.synthetic import SyntheticPoseDataset
+
+        return SyntheticPoseDataset(split, **options)
+    if name == "deepfashionhd":
+        from data.deepfashion import DeepFashionHDDataset
+
+        return DeepFashionHDDataset(split=split, **options)
+    from data.folder import PairedFolderDataset
+
+    return PairedFolderDataset(split=split, **options)

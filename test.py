@@ -1,0 +1,252 @@
+"""Translate with a trained CoCosNet v2: a dataset split, or one label with one exemplar, into PNGs.
+
+    python test.py --checkpoint runs/demo/checkpoints/step_00000300.pt --out results/demo --limit 8
+    python test.py --checkpoint CKPT --out results/one --label pose/a_candidate.txt \\
+        --exemplar img/b.jpg --exemplar_label pose/b_candidate.txt
+    python test.py --checkpoint CKPT --out results/ade --label a.png --exemplar b.jpg --exemplar_label b.png
+
+Dataset mode reads the split (default ``test``, the held-out one) of the checkpoint's dataset,
+or of ``--config``'s. A label is an OpenPose ``*_candidate.txt`` (its ``*_subset.txt`` beside it)
+or a label PNG of class ids. For every sample ``NAME`` it writes ``NAME.png`` (the translation),
+``NAME_warp_<level>.png`` (the exemplar warped at 1/8, 1/4, 1/2, 1/1: levels 0 to 3),
+``NAME_flow.png`` (the finest level's best matches as offsets, colour-coded: hue the direction,
+saturation the length) and ``NAME_grid.png`` (label | exemplar | warps | output, and the target
+when the dataset has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+import data
+from cocosnet_ops.nnf import flow_to_color, nnf_to_coords
+from data import pose as openpose
+from data.common import photo_to_tensor, read_label_map, read_photo
+from data.deepfashion import pad_to_square
+from models import CoCosNet, Translation
+from models.correspondence import query_positions_in_key
+from training import checkpoint, visuals
+from training.config import ConfigError, load_config
+
+CANDIDATE_SUFFIX = "_candidate.txt"
+SUBSET_SUFFIX = "_subset.txt"
+LABEL_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a train.py checkpoint (step_<N>.pt)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    parser.add_argument("--config", type=Path, help="dataset mode: YAML whose data section to read "
+                        "(default: the checkpoint's)")
+    parser.add_argument("--split", default="test", choices=data.SPLITS, help="dataset mode: the split")
+    parser.add_argument("--limit", type=int, help="dataset mode: translate only the first N samples")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--label", type=Path, help="one label: OpenPose *_candidate.txt or a label PNG")
+    parser.add_argument("--exemplar", type=Path, help="the exemplar photo of --label")
+    parser.add_argument("--exemplar_label", type=Path, help="the label of --exemplar (same kind as --label)")
+    parser.add_argument("--size", type=int, help="one-label mode: side of the square images "
+                        "(default: the checkpoint's training size)")
+    parser.add_argument("--pose_frame", type=float, help="one-label mode: side of the square frame the "
+                        "pose coordinates are in (default: the exemplar photo's larger side)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}")
+    return path
+
+
+def pose_files(candidate: Path) -> tuple[Path, Path]:
+    """The candidate file and the subset file beside it, both checked to exist."""
+    if not candidate.name.endswith(CANDIDATE_SUFFIX):
+        raise ValueError(f"--label: a pose file must be named *{CANDIDATE_SUFFIX}, got {candidate}")
+    subset = candidate.with_name(candidate.name[: -len(CANDIDATE_SUFFIX)] + SUBSET_SUFFIX)
+    subset = _require_file(subset, "pose subset file (beside the candidates)")
+    return _require_file(candidate, "pose file"), subset
+
+
+def label_kind(path: Path) -> str:
+    if path.name.endswith(CANDIDATE_SUFFIX):
+        return "pose"
+    if path.suffix.lower() in LABEL_IMAGE_SUFFIXES:
+        return "segmentation"
+    raise ValueError(
+        f"label: expected an OpenPose *{CANDIDATE_SUFFIX} or a label image "
+        f"({', '.join(LABEL_IMAGE_SUFFIXES)}), got {path}"
+    )
+
+
+def pose_label(candidate: Path, side: int, frame: float) -> Tensor:
+    """The 20-channel label (20, side, side) of a pose whose coordinates are in a ``frame``-pixel square."""
+    keypoints = openpose.read_openpose(*pose_files(candidate))
+    label = openpose.draw_pose_label(keypoints * (side / frame), (side, side))
+    return torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1)))
+
+
+def segmentation_label(path: Path, side: int, label_nc: int) -> Tensor:
+    """One-hot (label_nc, side, side) of a label PNG of class ids (nearest-neighbour resize)."""
+    ids = torch.from_numpy(read_label_map(_require_file(path, "label image")))
+    ids = F.interpolate(ids[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+    if int(ids.max()) >= label_nc or int(ids.min()) < 0:
+        raise ValueError(
+            f"label image {path}: class ids in [{int(ids.min())}, {int(ids.max())}], but the model has "
+            f"label_nc={label_nc}"
+        )
+    return F.one_hot(ids, label_nc).permute(2, 0, 1).float()
+
+
+def single_pair(args: argparse.Namespace, label_nc: int, side: int) -> dict[str, Any]:
+    """The batch of one (label, exemplar, exemplar label) given on the command line."""
+    if args.exemplar is None or args.exemplar_label is None:
+        raise ValueError(
+            "--label needs --exemplar (a photo) and --exemplar_label (its pose file or label image)"
+        )
+    kind = label_kind(args.label)
+    if label_kind(args.exemplar_label) != kind:
+        raise ValueError(f"--exemplar_label: expected the same kind of label as --label ({kind})")
+    photo = read_photo(_require_file(args.exemplar, "--exemplar"))
+    if kind == "pose":
+        if label_nc != openpose.LABEL_NC:
+            raise ValueError(
+                f"--label: a pose gives {openpose.LABEL_NC} channels, the model takes {label_nc}"
+            )
+        frame = args.pose_frame or float(max(photo.size))
+        label = pose_label(args.label, side, frame)
+        exemplar_label = pose_label(args.exemplar_label, side, frame)
+        photo = pad_to_square(photo)
+    else:
+        label = segmentation_label(args.label, side, label_nc)
+        exemplar_label = segmentation_label(args.exemplar_label, side, label_nc)
+    exemplar = photo_to_tensor(photo.resize((side, side), Image.BICUBIC))
+    name = args.label.name.removesuffix(CANDIDATE_SUFFIX) if kind == "pose" else args.label.stem
+    return {
+        "label": label[None],
+        "exemplar": exemplar[None],
+        "exemplar_label": exemplar_label[None],
+        "name": [name],
+        "kind": kind,
+    }
+
+
+def dataset_batches(
+    config: Mapping[str, Any], split: str, limit: int | None, batch_size: int
+) -> Iterator[dict[str, Any]]:
+    options = dict(config["data"].get(split) or config["data"].get("train") or {})
+    dataset = data.build_dataset(config["data"]["name"], split, **options)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit: expected a positive int, got {limit}")
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def best_match_flow(translation: Translation, level: int = -1) -> Tensor:
+    """Offsets (B, H, W, 2) in key pixels of each query pixel's best match at ``level``, from its
+    zero-offset position: the GRU-moved coordinates where the GRU ran, else the NNF."""
+    nnf = translation.nnfs[level]
+    key_size = tuple(translation.features.key[level].shape[-2:])
+    coords = translation.coords[level]
+    coords = nnf_to_coords(nnf, key_size) if coords is None else coords.detach()
+    x, y = query_positions_in_key(tuple(nnf.shape[-2:]), key_size, nnf.device)
+    return torch.stack([coords[:, 0, ..., 0] - x[0], coords[:, 0, ..., 1] - y[0]], dim=-1)
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """A (3, H, W) image in [-1, 1] as an 8-bit PNG."""
+    visuals.save_png(visuals.image_to_unit(image.detach().cpu()), path)
+
+
+def save_translations(
+    batch: Mapping[str, Any], translation: Translation, out: Path, label_kind: str
+) -> list[Path]:
+    """Write the PNGs of every sample of ``batch``; returns the grid paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    flows = best_match_flow(translation)
+    scale = float(flows.norm(dim=-1).amax()) or 1.0
+    target = batch.get("image")
+    grids = []
+    for i, name in enumerate(batch["name"]):
+        save_image(translation.image[i], out / f"{name}.png")
+        for level, warp in enumerate(translation.warps):
+            save_image(warp[i], out / f"{name}_warp_{level}.png")
+        Image.fromarray(flow_to_color(flows[i], scale)).save(out / f"{name}_flow.png")
+        row = slice(i, i + 1)
+        grid = visuals.training_grid(
+            batch["label"][row], batch["exemplar"][row], [w[row] for w in translation.warps],
+            translation.image[row], target[row] if target is not None else translation.image[row],
+            label_kind, samples=1,
+        )
+        if target is None:  # no ground truth: drop the last column, which repeated the output
+            grid = grid[..., : -translation.image.shape[-1]]
+        visuals.save_png(grid, out / f"{name}_grid.png")
+        grids.append(out / f"{name}_grid.png")
+    return grids
+
+
+@torch.no_grad()
+def translate(model: CoCosNet, batch: Mapping[str, Any], device: torch.device) -> Translation:
+    tensors = [batch[k].to(device) for k in ("label", "exemplar", "exemplar_label")]
+    return model(*tensors)
+
+
+def training_size(config: Mapping[str, Any]) -> int:
+    size = (config["data"].get("train") or {}).get("size", 256)
+    return int(size if isinstance(size, int) else max(size))
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Translate as the command line ``argv`` says; returns the paths of the grids written."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    state = checkpoint.load(_require_file(args.checkpoint, "--checkpoint"))
+    config = state["config"] if args.config is None else load_config(_require_file(args.config, "--config"))
+    model = checkpoint.load_model(args.checkpoint, device)
+    grids = []
+    if args.label is not None:
+        batch = single_pair(args, model.options.label_nc, args.size or training_size(config))
+        grids += save_translations(batch, translate(model, batch, device), args.out, batch["kind"])
+    else:
+        if args.exemplar is not None or args.exemplar_label is not None:
+            raise ValueError("--exemplar and --exemplar_label go with --label")
+        kind = visuals_kind(config)
+        for batch in dataset_batches(config, args.split, args.limit, args.batch_size):
+            grids += save_translations(batch, translate(model, batch, device), args.out, kind)
+    return grids
+
+
+def visuals_kind(config: Mapping[str, Any]) -> str:
+    kind = config["train"].get("visual_label", "auto")
+    if kind != "auto":
+        return kind
+    return "segmentation" if config["data"]["name"] == "folder" else "pose"
+
+
+if __name__ == "__main__":
+    try:
+        written = main()
+    except (FileNotFoundError, ValueError, ConfigError) as error:
+        sys.exit(f"test.py: error: {error}")
+    print(f"wrote {len(written)} translations to {os.path.dirname(written[0]) if written else 'nothing'}")

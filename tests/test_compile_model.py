@@ -1,0 +1,103 @@
+"""The whole model under torch.compile: one graph in training and evaluation mode, shapes kept
+dynamic (a new image size does not recompile), and the results and gradients of eager mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_models import make_batch, tiny_options
+
+import cocosnet_ops
+from models import CoCosNet, TrainingStep
+
+# Non-square first: its height and width get separate symbols, which the square size then reuses.
+SIZES = [(32, 48), (32, 32)]
+TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compiler():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_patch_match_reads_a_tensor_seed_like_an_int(backend):
+    query, key = torch.randn(1, 8, 12, 10), torch.randn(1, 8, 9, 11)
+    expected = cocosnet_ops.patch_match(query, key, k=4, iters=2, seed=123456789, backend=backend)
+    got = cocosnet_ops.patch_match(query, key, k=4, iters=2, seed=torch.tensor(123456789), backend=backend)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    other = cocosnet_ops.patch_match(query, key, k=4, iters=2, seed=torch.tensor([7]), backend=backend)
+    assert not torch.equal(other[0], expected[0])
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"),
+    [
+        (torch.tensor(1.0), TypeError),
+        (torch.tensor(True), TypeError),
+        (torch.tensor([1, 2]), ValueError),
+        (torch.tensor(-1), ValueError),
+        (torch.tensor(2**32), ValueError),
+    ],
+)
+def test_patch_match_rejects_bad_tensor_seeds(seed, error):
+    query = torch.randn(1, 4, 6, 6)
+    with pytest.raises(error, match="seed"):
+        cocosnet_ops.patch_match(query, query, k=2, iters=1, seed=seed)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return batch["label"], batch["exemplar"], batch["exemplar_label"]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_forward_is_one_graph(mode):
+    model = CoCosNet(tiny_options()).train(mode == "train")
+    explanation = torch._dynamo.explain(model)(*model_inputs(make_batch((32, 32), (32, 32))))
+    assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_training_step_losses_are_one_graph():
+    step = TrainingStep(CoCosNet(tiny_options()).train())
+    explanation = torch._dynamo.explain(step)(make_batch((32, 32), (32, 32)))
+    assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def forward_and_gradients(
+    model: torch.nn.Module, params: list[torch.nn.Parameter], batch: dict[str, torch.Tensor]
+) -> list[torch.Tensor]:
+    """The image, the warps, and the gradients of a loss on them w.r.t. the exemplar and ``params``."""
+    label, exemplar, exemplar_label = model_inputs(batch)
+    exemplar = exemplar.detach().requires_grad_()
+    out = model(label, exemplar, exemplar_label)
+    weights = torch.linspace(-1, 1, out.image.numel()).view_as(out.image)
+    loss = (out.image * weights).mean() + sum(warp.square().mean() for warp in out.warps)
+    grads = torch.autograd.grad(loss, [exemplar, *params])
+    return [out.image.detach(), *(warp.detach() for warp in out.warps), *grads]
+
+
+def test_compiled_model_matches_eager_at_two_sizes_without_recompiling():
+    model = CoCosNet(tiny_options()).eval()
+    # Parameters the image and warps depend on (the discriminator and VGG only serve the losses).
+    params = [p for name, p in model.named_parameters() if name.startswith(("correspondence.", "generator."))]
+    compiled = torch.compile(model)
+    for index, size in enumerate(SIZES):
+        batch = make_batch(size, size)
+        if index == 0:
+            for name in ("label", "exemplar", "exemplar_label"):
+                torch._dynamo.mark_dynamic(batch[name], (2, 3))
+        with torch._dynamo.config.patch(error_on_recompile=index > 0):
+            got = forward_and_gradients(compiled, params, batch)
+        expected = forward_and_gradients(model, params, batch)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=0, atol=TOLERANCE)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

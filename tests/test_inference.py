@@ -1,0 +1,160 @@
+"""test.py: a dataset split or one (label, exemplar) pair into PNGs; the held-out measures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import data
+import test as inference
+import train
+from data import pose as openpose
+from training import checkpoint
+from training.evaluation import evaluate, matched_coordinates
+
+TINY = {
+    "data": {"name": "synthetic", "train": {"size": 32, "length": 4, "seed": 0}},
+    "model": {
+        "nef": 8, "match_nc": 8, "ngf": 8, "ndf": 8, "spade_nc": 16, "k": 4,
+        "patch_match_iters": 2, "gru_iters": 2,
+    },
+    "train": {"batch_size": 2, "num_workers": 0, "vgg_weights": "none", "log_every": 1, "seed": 0},
+}
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_intra_op_thread) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    return train.main(["--config", str(config), "--out", str(folder / "out"), "--max_steps", "1"])
+
+
+def test_dataset_split_to_pngs(trained, tmp_path):
+    grids = inference.main(["--checkpoint", str(trained), "--out", str(tmp_path), "--limit", "3",
+                            "--batch_size", "2"])
+    assert len(grids) == 3
+    names = [p.name.removesuffix("_grid.png") for p in grids]
+    assert len(set(names)) == 3
+    for name in names:
+        assert np.asarray(Image.open(tmp_path / f"{name}.png")).shape == (32, 32, 3)
+        for level in range(4):
+            side = 32 // 2 ** (3 - level)
+            assert np.asarray(Image.open(tmp_path / f"{name}_warp_{level}.png")).shape == (side, side, 3)
+        flow = np.asarray(Image.open(tmp_path / f"{name}_flow.png"))
+        assert flow.shape == (32, 32, 3) and flow.std() > 0
+        # label | exemplar | 4 warps | output | target
+        assert np.asarray(Image.open(tmp_path / f"{name}_grid.png")).shape == (32, 8 * 32, 3)
+
+
+def write_pose_pair(folder: Path) -> tuple[Path, Path, Path]:
+    """A pose, another pose and an exemplar photo from a held-out synthetic item, on disk."""
+    item = data.build_dataset("synthetic", "test", size=32, length=1)[0]
+    keypoints = np.full((openpose.NUM_KEYPOINTS, 2), np.nan)
+    keypoints[[1, 2, 3, 5, 8, 11]] = [[16, 8], [12, 9], [10, 16], [20, 9], [14, 20], [18, 20]]
+    openpose.write_openpose(folder / "a_candidate.txt", folder / "a_subset.txt", keypoints)
+    openpose.write_openpose(folder / "b_candidate.txt", folder / "b_subset.txt", keypoints + 1)
+    photo = ((item["exemplar"].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    Image.fromarray(photo).save(folder / "b.png")
+    return folder / "a_candidate.txt", folder / "b.png", folder / "b_candidate.txt"
+
+
+def test_one_pose_and_exemplar_to_pngs(trained, tmp_path):
+    label, exemplar, exemplar_label = write_pose_pair(tmp_path)
+    out = tmp_path / "out"
+    grids = inference.main(["--checkpoint", str(trained), "--out", str(out), "--label", str(label),
+                            "--exemplar", str(exemplar), "--exemplar_label", str(exemplar_label)])
+    assert [p.name for p in grids] == ["a_grid.png"]
+    assert np.asarray(Image.open(out / "a.png")).shape == (32, 32, 3)
+    assert (out / "a_warp_3.png").is_file() and (out / "a_flow.png").is_file()
+    # No target: label | exemplar | 4 warps | output
+    assert np.asarray(Image.open(grids[0])).shape == (32, 7 * 32, 3)
+
+
+def test_pose_label_is_drawn_in_the_given_frame(tmp_path):
+    label, _, _ = write_pose_pair(tmp_path)
+    drawn = inference.pose_label(label, 64, frame=32.0)
+    assert drawn.shape == (openpose.LABEL_NC, 64, 64)
+    # The neck, at (16, 8) in the 32-pixel frame, lands at (32, 16); nothing is drawn at (16, 8).
+    assert drawn[:3, 16, 32].sum() > 0 and drawn[:3, 8, 16].sum() == 0
+    wrist_limb = 3 + openpose.LIMBS.index((3, 4))  # the right wrist is missing
+    assert torch.equal(drawn[wrist_limb], torch.ones(64, 64))
+
+
+def test_label_image_mode(trained, tmp_path):
+    ids = np.zeros((40, 40), dtype=np.uint8)
+    ids[10:30, 5:20] = 3
+    Image.fromarray(ids).save(tmp_path / "l.png")
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(tmp_path / "e.jpg")
+    label = inference.segmentation_label(tmp_path / "l.png", 32, 20)
+    assert label.shape == (20, 32, 32) and torch.equal(label.sum(0), torch.ones(32, 32))
+    assert label[3, 16, 8] == 1 and label[0, 0, 0] == 1
+    out = tmp_path / "out"
+    inference.main(["--checkpoint", str(trained), "--out", str(out), "--label", str(tmp_path / "l.png"),
+                    "--exemplar", str(tmp_path / "e.jpg"), "--exemplar_label", str(tmp_path / "l.png")])
+    assert (out / "l.png").is_file() and (out / "l_warp_0.png").is_file()
+    ids[0, 0] = 25
+    Image.fromarray(ids).save(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="label_nc=20"):
+        inference.segmentation_label(tmp_path / "bad.png", 32, 20)
+
+
+def test_missing_files_are_named(trained, tmp_path):
+    label, exemplar, exemplar_label = write_pose_pair(tmp_path)
+    out = str(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="--checkpoint: no file at .*nothing.pt"):
+        inference.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--out", out])
+    with pytest.raises(FileNotFoundError, match="--exemplar: no file at .*missing.jpg"):
+        inference.main(["--checkpoint", str(trained), "--out", out, "--label", str(label),
+                        "--exemplar", str(tmp_path / "missing.jpg"), "--exemplar_label", str(exemplar_label)])
+    (tmp_path / "a_subset.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="subset.*a_subset.txt"):
+        inference.main(["--checkpoint", str(trained), "--out", out, "--label", str(label),
+                        "--exemplar", str(exemplar), "--exemplar_label", str(exemplar_label)])
+    with pytest.raises(ValueError, match="--exemplar_label"):
+        inference.main(["--checkpoint", str(trained), "--out", out, "--label", str(exemplar_label),
+                        "--exemplar", str(exemplar)])
+    with pytest.raises(ValueError, match="label: expected"):
+        inference.main(["--checkpoint", str(trained), "--out", out, "--label", str(tmp_path / "x.jpg"),
+                        "--exemplar", str(exemplar), "--exemplar_label", str(exemplar_label)])
+
+
+def test_held_out_scores_measure_the_true_correspondence(trained):
+    model = checkpoint.load_model(trained)
+    dataset = data.build_dataset("synthetic", "test", size=32, length=2)
+    batches = list(DataLoader(dataset, batch_size=2))
+    scores = evaluate(model, batches)
+    assert scores.samples == 2 and scores.warp_l1 > 0
+    assert math.isfinite(scores.epe_softmax) and math.isfinite(scores.epe_best)
+    # Matches at the true coordinates have zero end-point error.
+    with torch.no_grad():
+        batch = batches[0]
+        translation = model.correspondence(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    truth = batch["exemplar_coords"].permute(0, 2, 3, 1)[:, None].expand_as(translation.coords[-1])
+    translation.coords[-1] = truth.contiguous()
+    weighted, best = matched_coordinates(translation, 0.01)
+    torch.testing.assert_close(weighted, batch["exemplar_coords"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(best, batch["exemplar_coords"], rtol=0, atol=0)
+
+
+def test_demo_prints_the_warp_line_and_writes_the_grids(tmp_path, capsys):
+    """make demo's script at its smallest: 32x32 items, one step, two held-out pairs."""
+    import demo
+
+    small = ["data.train.size=32", "data.train.length=4", "model.k=4", "model.nef=8", "model.match_nc=8"]
+    before, after = demo.main(["--out", str(tmp_path), "--steps", "1", "--held_out", "2",
+                               *[arg for s in small for arg in ("--set", s)]])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"warp L1 (finest level, held-out): untrained {before:.4f} -> trained {after:.4f}" in lines
+    assert before != after
+    assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (2 * 32, 8 * 32, 3)
+    assert len(list((tmp_path / "translations").glob("*_flow.png"))) == 2

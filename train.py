@@ -1,0 +1,406 @@
+"""Train CoCosNet v2 on one CPU or GPU, or on many GPUs and nodes through ``torchrun``.
+
+    python train.py --config configs/demo.yaml --out runs/demo
+    python train.py --config configs/demo.yaml --out runs/demo --resume          # newest checkpoint
+    torchrun --nproc_per_node 8 train.py --config configs/deepfashionhd_512.yaml --out runs/dfhd512
+    python train.py --config configs/ade20k.yaml --set data.train.root=/data/ADE20K --set train.lr=2e-4
+
+Settings come from the YAML file (see ``training/config.py``), then the explicit flags, then
+``--set section.key=value`` (values parsed as YAML). ``--batch_size`` is per process. The run
+writes ``OUT/checkpoints/step_<N>.pt``, ``OUT/tensorboard/`` and ``OUT/grids/step_<N>.png``.
+``main(argv)`` does the same in-process and returns the final checkpoint's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import data
+from models import CoCosNet, TrainingLosses, TrainingStep
+from training import checkpoint, distributed, visuals
+from training.config import ConfigError, load_config, model_options, uses_vgg, visual_label_kind
+
+
+class MissingWeightsError(FileNotFoundError):
+    """The VGG19 weight file of the perceptual losses is not where the configuration says."""
+
+
+def vgg_weights_error(path: str) -> MissingWeightsError:
+    return MissingWeightsError(
+        f"VGG19 weights not found at {path!r}. The VGG losses need torchvision's ImageNet VGG19 "
+        "weights as a local state_dict file (nothing is downloaded at run time). On a machine with "
+        "torchvision and a network run\n"
+        "    python -c \"import torch, torchvision; torch.save(torchvision.models.vgg19("
+        "weights='IMAGENET1K_V1').state_dict(), 'vgg19.pth')\"\n"
+        f"and put vgg19.pth at {path} (or pass --vgg_weights PATH), or train without the VGG "
+        "losses with --vgg_weights none."
+    )
+
+
+class NoFeatures(nn.Module):
+    """Stands in for the VGG19 when training without the VGG losses, so it is never run."""
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        return []
+
+
+class SeededItems(Dataset):
+    """A dataset whose random augmentations are a function of (seed, epoch, index).
+
+    Each item is made with torch's, numpy's and python's generators seeded from those three
+    numbers and restored afterwards: the same in a worker process or the main one, for any
+    number of workers or processes, and after a resume, and the training's own random draws
+    are not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        torch.random.default_generator.manual_seed(item_seed)
+        np.random.seed(item_seed)
+        random.seed(item_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+
+def learning_rate_factor(epoch: int, constant_epochs: int, decay_epochs: int) -> float:
+    """1 for the first ``constant_epochs`` epochs, then a linear decay over ``decay_epochs``
+    more epochs (the last one trains at ``1 / (decay_epochs + 1)``)."""
+    if epoch < constant_epochs:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - constant_epochs + 1) / (decay_epochs + 1))
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: full precision)."""
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cuda":
+        raise ConfigError(f"train.amp: {mode} is for GPUs; use none on {device.type}")
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, help="YAML configuration (configs/*.yaml)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
+    parser.add_argument(
+        "--resume", nargs="?", const="latest", default=None,
+        help="continue from a checkpoint file, or (no value) from the newest one in OUT/checkpoints",
+    )
+    parser.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--batch_size", type=int, help="samples per process and step")
+    parser.add_argument("--num_workers", type=int, help="data loading processes per training process")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--vgg_weights", help="torchvision VGG19 state_dict file, or none")
+    parser.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a configuration value (repeatable), e.g. --set model.k=8",
+    )
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "seed": args.seed,
+        "vgg_weights": args.vgg_weights,
+        "amp": args.amp,
+        "device": args.device,
+        "compile": True if args.compile else None,
+    }
+    return load_config(args.config, args.overrides, {k: v for k, v in flags.items() if v is not None})
+
+
+class Trainer:
+    """Everything one training process holds, and the loop."""
+
+    def __init__(self, config: dict[str, Any], out: Path, context: distributed.Context) -> None:
+        self.config, self.out, self.context = config, out, context
+        settings = config["train"]
+        self.settings = settings
+        device = context.device
+        seed = settings["seed"]
+        # Every rank is seeded alike: the model's random draws (PatchMatch's random-search seeds)
+        # are then those of one process, and a sample's search does not depend on its batch slot,
+        # so N processes train like one process with the same global batch.
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+        try:
+            dataset = data.build_dataset(config["data"]["name"], "train", **(config["data"]["train"] or {}))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"data: {error}") from error
+        self.dataset = SeededItems(dataset, seed)
+        options = model_options(config, int(dataset.label_nc))
+        if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():
+            raise vgg_weights_error(str(settings["vgg_weights"]))
+        self.model = CoCosNet(options).to(device)
+        if not uses_vgg(config):
+            self.model.vgg = NoFeatures()
+        self.model.train()
+
+        step_module: nn.Module = TrainingStep(self.model)
+        if context.distributed:
+            step_module = DistributedDataParallel(
+                step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if settings["compile"]:
+            # A part the compiler cannot handle runs eagerly instead of stopping the training.
+            torch._dynamo.config.suppress_errors = True
+            step_module = torch.compile(step_module)
+        self.step_module = step_module
+
+        lr, betas = float(settings["lr"]), tuple(float(b) for b in settings["betas"])
+        lr_g, lr_d = (lr / 2, lr * 2) if settings["ttur"] else (lr, lr)
+        generator_params = [
+            p for module in (self.model.correspondence, self.model.generator) for p in module.parameters()
+        ]
+        self.optimizer_g = torch.optim.Adam(
+            generator_params, lr=lr_g, betas=betas, eps=settings["generator_eps"]
+        )
+        self.optimizer_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=lr_d, betas=betas)
+        self.base_lrs = (lr_g, lr_d)
+        self.amp_dtype = amp_dtype(settings["amp"], device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.sampler = distributed.ResumableSampler(self.dataset, context.world_size, context.rank, seed)
+        if self.sampler.num_samples < settings["batch_size"]:
+            raise ConfigError(
+                f"train.batch_size: {settings['batch_size']} per process, but each of the "
+                f"{context.world_size} processes gets only {self.sampler.num_samples} samples per epoch"
+            )
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=settings["batch_size"],
+            sampler=self.sampler,
+            num_workers=settings["num_workers"],
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            generator=self.loader_generator,
+        )
+        self.steps_per_epoch = self.sampler.num_samples // settings["batch_size"]
+        self.global_batch = settings["batch_size"] * context.world_size
+        self.label_kind = visual_label_kind(config)
+
+        self.step = self.epoch = self.samples_in_epoch = 0
+        self.saved_step: int | None = None
+        self.checkpoints = out / "checkpoints"
+        self.writer = None
+        if context.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            (out / "grids").mkdir(parents=True, exist_ok=True)
+            checkpoint.remove_stale_temporaries(self.checkpoints)
+            (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path:
+        path = checkpoint.checkpoint_path(self.checkpoints, self.step)
+        rng = distributed.gather_objects(checkpoint.rng_state(self.context.device), self.context)
+        if self.context.is_main:
+            state = {
+                "format": checkpoint.FORMAT_VERSION,
+                "step": self.step,
+                "epoch": self.epoch,
+                "sampler": {
+                    "epoch": self.epoch,
+                    "samples_taken": self.samples_in_epoch,
+                    "seed": self.settings["seed"],
+                    "world_size": self.context.world_size,
+                },
+                "schedule": {
+                    "constant_epochs": self.settings["constant_epochs"],
+                    "decay_epochs": self.settings["decay_epochs"],
+                    "factor": self.lr_factor(),
+                },
+                "model": checkpoint.trainable_state(self.model),
+                "optimizer_g": self.optimizer_g.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "options": checkpoint.options_to_dict(self.model.options),
+                "config": self.config,
+            }
+            checkpoint.save_atomic(state, path)
+            checkpoint.prune(self.checkpoints, self.settings["keep_checkpoints"])
+        distributed.barrier(self.context)
+        self.saved_step = self.step
+        return path
+
+    def restore(self, resume: str) -> Path:
+        path = checkpoint.latest_checkpoint(self.checkpoints) if resume == "latest" else Path(resume)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoints}")
+        state = checkpoint.load(path)
+        checkpoint.load_trainable_state(self.model, state["model"])
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = self.saved_step = state["step"]
+        self.epoch = state["sampler"]["epoch"]
+        self.samples_in_epoch = state["sampler"]["samples_taken"]
+        if self.samples_in_epoch % self.context.world_size:
+            raise ValueError(
+                f"--resume: {path} stopped {self.samples_in_epoch} samples into an epoch, which "
+                f"{self.context.world_size} processes cannot split evenly; resume at the end of an epoch"
+            )
+        rngs = state["rng"]
+        # With another number of processes every rank takes rank 0's states (all ranks draw alike).
+        own = rngs[self.context.rank] if len(rngs) == self.context.world_size else rngs[0]
+        checkpoint.set_rng_state(own, self.context.device)
+        return path
+
+    # ------------------------------------------------------------------ training
+
+    def lr_factor(self) -> float:
+        settings = self.settings
+        return learning_rate_factor(self.epoch, settings["constant_epochs"], settings["decay_epochs"])
+
+    def set_learning_rates(self) -> None:
+        factor = self.lr_factor()
+        for optimizer, base in zip((self.optimizer_g, self.optimizer_d), self.base_lrs, strict=True):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
+    def train_step(self, batch: Mapping[str, Any]) -> TrainingLosses:
+        device = self.context.device
+        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, Tensor)}
+        self.optimizer_g.zero_grad(set_to_none=True)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            losses = self.step_module(tensors)
+        # One backward: G's terms reach only G and D's only D (see models.TrainingLosses).
+        self.scaler.scale(losses.total).backward()
+        self.scaler.step(self.optimizer_g)
+        self.scaler.step(self.optimizer_d)
+        self.scaler.update()
+        return losses
+
+    def log(self, losses: TrainingLosses, progress: tqdm) -> None:
+        scalars = {f"G/{k}": float(v.detach()) for k, v in losses.generator.items()}
+        scalars |= {f"D/{k}": float(v.detach()) for k, v in losses.discriminator.items()}
+        scalars["total"] = float(losses.total.detach())
+        scalars = distributed.mean_over_ranks(scalars, self.context)
+        if self.writer is None:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"loss/{name}", value, self.step)
+        self.writer.add_scalar("lr/generator", self.optimizer_g.param_groups[0]["lr"], self.step)
+        self.writer.add_scalar("lr/discriminator", self.optimizer_d.param_groups[0]["lr"], self.step)
+        if self.scaler.is_enabled():
+            self.writer.add_scalar("amp/scale", self.scaler.get_scale(), self.step)
+        g = sum(v for k, v in scalars.items() if k.startswith("G/"))
+        d = sum(v for k, v in scalars.items() if k.startswith("D/"))
+        progress.set_postfix(epoch=self.epoch, G=f"{g:.3f}", D=f"{d:.3f}")
+
+    def write_grid(self, batch: Mapping[str, Any], losses: TrainingLosses) -> None:
+        translation = losses.translation
+        grid = visuals.training_grid(
+            batch["label"], batch["exemplar"], translation.warps, translation.image, batch["image"],
+            self.label_kind, self.settings["grid_samples"],
+        )
+        self.writer.add_image("label|exemplar|warps|output|target", grid, self.step)
+        visuals.save_png(grid, self.out / "grids" / f"step_{self.step:08d}.png")
+
+    def fit(self, resume: str | None = None) -> Path:
+        """Train until the last epoch or ``max_steps``; returns the final checkpoint's path."""
+        if resume is not None:
+            resumed = self.restore(resume)
+            if self.context.is_main:
+                tqdm.write(f"resumed from {resumed} at step {self.step}, epoch {self.epoch}")
+        settings = self.settings
+        total_epochs = settings["constant_epochs"] + settings["decay_epochs"]
+        max_steps = settings["max_steps"] if settings["max_steps"] is not None else math.inf
+        total_steps = min(max_steps, total_epochs * self.steps_per_epoch)
+        progress = tqdm(
+            total=total_steps, initial=self.step, disable=not self.context.is_main, unit="step",
+            dynamic_ncols=True,
+        )
+        while self.epoch < total_epochs and self.step < max_steps:
+            self.set_learning_rates()
+            self.sampler.set_position(self.epoch, self.samples_in_epoch)
+            self.dataset.epoch = self.epoch
+            self.loader_generator.manual_seed(settings["seed"] * 1_000_003 + self.epoch)
+            for batch in self.loader:
+                losses = self.train_step(batch)
+                self.step += 1
+                self.samples_in_epoch += self.global_batch
+                progress.update()
+                if self.step % settings["log_every"] == 0 or self.step == 1:
+                    self.log(losses, progress)
+                if self.writer is not None and self.step % settings["image_every"] == 0:
+                    self.write_grid(batch, losses)
+                if self.step % settings["checkpoint_every"] == 0:
+                    self.save()
+                if self.step >= max_steps:
+                    break
+            else:
+                self.epoch += 1
+                self.samples_in_epoch = 0
+        progress.close()
+        if self.saved_step == self.step:
+            final = checkpoint.checkpoint_path(self.checkpoints, self.step)
+        else:
+            final = self.save()
+        if self.writer is not None:
+            self.writer.close()
+        return final
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Train as the command line ``argv`` says; returns the final checkpoint's path."""
+    args = parse_args(argv)
+    config = build_config(args)
+    out = args.out or Path("runs") / (args.config.stem if args.config else "default")
+    context = distributed.setup(config["train"]["device"])
+    try:
+        return Trainer(config, out, context).fit(args.resume)
+    finally:
+        distributed.teardown(context)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, MissingWeightsError) as error:
+        sys.exit(f"train.py: error: {error}")

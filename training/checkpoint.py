@@ -1,0 +1,151 @@
+"""Checkpoints: written whole or not at all, found again, and turned back into a model.
+
+A checkpoint is one ``torch.save`` file ``step_<step>.pt`` holding the model (without the
+frozen VGG19, which comes from its own file), both optimisers, the gradient scaler, the
+learning-rate schedule, the epoch, step and sampler position, every rank's RNG states, the
+model options and the configuration. It is written to a temporary file in the same folder,
+flushed to disk and then renamed over the final name (``os.replace`` is atomic on POSIX), so a
+process killed at any moment leaves either the complete previous files or the complete new
+one, never a truncated file under a checkpoint's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import CoCosNet, CoCosNetOptions, LossWeights
+
+FORMAT_VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt")
+TEMP_SUFFIX = ".tmp"
+# Parameters that are not trained and not saved: the VGG19 of the losses loads from its own file.
+FROZEN_PREFIX = "vgg."
+
+
+def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoints in ``folder``, oldest step first (temporary files are not listed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save(state)`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    # The rename itself reaches the disk only with the folder's entry.
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete temporary files left by a process killed while writing."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for temp in folder.glob(f"step_*.pt.*{TEMP_SUFFIX}"):
+            temp.unlink(missing_ok=True)
+
+
+def prune(folder: str | os.PathLike, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints (all when ``keep`` is 0)."""
+    if keep > 0:
+        for old in list_checkpoints(folder)[:-keep]:
+            old.unlink(missing_ok=True)
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents on the CPU; ValueError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ValueError(f"checkpoint: {path} cannot be read ({error})") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint: {path} is not a train.py checkpoint (format {FORMAT_VERSION})")
+    return state
+
+
+def trainable_state(model: CoCosNet) -> dict[str, torch.Tensor]:
+    """The model's state_dict without the frozen VGG19."""
+    return {name: t for name, t in model.state_dict().items() if not name.startswith(FROZEN_PREFIX)}
+
+
+def load_trainable_state(model: CoCosNet, state: dict[str, torch.Tensor]) -> None:
+    result = model.load_state_dict(state, strict=False)
+    missing = [name for name in result.missing_keys if not name.startswith(FROZEN_PREFIX)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint: model mismatch; missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def options_to_dict(options: CoCosNetOptions) -> dict[str, Any]:
+    state = dataclasses.asdict(options)
+    state["vgg_weights"] = None if options.vgg_weights is None else os.fspath(options.vgg_weights)
+    return state
+
+
+def options_from_dict(state: dict[str, Any]) -> CoCosNetOptions:
+    state = dict(state)
+    weights = LossWeights(**state.pop("loss_weights"))
+    return CoCosNetOptions(**state, loss_weights=weights)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CoCosNet:
+    """The trained :class:`CoCosNet` of a checkpoint, in evaluation mode (its VGG19, needed only
+    by the training losses, keeps random weights)."""
+    state = load(path)
+    options = dataclasses.replace(options_from_dict(state["options"]), vgg_weights=None)
+    model = CoCosNet(options)
+    load_trainable_state(model, state["model"])
+    return model.to(device).eval()
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random states: torch (CPU and, on a GPU, that device), numpy, python."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
