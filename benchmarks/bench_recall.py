@@ -1,16 +1,17 @@
 """Recall of patch_match against exact kNN, versus iterations, random search and hierarchical init.
 
-Reproduce the README table (side 256: about 8 minutes on 2 cores with the compiled cpu
-backend, most of it exact kNN; the reference backend is far slower there):
+Reproduce the README tables (the 5-iteration rows of the hierarchical search and the timings;
+about 20 minutes on 2 busy cores with the compiled cpu backend, most of it exact kNN of the
+five hard pairs; the reference backend is far slower):
 
-    python benchmarks/bench_recall.py --side 256 --out benchmarks/results/recall.csv
+    python benchmarks/bench_recall.py --side 256 --inits hierarchical --random-search on \
+        --min-iters 5 --speed-side 512 --speed-repeats 3 --out benchmarks/results/recall.csv
 
-The same with ``nnf_upsample(window=3, dilation=1)`` instead of the op's defaults:
-
-    python benchmarks/bench_recall.py --side 256 --window 3 --dilation 1 \
-        --out benchmarks/results/recall_window3.csv
-
-Development size (under a minute, on either backend):
+The whole sweep (iterations 0..5, random and hierarchical init, random search on and off)
+drops ``--inits``, ``--random-search`` and ``--min-iters``. ``--speed-side 512`` also times
+``patch_match`` (random init) and the hierarchical search with each ``--upsample`` setting,
+``--iters`` iterations, at side 512 on the smooth pair (C = 32), interleaved, into
+``recall_speed.csv``. Development size (about a minute, on either backend):
 
     python benchmarks/bench_recall.py --side 64 --out benchmarks/results/recall_64.csv
 
@@ -20,20 +21,22 @@ Definitions, per query pixel, averaged over the map:
   top-1 score minus 1e-6 (so a tie with a different pixel counts as found), or it is the same
   index;
 * recall@K: |found top-K intersected with exact top-K| / K (K = 16);
-* EPE (photo pair only): distance in key pixels from the found best match to the true
-  corresponding point, over the query pixels whose true point lies inside the key map (mean
-  and median; exact kNN's own EPE, the floor the features allow, is reported too).
+* EPE (photo and hard pairs): distance in key pixels from the found best match to the true
+  corresponding point, over the query pixels whose true point lies inside the key map and is
+  not occluded (mean and median; exact kNN's own EPE, the floor the features allow, is
+  reported too).
 
 Exact top-K comes from ``cocosnet_ops.exact_knn``, run on bands of query rows so that its
 memory stays bounded on every backend.
 
 Search configurations: init "random" (``patch_match`` from random candidates) or
 "hierarchical" (features average-pooled by 2**levels and renormalised, exact kNN there, then
-per finer level ``nnf_upsample`` feeding ``patch_match(init=...)``, each level running the
-same number of iterations), each with and without random search; iterations swept 0..--iters,
-each run from scratch with seed 0.
+per finer level ``nnf_upsample`` with each ``--upsample`` setting (window x dilation; default
+4x1, the chosen one, and 4x2, the op's defaults) feeding ``patch_match(init=...)``, each level
+running the same number of iterations), each with and without random search (``--random-search``);
+iterations swept 0..--iters, each run from scratch with seed 0.
 
-Data (query and key maps of side S, C = 32 channels, L2-normalised per pixel):
+Data (query and key maps of side S, L2-normalised per pixel; C = 32 but for the hard pairs):
 
 * smooth: Gaussian-filtered white noise (sigma 2 px) on a canvas larger than the map; the
   query is its centre crop, the key the same canvas seen through a smooth random displacement
@@ -44,7 +47,15 @@ Data (query and key maps of side S, C = 32 channels, L2-normalised per pixel):
   (0.04 S, -0.03 S) with ``cv2.warpAffine``, so key = A(query) for a known affine A. Each
   image becomes features by a fixed random (seed 0) 3x3 convolution bank with 32 outputs over
   its RGB at three Gaussian blur scales (sigma 1, 2, 4 px), then tanh, per-channel
-  standardisation over the image, and L2 normalisation per pixel.
+  standardisation over the image, and L2 normalisation per pixel;
+* hard: five pairs in one batch (scikit-image's astronaut, coffee, chelsea and rocket photos
+  and its brick texture, each centre-cropped and resized to S x S). The query is the image; the
+  key is the same under a random perspective map (each corner moved by up to 0.12 S, borders
+  reflected), occluded by six discs (radius 0.06 S to 0.14 S) of the grass or gravel texture,
+  relit by a gain ramp from 0.75 to 1.15 across the image in a random direction plus 0.05,
+  with Gaussian noise of std 0.02, clipped to [0, 1] (seed 0). Features: low-dimensional, as
+  a hand-made descriptor would be: each RGB channel standardised over the image, then the 3x3
+  patch around every pixel, C = 27.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,7 +81,9 @@ COLUMNS = (
     "dataset",
     "side",
     "k",
+    "pairs",
     "init",
+    "upsample",
     "random_search",
     "iters",
     "recall_at_1",
@@ -78,8 +92,20 @@ COLUMNS = (
     "epe_median_px",
     "seconds",
 )
-DATASETS = ("smooth", "photo")
+DATASETS = ("smooth", "photo", "hard")
 INITS = ("random", "hierarchical")
+SPEED_COLUMNS = (
+    "method",
+    "side",
+    "channels",
+    "k",
+    "iters",
+    "threads",
+    "repeats",
+    "min_s",
+    "median_s",
+    "processor",
+)
 CHANNELS = 32
 SCORE_TOLERANCE = 1e-6
 SMOOTH_FEATURE_SIGMA = 2.0
@@ -88,6 +114,19 @@ PHOTO_ROTATION_DEG = 10.0
 PHOTO_SCALE = 1.1
 PHOTO_SHIFT = (0.04, -0.03)
 PHOTO_BLUR_SIGMAS = (1.0, 2.0, 4.0)
+# nnf_upsample settings of the hierarchical search: window 4, dilation 1 spreads the same 16
+# candidates per coarse match as the op's defaults (4, 2), but densely (README).
+UPSAMPLE = {"window": 4, "dilation": 1}
+# Hard pairs: photos and a repeated texture shipped with scikit-image, one pair per image,
+# occluded by discs of stochastic textures.
+HARD_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "brick")
+HARD_OCCLUDER_IMAGES = ("grass", "gravel")
+HARD_CORNER_SHIFT = 0.12  # perspective: each corner moves up to this fraction of the side
+HARD_OCCLUDERS = 6
+HARD_OCCLUDER_RADIUS = (0.06, 0.14)  # fractions of the side
+HARD_NOISE_STD = 0.02
+HARD_GAIN = (0.75, 1.15)  # brightness ramp across the key image
+HARD_BIAS = 0.05
 
 
 # ----------------------------------------------------------------------------- data
@@ -170,13 +209,105 @@ def photo_pair(side: int) -> tuple[Tensor, Tensor, Tensor]:
     return photo_features(photo), photo_features(warped), torch.from_numpy(true_xy).float()
 
 
+def skimage_rgb(name: str, side: int) -> np.ndarray:
+    """scikit-image's image ``name``: centre square, resized to side x side, RGB float32 in [0, 1]."""
+    from skimage import data
+
+    image = getattr(data, name)()
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    height, width = image.shape[:2]
+    crop = min(height, width)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    image = image[top : top + crop, left : left + crop, :3]
+    return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def hard_homography(side: int, rng: np.random.Generator) -> np.ndarray:
+    """A 3x3 perspective map from query pixel (x, y, 1) to key pixel: every corner of the map
+    moves by up to ``HARD_CORNER_SHIFT * side`` in x and y."""
+    corners = np.array([[0, 0], [side - 1, 0], [side - 1, side - 1], [0, side - 1]], dtype=np.float32)
+    moved = corners + rng.uniform(-HARD_CORNER_SHIFT, HARD_CORNER_SHIFT, size=(4, 2)) * side
+    return cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
+
+
+def apply_homography(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Points (..., 2) mapped by the 3x3 perspective ``matrix``."""
+    mapped = np.concatenate([xy, np.ones_like(xy[..., :1])], axis=-1) @ matrix.T
+    return mapped[..., :2] / mapped[..., 2:]
+
+
+def hard_key_image(
+    image: np.ndarray, occluder: np.ndarray, matrix: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The key image of a hard pair and its occlusion mask (True where an occluder covers it).
+
+    ``image`` seen through the perspective ``matrix`` (reflected past the borders), then
+    ``HARD_OCCLUDERS`` discs of another image (``occluder``, at the same place), a brightness
+    ramp (gain from ``HARD_GAIN[0]`` to ``HARD_GAIN[1]`` along a random direction, plus
+    ``HARD_BIAS``) and Gaussian noise of std ``HARD_NOISE_STD``, clipped to [0, 1]."""
+    side = image.shape[0]
+    key = cv2.warpPerspective(
+        image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+    mask = np.zeros((side, side), dtype=np.uint8)
+    for _ in range(HARD_OCCLUDERS):
+        centre = rng.uniform(0, side, size=2)
+        radius = rng.uniform(*HARD_OCCLUDER_RADIUS) * side
+        cv2.circle(mask, (int(centre[0]), int(centre[1])), max(1, int(radius)), 1, thickness=-1)
+    occluded = mask.astype(bool)
+    key[occluded] = occluder[occluded]
+    angle = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / max(1, side - 1)
+    ramp = (np.cos(angle) * (x - 0.5) + np.sin(angle) * (y - 0.5)) / np.sqrt(0.5) + 0.5
+    gain = HARD_GAIN[0] + (HARD_GAIN[1] - HARD_GAIN[0]) * ramp
+    key = key * gain[:, :, None] + HARD_BIAS + rng.normal(0, HARD_NOISE_STD, size=key.shape)
+    return np.clip(key, 0, 1).astype(np.float32), occluded
+
+
+def patch_features(image: np.ndarray) -> Tensor:
+    """(1, 27, H, W) features of an RGB float image: every channel standardised over the image,
+    then the 3x3 patch around each pixel (borders reflected), L2-normalised per pixel."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+    rgb = (rgb - rgb.mean(dim=(2, 3), keepdim=True)) / rgb.std(dim=(2, 3), keepdim=True)
+    patches = F.unfold(F.pad(rgb, (1, 1, 1, 1), mode="reflect"), kernel_size=3)
+    return F.normalize(patches.view(1, 27, *image.shape[:2]), dim=1)
+
+
+def hard_pairs(
+    side: int, images: Sequence[str] = HARD_IMAGES, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Query and key features (B, 27, S, S), one batch item per image, and the true key point
+    (x, y) of every query pixel (B, S, S, 2), NaN where an occluder hides it.
+
+    The query is the image itself; the key is ``hard_key_image`` of it under a random
+    perspective map (``hard_homography``), occluded by discs of the ``HARD_OCCLUDER_IMAGES`` in
+    turn."""
+    rng = np.random.default_rng(seed)
+    rgb = [skimage_rgb(name, side) for name in images]
+    occluders = [skimage_rgb(name, side) for name in HARD_OCCLUDER_IMAGES]
+    y, x = np.mgrid[0:side, 0:side].astype(np.float64)
+    queries, keys, true_points = [], [], []
+    for index, image in enumerate(rgb):
+        matrix = hard_homography(side, rng)
+        key, occluded = hard_key_image(image, occluders[index % len(occluders)], matrix, rng)
+        true_xy = apply_homography(matrix, np.stack([x, y], axis=-1))
+        column = np.clip(np.round(true_xy[..., 0]), 0, side - 1).astype(int)
+        row = np.clip(np.round(true_xy[..., 1]), 0, side - 1).astype(int)
+        true_xy[occluded[row, column]] = np.nan
+        queries.append(patch_features(image))
+        keys.append(patch_features(key))
+        true_points.append(torch.from_numpy(true_xy).float())
+    return torch.cat(queries), torch.cat(keys), torch.stack(true_points)
+
+
 # ----------------------------------------------------------------------------- search
 
 
 def exact_in_bands(query: Tensor, key: Tensor, k: int, max_pairs: int = 2**27) -> tuple[Tensor, Tensor]:
     """``exact_knn`` over bands of query rows, each scoring at most ``max_pairs`` pairs."""
-    Hk, Wk = key.shape[2:]
-    rows = max(1, max_pairs // (query.shape[3] * Hk * Wk))
+    B, _, Hk, Wk = key.shape
+    rows = max(1, max_pairs // (B * query.shape[3] * Hk * Wk))
     bands = [
         cocosnet_ops.exact_knn(query[:, :, r : r + rows], key, k) for r in range(0, query.shape[2], rows)
     ]
@@ -194,17 +325,19 @@ def hierarchical_search(
     iters: int,
     random_search: bool,
     levels: int,
-    upsample_options: dict[str, int],
+    upsample_options: dict[str, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact kNN at 1 / 2**levels, then upsample + patch_match level by level to full size.
 
-    ``upsample_options`` (window, dilation) go to ``nnf_upsample``; empty: its defaults."""
+    ``upsample_options`` (window, dilation) go to ``nnf_upsample``; None: ``UPSAMPLE`` (window
+    4, dilation 1), the best measured on the hard pairs; empty: the op's defaults."""
+    options = UPSAMPLE if upsample_options is None else upsample_options
     factor = 2**levels
     nnf, scores = exact_in_bands(pooled(query, factor), pooled(key, factor), k)
     while factor > 1:
         factor //= 2
         fq, fk = pooled(query, factor), pooled(key, factor)
-        init = cocosnet_ops.nnf_upsample(nnf, fk.shape[2:], fq.shape[2:], **upsample_options)
+        init = cocosnet_ops.nnf_upsample(nnf, fk.shape[2:], fq.shape[2:], **options)
         nnf, scores = cocosnet_ops.patch_match(fq, fk, k, iters, init=init, random_search=random_search)
     return nnf, scores
 
@@ -219,11 +352,12 @@ def recall(found: tuple[Tensor, Tensor], exact: tuple[Tensor, Tensor]) -> tuple[
 
 
 def end_point_errors(nnf: Tensor, key_size: tuple[int, int], true_xy: Tensor | None) -> dict:
-    """Mean and median distance from the top-1 match to the true key point, over the query
-    pixels whose true point lies inside the key map (empty without a true correspondence)."""
+    """Mean and median distance from the top-1 match to the true key point (B, Hq, Wq, 2), over
+    the query pixels whose true point lies inside the key map (NaN: none, e.g. occluded; empty
+    without a true correspondence)."""
     if true_xy is None:
         return {"epe_px": "", "epe_median_px": ""}
-    found = nnf_utils.index_to_xy(nnf[:, :1], key_size)[0, 0].float()
+    found = nnf_utils.index_to_xy(nnf[:, :1], key_size)[:, 0].float()
     inside = (
         (true_xy[..., 0] >= 0)
         & (true_xy[..., 0] <= key_size[1] - 1)
@@ -234,25 +368,53 @@ def end_point_errors(nnf: Tensor, key_size: tuple[int, int], true_xy: Tensor | N
     return {"epe_px": errors.mean().item(), "epe_median_px": errors.median().item()}
 
 
+def upsample_label(options: dict[str, int]) -> str:
+    return f"{options['window']}x{options['dilation']}"
+
+
+def parse_upsample(text: str) -> dict[str, int]:
+    """'WINDOWxDILATION' (e.g. 4x1) -> nnf_upsample options."""
+    try:
+        window, dilation = (int(part) for part in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WINDOWxDILATION such as 4x1, got {text!r}") from None
+    return {"window": window, "dilation": dilation}
+
+
+def dataset_pair(name: str, side: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Query and key features of a dataset and the true key points (None: not known)."""
+    if name == "smooth":
+        return (*smooth_pair(side), None)
+    if name == "photo":
+        query, key, true_xy = photo_pair(side)
+        return query, key, true_xy.unsqueeze(0)
+    return hard_pairs(side)
+
+
+def search_configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, int] | None]]:
+    """(init, nnf_upsample options or None) of every search to run."""
+    configurations: list[tuple[str, dict[str, int] | None]] = []
+    for init in args.inits:
+        if init == "random":
+            configurations.append((init, None))
+        else:
+            configurations.extend((init, options) for options in args.upsample)
+    return configurations
+
+
 def run(args: argparse.Namespace) -> list[dict]:
-    upsample_options = {
-        name: getattr(args, name) for name in ("window", "dilation") if getattr(args, name) is not None
-    }
     rows = []
     for dataset in args.datasets:
-        if dataset == "smooth":
-            query, key = smooth_pair(args.side)
-            true_xy = None
-        else:
-            query, key, true_xy = photo_pair(args.side)
+        query, key, true_xy = dataset_pair(dataset, args.side)
         key_size = (key.shape[2], key.shape[3])
         start = time.perf_counter()
         exact = exact_in_bands(query, key, args.k)
-        base = {"dataset": dataset, "side": args.side, "k": args.k}
+        base = {"dataset": dataset, "side": args.side, "k": args.k, "pairs": query.shape[0]}
         rows.append(
             {
                 **base,
                 "init": "exact",
+                "upsample": "",
                 "random_search": "",
                 "iters": "",
                 "recall_at_1": 1.0,
@@ -262,13 +424,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             }
         )
         print(format_progress(rows[-1]), flush=True)
-        for init in INITS:
-            for random_search in (True, False):
-                for iters in range(args.iters + 1):
+        for init, options in search_configurations(args):
+            for random_search in args.random_search:
+                for iters in range(args.min_iters, args.iters + 1):
                     start = time.perf_counter()
                     if init == "hierarchical":
                         found = hierarchical_search(
-                            query, key, args.k, iters, random_search, args.levels, upsample_options
+                            query, key, args.k, iters, random_search, args.levels, options
                         )
                     else:
                         found = cocosnet_ops.patch_match(
@@ -280,6 +442,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                         {
                             **base,
                             "init": init,
+                            "upsample": upsample_label(options) if options else "",
                             "random_search": random_search,
                             "iters": iters,
                             "recall_at_1": recall_at_1,
@@ -292,15 +455,58 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def time_searches(args: argparse.Namespace) -> list[dict]:
+    """Seconds of ``patch_match`` (random init) and of the hierarchical search with each
+    ``--upsample`` setting, ``--iters`` iterations with random search, on the smooth pair at
+    side ``--speed-side``: one warm-up round, then ``--speed-repeats`` rounds each timing every
+    method once, so that all see the same load."""
+    from bench_knn import processor_name
+
+    side = args.speed_side
+    query, key = smooth_pair(side)
+    methods = {"patch_match": lambda: cocosnet_ops.patch_match(query, key, args.k, args.iters)}
+    for options in args.upsample:
+        methods[f"hierarchical {upsample_label(options)}"] = lambda options=options: hierarchical_search(
+            query, key, args.k, args.iters, True, args.levels, options
+        )
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for round_index in range(args.speed_repeats + 1):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            method()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    processor = processor_name()
+    rows = [
+        {
+            "method": name,
+            "side": side,
+            "channels": query.shape[1],
+            "k": args.k,
+            "iters": args.iters,
+            "threads": torch.get_num_threads(),
+            "repeats": args.speed_repeats,
+            "min_s": min(seconds),
+            "median_s": statistics.median(seconds),
+            "processor": processor,
+        }
+        for name, seconds in times.items()
+    ]
+    for row in rows:
+        print(f"{row['method']}: min {row['min_s']:.3f} s, median {row['median_s']:.3f} s", flush=True)
+    return rows
+
+
 def format_epe(row: dict) -> str:
     return f"{row['epe_px']:.2f} / {row['epe_median_px']:.2f}" if row["epe_px"] != "" else ""
 
 
 def format_progress(row: dict) -> str:
     search = "" if row["init"] == "exact" else f", random search {row['random_search']}, iters {row['iters']}"
+    upsample = f" (upsample {row['upsample']})" if row["upsample"] else ""
     epe = f", EPE mean / median {format_epe(row)} px" if row["epe_px"] != "" else ""
     return (
-        f"{row['dataset']} {row['init']}{search}: recall@1 {row['recall_at_1']:.4f}, "
+        f"{row['dataset']} {row['init']}{upsample}{search}: recall@1 {row['recall_at_1']:.4f}, "
         f"recall@{row['k']} {row['recall_at_k']:.4f}{epe} ({row['seconds']:.1f} s)"
     )
 
@@ -317,13 +523,18 @@ def write_csv(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) ->
             writer.writerow({c: round(v, 6) if isinstance(v, float) else v for c, v in row.items()})
 
 
-def searches(rows: list[dict]) -> dict[tuple[str, str, bool], list[dict]]:
-    """Rows of each (dataset, init, random_search), ordered by iterations."""
-    groups: dict[tuple[str, str, bool], list[dict]] = {}
+def searches(rows: list[dict]) -> dict[tuple[str, str, str, bool], list[dict]]:
+    """Rows of each (dataset, init, upsample, random_search), ordered by iterations."""
+    groups: dict[tuple[str, str, str, bool], list[dict]] = {}
     for row in rows:
         if row["init"] != "exact":
-            groups.setdefault((row["dataset"], row["init"], row["random_search"]), []).append(row)
+            key = (row["dataset"], row["init"], row["upsample"], row["random_search"])
+            groups.setdefault(key, []).append(row)
     return {key: sorted(group, key=lambda r: r["iters"]) for key, group in groups.items()}
+
+
+def search_label(init: str, upsample: str) -> str:
+    return f"{init} (upsample {upsample})" if upsample else init
 
 
 def write_plot(rows: list[dict], path: Path) -> None:
@@ -333,16 +544,26 @@ def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r["dataset"] for r in rows}, key=DATASETS.index)
+    groups = searches(rows)
+    colours = {}
+    for _, init, upsample, _ in groups:
+        colours.setdefault((init, upsample), f"C{len(colours)}")
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 8), squeeze=False)
-    for (dataset, init, random_search), group in searches(rows).items():
+    for (dataset, init, upsample, random_search), group in groups.items():
         column = datasets.index(dataset)
-        label = f"{init} init, random search {'on' if random_search else 'off'}"
+        label = f"{search_label(init, upsample)} init, random search {'on' if random_search else 'off'}"
         style = "-" if random_search else "--"
-        colour = "C0" if init == "random" else "C1"
         iters = [r["iters"] for r in group]
         for row_index, metric in enumerate(("recall_at_1", "recall_at_k")):
             ax = axes[row_index, column]
-            ax.plot(iters, [r[metric] for r in group], style, color=colour, marker="o", label=label)
+            ax.plot(
+                iters,
+                [r[metric] for r in group],
+                style,
+                color=colours[init, upsample],
+                marker="o",
+                label=label,
+            )
     k = rows[0]["k"]
     for column, dataset in enumerate(datasets):
         for row_index, name in enumerate(("recall@1", f"recall@{k}")):
@@ -364,20 +585,33 @@ def markdown_table(rows: list[dict]) -> str:
     header = (
         "| data | init | random search | "
         + " | ".join(f"recall@1, {i} it" for i in iters)
-        + f" | recall@{k}, {iters[-1]} it | EPE mean / median (px), {iters[-1]} it |"
+        + f" | recall@{k}, {iters[-1]} it | EPE mean / median (px), {iters[-1]} it"
+        + f" | seconds, {iters[-1]} it |"
     )
-    lines = [header, "|---|---|---|" + "---:|" * (len(iters) + 2)]
+    lines = [header, "|---|---|---|" + "---:|" * (len(iters) + 3)]
     for row in rows:
         if row["init"] == "exact":
             lines.append(
-                f"| {row['dataset']} | exact kNN | | " + " | " * len(iters) + f"1 | {format_epe(row)} |"
+                f"| {row['dataset']} | exact kNN | | "
+                + " | " * len(iters)
+                + f"1 | {format_epe(row)} | {row['seconds']:.2f} |"
             )
-    for (dataset, init, random_search), group in groups.items():
+    for (dataset, init, upsample, random_search), group in groups.items():
         last = group[-1]
         recalls = " | ".join(f"{r['recall_at_1']:.3f}" for r in group)
         lines.append(
-            f"| {dataset} | {init} | {'on' if random_search else 'off'} | {recalls} "
-            f"| {last['recall_at_k']:.3f} | {format_epe(last)} |"
+            f"| {dataset} | {search_label(init, upsample)} | {'on' if random_search else 'off'} | {recalls} "
+            f"| {last['recall_at_k']:.3f} | {format_epe(last)} | {last['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def speed_table(rows: list[dict]) -> str:
+    lines = ["| method | side | C | iterations | min (s) | median (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['side']} | {row['channels']} | {row['iters']} "
+            f"| {row['min_s']:.3f} | {row['median_s']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -388,20 +622,41 @@ def markdown_table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=256)
-    parser.add_argument("--iters", type=int, default=5, help="sweep patch_match iterations 0..ITERS")
+    parser.add_argument("--iters", type=int, default=5, help="sweep patch_match iterations MIN_ITERS..ITERS")
+    parser.add_argument("--min-iters", type=int, default=0)
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument(
+        "--datasets", nargs="*", choices=DATASETS, default=list(DATASETS), help="none: only --speed-side"
+    )
+    parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
+    parser.add_argument(
+        "--random-search", nargs="+", choices=("on", "off"), default=["on", "off"], help="sweep random search"
+    )
     parser.add_argument(
         "--levels", type=int, default=2, help="hierarchical init: coarsest level 1 / 2**LEVELS"
     )
-    parser.add_argument("--window", type=int, help="nnf_upsample window (default: the op's)")
-    parser.add_argument("--dilation", type=int, help="nnf_upsample dilation (default: the op's)")
+    parser.add_argument(
+        "--upsample",
+        nargs="+",
+        type=parse_upsample,
+        default=[UPSAMPLE, {"window": 4, "dilation": 2}],
+        help="nnf_upsample settings of the hierarchical init, WINDOWxDILATION each (default: 4x1 4x2)",
+    )
+    parser.add_argument(
+        "--speed-side", type=int, default=0, help="also time the searches at this side on the smooth pair"
+    )
+    parser.add_argument("--speed-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recall.csv"))
     args = parser.parse_args(argv)
-    if args.iters < 0 or args.levels < 1:
-        parser.error("--iters must be >= 0 and --levels >= 1")
-    if args.side % 2**args.levels or (args.side // 2**args.levels) ** 2 < args.k:
-        parser.error("--side must be a multiple of 2**levels with at least k pixels at that level")
+    args.random_search = [choice == "on" for choice in args.random_search]
+    if not 0 <= args.min_iters <= args.iters or args.levels < 1 or args.speed_repeats < 1:
+        parser.error("need 0 <= --min-iters <= --iters, --levels >= 1 and --speed-repeats >= 1")
+    for option in ("window", "dilation"):
+        if any(options[option] < (1 if option == "window" else 0) for options in args.upsample):
+            parser.error("--upsample: window must be >= 1 and dilation >= 0")
+    for side in (args.side, args.speed_side or args.side):
+        if side % 2**args.levels or (side // 2**args.levels) ** 2 < args.k:
+            parser.error("sides must be multiples of 2**levels with at least k pixels at that level")
     return args
 
 
@@ -409,6 +664,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print(f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}; torch threads: {torch.get_num_threads()}")
     with torch.no_grad():
+        if args.speed_side:
+            speed_rows = time_searches(args)
+            speed_path = args.out.with_name(args.out.stem + "_speed.csv")
+            write_csv(speed_rows, speed_path, SPEED_COLUMNS)
+            print(f"\nwrote {speed_path}\n\n{speed_table(speed_rows)}\n")
+        if not args.datasets:
+            return
         rows = run(args)
     write_csv(rows, args.out)
     plot_path = args.out.with_suffix(".png")

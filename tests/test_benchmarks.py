@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ def run_script(name: str, *args: str) -> str:
         [sys.executable, str(BENCHMARKS / name), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         env=env,
         cwd=ROOT,
     )
@@ -87,29 +88,56 @@ def test_bench_recall_smallest_configuration(tmp_path):
     columns, rows = read_csv(out)
     assert columns == list(load_script("bench_recall.py").COLUMNS)
     assert (tmp_path / "recall.png").stat().st_size > 0
-    assert {r["dataset"] for r in rows} == {"smooth", "photo"}
-    assert {(r["init"], r["random_search"]) for r in rows} == {
-        ("exact", ""),
-        ("random", "True"),
-        ("random", "False"),
-        ("hierarchical", "True"),
-        ("hierarchical", "False"),
+    assert {r["dataset"] for r in rows} == {"smooth", "photo", "hard"}
+    assert {(r["init"], r["upsample"], r["random_search"]) for r in rows} == {
+        ("exact", "", ""),
+        ("random", "", "True"),
+        ("random", "", "False"),
+        ("hierarchical", "4x1", "True"),
+        ("hierarchical", "4x1", "False"),
+        ("hierarchical", "4x2", "True"),
+        ("hierarchical", "4x2", "False"),
+    }
+    pairs = {r["dataset"]: r["pairs"] for r in rows}
+    assert pairs == {
+        "smooth": "1",
+        "photo": "1",
+        "hard": str(len(load_script("bench_recall.py").HARD_IMAGES)),
     }
     for row in rows:
         assert 0 <= float(row["recall_at_1"]) <= 1 and 0 <= float(row["recall_at_k"]) <= 1
-        assert (row["epe_px"] != "") == (row["dataset"] == "photo")
+        assert (row["epe_px"] != "") == (row["dataset"] != "smooth")
     recall_at_1 = {
-        (r["dataset"], r["init"], r["random_search"], r["iters"]): float(r["recall_at_1"]) for r in rows
+        (r["dataset"], r["init"], r["upsample"], r["random_search"], r["iters"]): float(r["recall_at_1"])
+        for r in rows
     }
     for dataset in {r["dataset"] for r in rows}:
         # An exact coarse level starts far ahead of random candidates, and an iteration never
         # loses the best match found so far (every pixel's current K compete again).
-        start = {init: recall_at_1[dataset, init, "True", "0"] for init in ("random", "hierarchical")}
-        assert start["hierarchical"] > 5 * start["random"]
-        for init in ("random", "hierarchical"):
+        for upsample in ("4x1", "4x2"):
+            start = recall_at_1[dataset, "hierarchical", upsample, "True", "0"]
+            assert start > 5 * recall_at_1[dataset, "random", "", "True", "0"]
+        for init, upsample in (("random", ""), ("hierarchical", "4x1"), ("hierarchical", "4x2")):
             for search in ("True", "False"):
-                assert recall_at_1[dataset, init, search, "1"] >= recall_at_1[dataset, init, search, "0"]
-    assert "| photo | hierarchical | on |" in stdout
+                one, zero = (recall_at_1[dataset, init, upsample, search, i] for i in ("1", "0"))
+                assert one >= zero
+    assert "| hard | hierarchical (upsample 4x1) | on |" in stdout
+
+
+def test_bench_recall_times_the_searches(tmp_path):
+    out = tmp_path / "recall.csv"
+    stdout = run_script(
+        "bench_recall.py",
+        *("--datasets", "--speed-side", "32", "--speed-repeats", "2", "--iters", "1", "--out", str(out)),
+    )
+    columns, rows = read_csv(tmp_path / "recall_speed.csv")
+    assert columns == list(load_script("bench_recall.py").SPEED_COLUMNS)
+    assert [r["method"] for r in rows] == ["patch_match", "hierarchical 4x1", "hierarchical 4x2"]
+    for row in rows:
+        assert (row["side"], row["channels"], row["repeats"]) == ("32", "32", "2")
+        assert 0 < float(row["min_s"]) <= float(row["median_s"])
+    assert not out.exists()  # no recall datasets asked for
+    assert "| hierarchical 4x1 | 32 | 32 | 1 |" in stdout
 
 
 def test_recall_definitions():
@@ -166,3 +194,32 @@ def test_bench_knn_says_when_faiss_is_missing(tmp_path, monkeypatch):
     status = {r["method"]: r["status"] for r in rows}
     assert status["faiss_flat_ip"].startswith("unavailable (faiss not installed")
     assert status["exact_knn"] == "ok" and status["patch_match_hierarchical"] == "ok"
+
+
+def test_hard_pairs_know_their_true_correspondence():
+    """The true key point of a visible query pixel is where the pair's perspective map sends it,
+    and the key's features there match the query's far better than a random key pixel's do;
+    occluded points are NaN."""
+    bench_recall = load_script("bench_recall.py")
+    side = 48
+    query, key, true_xy = bench_recall.hard_pairs(side, images=("astronaut", "brick"))
+    assert query.shape == key.shape == (2, 27, side, side)
+    assert true_xy.shape == (2, side, side, 2)
+    assert torch.allclose(key.norm(dim=1), torch.ones(2, side, side), atol=1e-5)
+    occluded = torch.isnan(true_xy).any(-1)
+    assert 0.05 < occluded.float().mean() < 0.5
+    # The first pair's map is the first draw of the seed-0 generator.
+    matrix = bench_recall.hard_homography(side, np.random.default_rng(0))
+    y, x = np.mgrid[0:side, 0:side].astype(np.float64)
+    expected = torch.from_numpy(bench_recall.apply_homography(matrix, np.stack([x, y], axis=-1))).float()
+    assert torch.allclose(true_xy[0][~occluded[0]], expected[~occluded[0]], atol=1e-3)
+    assert not torch.allclose(expected, torch.from_numpy(np.stack([x, y], axis=-1)).float(), atol=1)
+    visible = ~occluded & (true_xy >= 2).all(-1) & (true_xy <= side - 3).all(-1)
+    b, y, x = visible.nonzero(as_tuple=True)
+    key_x, key_y = true_xy[b, y, x].round().long().unbind(-1)
+    true_scores = (query[b, :, y, x] * key[b, :, key_y, key_x]).sum(-1)
+    generator = torch.Generator().manual_seed(0)
+    random_y, random_x = torch.randint(side, (2, y.numel()), generator=generator)
+    random_scores = (query[b, :, y, x] * key[b, :, random_y, random_x]).sum(-1)
+    for pair in range(2):
+        assert true_scores[b == pair].median() > random_scores[b == pair].median() + 0.4
