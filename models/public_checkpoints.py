@@ -191,24 +191,26 @@ def infer_options(
     discriminator: Mapping[str, Tensor] | None = None,
 ) -> dict[str, int]:
     """The ``CoCosNetOptions`` fields that the public tensors' shapes fix."""
+
+    def shape(state: Mapping[str, Tensor], name: str, argument: str) -> torch.Size:
+        if name not in state:
+            raise CheckpointMismatchError(
+                f"{argument}: not a public CoCosNet v2 {argument} state dict: it has no {name!r}"
+            )
+        return state[name].shape
+
     options: dict[str, int] = {}
-    try:
-        first = corr["adaptive_model_seg.layer1.0.weight_orig"]
-        options["nef"], options["label_nc"] = first.shape[0], first.shape[1]
-        options["match_nc"] = corr["theta_0.weight"].shape[0]
-        if "patch_match.refine_net.encoder.convc1.weight" in corr:
-            options["k"] = corr["patch_match.refine_net.encoder.convc1.weight"].shape[1]
-        if generator is not None:
-            options["ngf"] = generator["conv_img.weight"].shape[1]
-        if discriminator is not None:
-            options["ndf"] = discriminator["discriminator_0.model0.0.weight"].shape[0]
-            scales = {int(m[1]) for k in discriminator if (m := re.match(r"^discriminator_(\d+)\.", k))}
-            layers = {int(m[1]) for k in discriminator if (m := re.match(r"^discriminator_0\.model(\d+)", k))}
-            options["num_D"], options["n_layers_D"] = len(scales), max(layers) - 1
-    except (KeyError, AttributeError) as err:
-        raise CheckpointMismatchError(
-            f"not a public CoCosNet v2 checkpoint: no tensor {err} to read the widths from"
-        ) from err
+    options["nef"], options["label_nc"] = shape(corr, "adaptive_model_seg.layer1.0.weight_orig", "corr")[:2]
+    options["match_nc"] = shape(corr, "theta_0.weight", "corr")[0]
+    if "patch_match.refine_net.encoder.convc1.weight" in corr:
+        options["k"] = corr["patch_match.refine_net.encoder.convc1.weight"].shape[1]
+    if generator is not None:
+        options["ngf"] = shape(generator, "conv_img.weight", "generator")[1]
+    if discriminator is not None:
+        options["ndf"] = shape(discriminator, "discriminator_0.model0.0.weight", "discriminator")[0]
+        scales = {int(m[1]) for k in discriminator if (m := re.match(r"^discriminator_(\d+)\.", k))}
+        layers = {int(m[1]) for k in discriminator if (m := re.match(r"^discriminator_0\.model(\d+)", k))}
+        options["num_D"], options["n_layers_D"] = len(scales), max(layers) - 1
     return {k: int(v) for k, v in options.items()}
 
 

@@ -188,3 +188,5 @@ def test_bad_arguments_are_named(fixture, tmp_path):
     torch.save([1, 2], not_a_state_dict)
     with pytest.raises(ValueError, match="generator .*expected a state dict"):
         convert(fixture["corr"], not_a_state_dict)
+    with pytest.raises(CheckpointMismatchError, match="generator: not a public CoCosNet v2 generator"):
+        convert(fixture["corr"], fixture["D"])
