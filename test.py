@@ -4,11 +4,16 @@
     python test.py --checkpoint CKPT --out results/one --label pose/a_candidate.txt \\
         --exemplar img/b.jpg --exemplar_label pose/b_candidate.txt
     python test.py --checkpoint CKPT --out results/ade --label a.png --exemplar b.jpg --exemplar_label b.png
+    python test.py --checkpoint latest_net_Corr.pth --public_G latest_net_G.pth --out results/public \\
+        --label pose/a_candidate.txt --exemplar img/b.jpg --exemplar_label pose/b_candidate.txt
 
+``--checkpoint`` is a train.py checkpoint, a file converted by ``python -m
+models.public_checkpoints``, or the public ``latest_net_Corr.pth`` with ``--public_G``.
 Dataset mode reads the split (default ``test``, the held-out one) of the checkpoint's dataset,
-or of ``--config``'s. A label is an OpenPose ``*_candidate.txt`` (its ``*_subset.txt`` beside it)
-or a label PNG of class ids. For every sample ``NAME`` it writes ``NAME.png`` (the translation),
-``NAME_warp_<level>.png`` (the exemplar warped at 1/8, 1/4, 1/2, 1/1: levels 0 to 3),
+or of ``--config``'s (required with public weights). A label is an OpenPose ``*_candidate.txt``
+(its ``*_subset.txt`` beside it) or a label PNG of class ids. For every sample ``NAME`` it
+writes ``NAME.png`` (the translation), ``NAME_warp_<level>.png`` (the exemplar warped at 1/8,
+1/4, 1/2, 1/1: levels 0 to 3),
 ``NAME_flow.png`` (the finest level's best matches as offsets, colour-coded: hue the direction,
 saturation the length) and ``NAME_grid.png`` (label | exemplar | warps | output, and the target
 when the dataset has one).
@@ -50,6 +55,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="a train.py checkpoint (step_<N>.pt)")
+    parser.add_argument("--public_G", type=Path, help="the public latest_net_G.pth, when --checkpoint is "
+                        "the public latest_net_Corr.pth")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     parser.add_argument("--config", type=Path, help="dataset mode: YAML whose data section to read "
                         "(default: the checkpoint's)")
@@ -212,23 +219,44 @@ def translate(model: CoCosNet, batch: Mapping[str, Any], device: torch.device) -
     return model(*tensors)
 
 
+# The side the public DeepFashionHD model was trained at.
+PUBLIC_SIDE = 512
+
+
 def training_size(config: Mapping[str, Any]) -> int:
     size = (config["data"].get("train") or {}).get("size", 256)
     return int(size if isinstance(size, int) else max(size))
+
+
+def load_translator(args: argparse.Namespace, device: torch.device) -> tuple[CoCosNet, dict[str, Any] | None]:
+    """The model and its configuration (None for public weights without ``--config``): a train.py
+    checkpoint, a file converted by ``models.public_checkpoints``, or the public
+    ``latest_net_Corr.pth`` as ``--checkpoint`` with ``--public_G``."""
+    path = _require_file(args.checkpoint, "--checkpoint")
+    config = None if args.config is None else load_config(_require_file(args.config, "--config"))
+    if args.public_G is not None:
+        return CoCosNet.from_public(path, _require_file(args.public_G, "--public_G")).to(device), config
+    try:
+        state = checkpoint.load(path)
+    except ValueError:
+        # Not a train.py checkpoint: a converted public file, or an error naming the file.
+        return CoCosNet.from_public(path).to(device), config
+    return checkpoint.load_model(path, device), state["config"] if config is None else config
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Translate as the command line ``argv`` says; returns the paths of the grids written."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    state = checkpoint.load(_require_file(args.checkpoint, "--checkpoint"))
-    config = state["config"] if args.config is None else load_config(_require_file(args.config, "--config"))
-    model = checkpoint.load_model(args.checkpoint, device)
+    model, config = load_translator(args, device)
     grids = []
     if args.label is not None:
-        batch = single_pair(args, model.options.label_nc, args.size or training_size(config))
+        side = args.size or (training_size(config) if config is not None else PUBLIC_SIDE)
+        batch = single_pair(args, model.options.label_nc, side)
         grids += save_translations(batch, translate(model, batch, device), args.out, batch["kind"])
     else:
+        if config is None:
+            raise ValueError("--config: translating a dataset with public weights needs the dataset's YAML")
         if args.exemplar is not None or args.exemplar_label is not None:
             raise ValueError("--exemplar and --exemplar_label go with --label")
         kind = visuals_kind(config)

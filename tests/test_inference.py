@@ -16,6 +16,7 @@ import data
 import test as inference
 import train
 from data import pose as openpose
+from models import public_checkpoints
 from training import checkpoint
 from training.evaluation import evaluate, matched_coordinates
 
@@ -158,3 +159,30 @@ def test_demo_prints_the_warp_line_and_writes_the_grids(tmp_path, capsys):
     assert before != after
     assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (2 * 32, 8 * 32, 3)
     assert len(list((tmp_path / "translations").glob("*_flow.png"))) == 2
+
+
+def test_public_weights_raw_or_converted_translate_one_pair(tmp_path):
+    fixture = torch.load(Path(__file__).parent / "fixtures" / "public_cocosnet_v2_small.pt")
+    corr, generator = tmp_path / "latest_net_Corr.pth", tmp_path / "latest_net_G.pth"
+    torch.save(fixture["corr"], corr)
+    torch.save(fixture["G"], generator)
+    converted = tmp_path / "converted.pt"
+    assert public_checkpoints.main(["--corr", str(corr), "--G", str(generator), "--out", str(converted)]) == 0
+    # The fixture's networks take 3 label channels: a label image of class ids 0..2.
+    ids = np.zeros((32, 32), dtype=np.uint8)
+    ids[8:24, 4:16], ids[20:30, 18:28] = 1, 2
+    Image.fromarray(ids).save(tmp_path / "l.png")
+    Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(tmp_path / "e.jpg")
+    pair = ["--label", str(tmp_path / "l.png"), "--exemplar", str(tmp_path / "e.jpg"),
+            "--exemplar_label", str(tmp_path / "l.png"), "--size", "32"]
+    images = []
+    sources = {"raw": [str(corr), "--public_G", str(generator)], "converted": [str(converted)]}
+    for name, weights in sources.items():
+        out = tmp_path / name
+        grids = inference.main(["--checkpoint", *weights, "--out", str(out), *pair])
+        assert [p.name for p in grids] == ["l_grid.png"]
+        images.append(np.asarray(Image.open(out / "l.png")))
+    assert images[0].shape == (32, 32, 3)
+    np.testing.assert_array_equal(images[0], images[1])
+    with pytest.raises(ValueError, match="--config"):
+        inference.main(["--checkpoint", str(converted), "--out", str(tmp_path / "split")])
