@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 
 class BadSampleError(ValueError):
@@ -88,6 +89,22 @@ class SkippingLoader:
                     warnings.warn(f"skipping bad samples (skip_bad_samples=True), first: {error}",
                                   RuntimeWarning, stacklevel=3)
         raise BadSampleError("skip_bad_samples=True, but every sample of the dataset is bad")
+
+
+class PhotoListDataset(Dataset):
+    """A dataset of one item per entry of ``self.photos``, loaded through ``self._load`` (a
+    :class:`SkippingLoader`); negative indices count from the end."""
+
+    photos: list
+    _load: SkippingLoader
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
+        return self._load(index % len(self))
 
 
 def read_list(path: Path) -> list[str]:

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from data import pose as openpose
 from data.common import (
     BadSampleError,
+    PhotoListDataset,
     SkippingLoader,
     check_size,
     photo_to_tensor,
@@ -85,7 +85,7 @@ def _read_pairs(path: Path) -> dict[str, list[str]]:
     return pairs
 
 
-class DeepFashionHDDataset(Dataset):
+class DeepFashionHDDataset(PhotoListDataset):
     """DeepFashionHD photos with their 20-channel pose labels and an exemplar (see the module doc)."""
 
     label_nc = openpose.LABEL_NC
@@ -124,14 +124,6 @@ class DeepFashionHDDataset(Dataset):
         self.self_pairs = _read_pairs(self_pair_list) if self_pair_list.is_file() else {}
         self.references = _read_pairs(reference_list) if reference_list.is_file() else {}
         self._load = SkippingLoader(self._load_item, len(self.photos), skip_bad_samples)
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
-        return self._load(index % len(self))
 
     def exemplar_of(self, photo: str) -> tuple[str, bool]:
         """The exemplar photo of ``photo`` and whether it shows the same person."""

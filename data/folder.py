@@ -27,10 +27,10 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from data.common import (
     BadSampleError,
+    PhotoListDataset,
     SkippingLoader,
     check_size,
     photo_to_tensor,
@@ -62,7 +62,7 @@ def _photos_in(image_dir: Path, label_dir: Path) -> list[Path]:
     return sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in extensions and p.is_file())
 
 
-class PairedFolderDataset(Dataset):
+class PairedFolderDataset(PhotoListDataset):
     """Photos with one-hot label maps and exemplars, from paired folders (see the module doc)."""
 
     def __init__(self, root: str | os.PathLike, label_nc: int, split: str = "train",
@@ -130,14 +130,6 @@ class PairedFolderDataset(Dataset):
     @property
     def has_instances(self) -> bool:
         return self.instance_dir is not None
-
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
-        return self._load(index % len(self))
 
     def exemplar_of(self, photo: Path) -> Path:
         """The exemplar photo of ``photo`` (itself when it is in no list)."""
