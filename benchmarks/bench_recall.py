@@ -1,15 +1,17 @@
 """Recall of patch_match against exact kNN, versus iterations, random search and hierarchical init.
 
 Reproduce the README tables (the 5-iteration rows of the hierarchical search and the timings;
-about 20 minutes on 2 busy cores with the compiled cpu backend, most of it exact kNN of the
-five hard pairs; the reference backend is far slower):
+about 4 minutes on 2 idle cores with the compiled cpu backend; the reference backend is far
+slower):
 
-    python benchmarks/bench_recall.py --side 256 --inits hierarchical --random-search on \
-        --min-iters 5 --speed-side 512 --speed-repeats 3 --out benchmarks/results/recall.csv
+    python benchmarks/bench_recall.py --side 256 --inits hierarchical neighbours --upsample 4x1 \
+        --random-search on --min-iters 5 --speed-side 512 --speed-repeats 3 \
+        --out benchmarks/results/recall.csv
 
-The whole sweep (iterations 0..5, random and hierarchical init, random search on and off)
-drops ``--inits``, ``--random-search`` and ``--min-iters``. ``--speed-side 512`` also times
-``patch_match`` (random init) and the hierarchical search with each ``--upsample`` setting,
+The whole sweep (iterations 0..5, every init, both upsampling settings, random search on and
+off) drops ``--inits``, ``--upsample``, ``--random-search`` and ``--min-iters``. ``--speed-side
+512`` also times ``patch_match`` (random init) and each hierarchical search with each
+``--upsample`` setting,
 ``--iters`` iterations, at side 512 on the smooth pair (C = 32), interleaved, into
 ``recall_speed.csv``. Development size (about a minute, on either backend):
 
@@ -33,7 +35,10 @@ Search configurations: init "random" (``patch_match`` from random candidates) or
 "hierarchical" (features average-pooled by 2**levels and renormalised, exact kNN there, then
 per finer level ``nnf_upsample`` with each ``--upsample`` setting (window x dilation; default
 4x1, the chosen one, and 4x2, the op's defaults) feeding ``patch_match(init=...)``, each level
-running the same number of iterations), each with and without random search (``--random-search``);
+running the same number of iterations) or "neighbours" (the hierarchical search, then
+``NEIGHBOUR_ROUNDS`` rounds of ``evaluate_candidates`` over each pixel's matches and those of
+its ``QUERY_NEIGHBOURS`` nearest query pixels, found by the same hierarchical search of the
+query map against itself), each with and without random search (``--random-search``);
 iterations swept 0..--iters, each run from scratch with seed 0.
 
 Data (query and key maps of side S, L2-normalised per pixel; C = 32 but for the hard pairs):
@@ -93,7 +98,7 @@ COLUMNS = (
     "seconds",
 )
 DATASETS = ("smooth", "photo", "hard")
-INITS = ("random", "hierarchical")
+INITS = ("random", "hierarchical", "neighbours")
 SPEED_COLUMNS = (
     "method",
     "side",
@@ -117,6 +122,11 @@ PHOTO_BLUR_SIGMAS = (1.0, 2.0, 4.0)
 # nnf_upsample settings of the hierarchical search: window 4, dilation 1 spreads the same 16
 # candidates per coarse match as the op's defaults (4, 2), but densely (README).
 UPSAMPLE = {"window": 4, "dilation": 1}
+# The "neighbours" search: after the hierarchical one, the matches of each query pixel's 8
+# nearest query pixels (the query map's own hierarchical kNN field) compete with its own, 3
+# times, so that each round reaches the neighbours' neighbours (README).
+QUERY_NEIGHBOURS = 8
+NEIGHBOUR_ROUNDS = 3
 # Hard pairs: photos and a repeated texture shipped with scikit-image, one pair per image,
 # occluded by discs of stochastic textures.
 HARD_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "brick")
@@ -342,6 +352,37 @@ def hierarchical_search(
     return nnf, scores
 
 
+def neighbours_search(
+    query: Tensor,
+    key: Tensor,
+    k: int,
+    iters: int,
+    random_search: bool,
+    levels: int,
+    upsample_options: dict[str, int] | None = None,
+    query_neighbours: int = QUERY_NEIGHBOURS,
+    rounds: int = NEIGHBOUR_ROUNDS,
+) -> tuple[Tensor, Tensor]:
+    """``hierarchical_search``, then ``rounds`` rounds in which every query pixel also scores the
+    matches of its ``query_neighbours`` nearest query pixels (``nnf.neighbour_matches``; the
+    neighbours come from the same hierarchical search of the query map against itself, its
+    first match, the pixel itself, dropped)."""
+    nnf, scores = hierarchical_search(query, key, k, iters, random_search, levels, upsample_options)
+    if rounds == 0:
+        return nnf, scores
+    self_nnf, _ = hierarchical_search(
+        query, query, query_neighbours + 1, iters, random_search, levels, upsample_options
+    )
+    neighbours = self_nnf[:, 1:]
+    for _ in range(rounds):
+        candidates = torch.cat([nnf, nnf_utils.neighbour_matches(nnf, neighbours)], dim=1)
+        nnf, scores = cocosnet_ops.evaluate_candidates(query, key, candidates, k)
+    return nnf, scores
+
+
+SEARCHES = {"hierarchical": hierarchical_search, "neighbours": neighbours_search}
+
+
 def recall(found: tuple[Tensor, Tensor], exact: tuple[Tensor, Tensor]) -> tuple[float, float]:
     """(recall@1, recall@K) of found (nnf, scores) against exact (nnf, scores)."""
     found_nnf, found_scores = found
@@ -428,10 +469,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             for random_search in args.random_search:
                 for iters in range(args.min_iters, args.iters + 1):
                     start = time.perf_counter()
-                    if init == "hierarchical":
-                        found = hierarchical_search(
-                            query, key, args.k, iters, random_search, args.levels, options
-                        )
+                    if init in SEARCHES:
+                        found = SEARCHES[init](query, key, args.k, iters, random_search, args.levels, options)
                     else:
                         found = cocosnet_ops.patch_match(
                             query, key, args.k, iters, random_search=random_search
@@ -465,10 +504,11 @@ def time_searches(args: argparse.Namespace) -> list[dict]:
     side = args.speed_side
     query, key = smooth_pair(side)
     methods = {"patch_match": lambda: cocosnet_ops.patch_match(query, key, args.k, args.iters)}
-    for options in args.upsample:
-        methods[f"hierarchical {upsample_label(options)}"] = lambda options=options: hierarchical_search(
-            query, key, args.k, args.iters, True, args.levels, options
-        )
+    for init in args.inits:
+        for options in args.upsample if init in SEARCHES else ():
+            methods[f"{search_label(init, upsample_label(options))}"] = lambda init=init, options=options: (
+                SEARCHES[init](query, key, args.k, args.iters, True, args.levels, options)
+            )
     times: dict[str, list[float]] = {name: [] for name in methods}
     for round_index in range(args.speed_repeats + 1):
         for name, method in methods.items():
@@ -534,7 +574,8 @@ def searches(rows: list[dict]) -> dict[tuple[str, str, str, bool], list[dict]]:
 
 
 def search_label(init: str, upsample: str) -> str:
-    return f"{init} (upsample {upsample})" if upsample else init
+    name = "hierarchical + query neighbours" if init == "neighbours" else init
+    return f"{name} (upsample {upsample})" if upsample else name
 
 
 def write_plot(rows: list[dict], path: Path) -> None:

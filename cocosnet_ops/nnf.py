@@ -33,6 +33,7 @@ __all__ = [
     "coords_to_nnf",
     "flow_to_color",
     "index_to_xy",
+    "neighbour_matches",
     "nnf_to_coords",
     "nnf_to_flow_image",
     "nnf_to_offsets",
@@ -54,13 +55,18 @@ def _key_size(key_size: Sequence[int]) -> tuple[int, int]:
     return key_size[0], key_size[1]
 
 
+def _check_index_map(name: str, t: object, count: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: expected an int32 or int64 tensor of flat indices, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D tensor (B, {count}, Hq, Wq), got shape {tuple(t.shape)}")
+    return t
+
+
 def _check_nnf(nnf: object, key_pixels: int) -> Tensor:
-    if not isinstance(nnf, Tensor):
-        raise TypeError(f"nnf: expected a torch.Tensor, got {type(nnf).__name__}")
-    if nnf.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"nnf: expected an int32 or int64 tensor of flat key indices, got {nnf.dtype}")
-    if nnf.dim() != 4:
-        raise ValueError(f"nnf: expected a 4-D tensor (B, K, Hq, Wq), got shape {tuple(nnf.shape)}")
+    nnf = _check_index_map("nnf", nnf, "K")
     # Reading the values back is a host sync: not while tracing (torch.compile) nor on meta tensors.
     if nnf.numel() and _inspectable(nnf):
         low, high = torch.aminmax(nnf)
@@ -148,6 +154,49 @@ def offsets_to_nnf(offsets: Tensor, key_size: Sequence[int]) -> Tensor:
     key_size = _key_size(key_size)
     offsets = _check_pairs("offsets", offsets, floating=False)
     return xy_to_index(offsets.long() + _anchors(offsets.shape[2:4], key_size, offsets.device), key_size)
+
+
+# ----------------------------------------------------------------------------- neighbours' matches
+
+
+def neighbour_matches(nnf: Tensor, neighbours: Tensor, top: int | None = None) -> Tensor:
+    """The matches of each query pixel's neighbours, as candidates for ``evaluate_candidates``.
+
+    ``nnf``: int32 (B, K, Hq, Wq) matches of every query pixel, best first. ``neighbours``:
+    integer (B, M, Hq, Wq) flat query indices ``row * Wq + col`` of M query pixels near each one
+    in feature space (the query map's own kNN field, e.g. ``patch_match(query, query, M + 1)[0]``
+    without its first entry, the pixel itself). Returns int32 (B, M * top, Hq, Wq): the first
+    ``top`` (default all K) matches of neighbour 0, then of neighbour 1, and so on.
+
+    Query pixels with similar features share their best matches; where many key pixels score
+    alike (flat or noisy areas) the best one is found by a few query pixels and spreads to the
+    others through this step, which the spatial propagation of ``patch_match`` cannot do.
+    ``evaluate_candidates(query, key, torch.cat([nnf, neighbour_matches(nnf, neighbours)], 1), K)``
+    keeps the best K; repeating it follows the neighbours' neighbours."""
+    nnf = _check_index_map("nnf", nnf, "K")
+    neighbours = _check_index_map("neighbours", neighbours, "M")
+    B, K, Hq, Wq = nnf.shape
+    if neighbours.shape[0] != B or neighbours.shape[2:] != nnf.shape[2:]:
+        raise ValueError(
+            f"neighbours: expected shape ({B}, M, {Hq}, {Wq}) to match nnf, got {tuple(neighbours.shape)}"
+        )
+    if neighbours.device != nnf.device:
+        raise ValueError(f"neighbours: on {neighbours.device}, nnf on {nnf.device}")
+    if top is None:
+        top = K
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= K:
+        raise ValueError(f"top: expected an int in [1, {K}] (the matches per pixel in nnf), got {top!r}")
+    if neighbours.numel() and _inspectable(neighbours):
+        low, high = torch.aminmax(neighbours)
+        if int(low) < 0 or int(high) >= Hq * Wq:
+            raise ValueError(
+                f"neighbours: entries must be flat query indices in [0, {Hq * Wq}), got values in "
+                f"[{int(low)}, {int(high)}]"
+            )
+    M = neighbours.shape[1]
+    matches = nnf[:, :top].reshape(B, 1, top, Hq * Wq).expand(B, M, top, Hq * Wq)
+    index = neighbours.reshape(B, M, 1, Hq * Wq).long().expand(B, M, top, Hq * Wq)
+    return torch.gather(matches, 3, index).reshape(B, M * top, Hq, Wq).int()
 
 
 # ----------------------------------------------------------------------------- flow images

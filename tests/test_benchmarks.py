@@ -97,6 +97,10 @@ def test_bench_recall_smallest_configuration(tmp_path):
         ("hierarchical", "4x1", "False"),
         ("hierarchical", "4x2", "True"),
         ("hierarchical", "4x2", "False"),
+        ("neighbours", "4x1", "True"),
+        ("neighbours", "4x1", "False"),
+        ("neighbours", "4x2", "True"),
+        ("neighbours", "4x2", "False"),
     }
     pairs = {r["dataset"]: r["pairs"] for r in rows}
     assert pairs == {
@@ -121,6 +125,12 @@ def test_bench_recall_smallest_configuration(tmp_path):
             for search in ("True", "False"):
                 one, zero = (recall_at_1[dataset, init, upsample, search, i] for i in ("1", "0"))
                 assert one >= zero
+        # The neighbours' matches compete with the pixel's own: never worse than without them.
+        for upsample in ("4x1", "4x2"):
+            for search in ("True", "False"):
+                for iters in ("0", "1"):
+                    with_neighbours = recall_at_1[dataset, "neighbours", upsample, search, iters]
+                    assert with_neighbours >= recall_at_1[dataset, "hierarchical", upsample, search, iters]
     assert "| hard | hierarchical (upsample 4x1) | on |" in stdout
 
 
@@ -132,12 +142,18 @@ def test_bench_recall_times_the_searches(tmp_path):
     )
     columns, rows = read_csv(tmp_path / "recall_speed.csv")
     assert columns == list(load_script("bench_recall.py").SPEED_COLUMNS)
-    assert [r["method"] for r in rows] == ["patch_match", "hierarchical 4x1", "hierarchical 4x2"]
+    assert [r["method"] for r in rows] == [
+        "patch_match",
+        "hierarchical (upsample 4x1)",
+        "hierarchical (upsample 4x2)",
+        "hierarchical + query neighbours (upsample 4x1)",
+        "hierarchical + query neighbours (upsample 4x2)",
+    ]
     for row in rows:
         assert (row["side"], row["channels"], row["repeats"]) == ("32", "32", "2")
         assert 0 < float(row["min_s"]) <= float(row["median_s"])
     assert not out.exists()  # no recall datasets asked for
-    assert "| hierarchical 4x1 | 32 | 32 | 1 |" in stdout
+    assert "| hierarchical + query neighbours (upsample 4x1) | 32 | 32 | 1 |" in stdout
 
 
 def test_recall_definitions():

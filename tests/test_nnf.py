@@ -116,6 +116,66 @@ def test_invalid_inputs_raise_clear_errors():
         nnf_utils.nnf_to_flow_image(nnf, (2, 2), rank=1)
 
 
+# ----------------------------------------------------------------------------- neighbours' matches
+
+
+def test_neighbour_matches_known_example():
+    nnf = torch.arange(12, dtype=torch.int32).view(1, 3, 2, 2)  # match m of pixel p: 4 * m + p
+    neighbours = torch.tensor([[[[3, 0], [1, 2]], [[1, 1], [1, 1]]]], dtype=torch.int32)
+    candidates = nnf_utils.neighbour_matches(nnf, neighbours, top=2)
+    assert candidates.dtype == torch.int32 and candidates.shape == (1, 4, 2, 2)
+    assert candidates[0, :, 0, 0].tolist() == [3, 7, 1, 5]  # pixel 3's two best, then pixel 1's
+    assert candidates[0, :, 1, 1].tolist() == [2, 6, 1, 5]
+
+
+def test_neighbour_matches_follow_each_batch_item():
+    nnf = random_nnf(3, 4, (5, 6), (7, 3), seed=1)
+    neighbours = random_nnf(3, 2, (5, 6), (5, 6), seed=2)
+    candidates = nnf_utils.neighbour_matches(nnf, neighbours)
+    flat_nnf, flat_neighbours = nnf.flatten(2), neighbours.flatten(2)
+    for b in range(3):
+        for pixel in (0, 7, 29):
+            expected = [
+                flat_nnf[b, m, flat_neighbours[b, n, pixel]].item() for n in range(2) for m in range(4)
+            ]
+            assert candidates[b].flatten(1)[:, pixel].tolist() == expected
+
+
+def test_neighbour_matches_let_similar_query_pixels_share_their_best_match():
+    """Query pixels 0 and 3 are alike and only pixel 0 has found their best key pixel: one round of
+    evaluate_candidates over the neighbours' matches gives it to pixel 3."""
+    query = torch.tensor([1.0, 0.0, 0.0, 0.99, -1.0, 0.0, 0.0, 0.14]).view(1, 2, 2, 2)
+    query = F.normalize(query, dim=1)
+    key = F.normalize(torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]]).view(1, 2, 2, 2), dim=1)
+    key[0, :, 1, 1] = torch.tensor([0.0, 1.0])
+    key[0, :, 0, 0] = F.normalize(torch.tensor([1.0, 0.1]), dim=0)
+    nnf = torch.tensor([0, 1, 2, 1], dtype=torch.int32).view(1, 1, 2, 2)
+    neighbours = torch.tensor([3, 2, 1, 0], dtype=torch.int32).view(1, 1, 2, 2)
+    candidates = torch.cat([nnf, nnf_utils.neighbour_matches(nnf, neighbours)], dim=1)
+    better, scores = cocosnet_ops.evaluate_candidates(query, key, candidates, 1)
+    assert better[0, 0, 1, 1].item() == 0
+    assert scores[0, 0, 1, 1] > (query[0, :, 1, 1] * key[0, :, 0, 1]).sum()
+
+
+def test_neighbour_matches_reject_bad_inputs():
+    nnf = random_nnf(1, 2, (2, 3), (4, 4))
+    neighbours = random_nnf(1, 1, (2, 3), (2, 3))
+    with pytest.raises(TypeError, match="neighbours"):
+        nnf_utils.neighbour_matches(nnf, neighbours.float())
+    with pytest.raises(TypeError, match="nnf"):
+        nnf_utils.neighbour_matches([0], neighbours)
+    with pytest.raises(ValueError, match="neighbours"):
+        nnf_utils.neighbour_matches(nnf, neighbours[:, :, :1])
+    with pytest.raises(ValueError, match="neighbours"):
+        nnf_utils.neighbour_matches(nnf, neighbours + 6)
+    with pytest.raises(ValueError, match="neighbours"):
+        nnf_utils.neighbour_matches(nnf, neighbours - 7)
+    with pytest.raises(ValueError, match="top"):
+        nnf_utils.neighbour_matches(nnf, neighbours, top=3)
+    with pytest.raises(ValueError, match="top"):
+        nnf_utils.neighbour_matches(nnf, neighbours, top=0)
+
+
 # ----------------------------------------------------------------------------- flow images
 
 

@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_api_example_runs():
-    (example,) = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    example, sharing = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     ns: dict = {}
     exec(compile(example, str(README), "exec"), ns)
     query, key, exemplar, nnf, scores = ns["query"], ns["key"], ns["exemplar"], ns["nnf"], ns["scores"]
@@ -32,3 +32,12 @@ def test_readme_api_example_runs():
     # And the coordinates get a gradient, which is what a refinement network learns from.
     (grad,) = torch.autograd.grad(warp.square().sum(), ns["coords"])
     assert grad.shape == ns["coords"].shape and grad.abs().sum() > 0
+    # The second example continues the first: sharing matches with similar query pixels keeps
+    # 16 distinct matches whose best scores are never worse.
+    exec(compile(sharing, str(README), "exec"), ns)
+    assert ns["shared"].shape == (1, 8 * 16, 96, 128)
+    assert ns["nnf"].shape == nnf.shape and (ns["nnf"].sort(1).values.diff(dim=1) != 0).all()
+    assert (ns["scores"][:, 0] >= scores[:, 0]).all()
+    torch.testing.assert_close(
+        ns["scores"], reference.patch_scores(query, key, ns["nnf"]), rtol=1e-5, atol=1e-5
+    )
