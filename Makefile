@@ -1,5 +1,5 @@
 # make test: install what is missing, then lint and run the whole suite.
-# make demo: train on the embedded synthetic figures (128x128, CPU, about 10 minutes), translate
+# make demo: train on the embedded synthetic figures (128x128, CPU, about 5 minutes), translate
 #   held-out pairs and print the warp L1 before and after training (demo.py).
 # make photo-demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it.
 PYTHON ?= python3

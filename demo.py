@@ -7,7 +7,7 @@ same model at initialisation (zero steps, same seed) beside it, measures both on
 held-out pairs, and runs ``test.py`` on those pairs, which writes translations, warps per level,
 NNF flow pictures and one grid per pair (label | exemplar | warp 1/8 .. 1/1 | output | target).
 
-    python demo.py --out runs/demo            # about 10 minutes on two cores
+    python demo.py --out runs/demo            # about 3 minutes on two cores (5 with the build)
 """
 
 from __future__ import annotations
