@@ -23,13 +23,16 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from bench_recall import write_csv
 
-from models import CoCosNet, CoCosNetOptions, TrainingStep
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models import CoCosNet, CoCosNetOptions, TrainingStep  # noqa: E402
 
 COLUMNS = (
     "mode",
