@@ -82,6 +82,32 @@ def timed_step(step: torch.nn.Module, model: CoCosNet, batch: dict[str, torch.Te
     return time.perf_counter() - start
 
 
+def write_plot(rows: list[dict], path: Path) -> None:
+    """Bars of the minimum and median step time per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [row["mode"] for row in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for offset, (column, label) in enumerate((("min_s", "min"), ("median_s", "median"))):
+        ax.bar(
+            [i + 0.4 * offset for i in range(len(rows))],
+            [float(row[column]) for row in rows],
+            0.4,
+            label=label,
+        )
+    ax.set_xticks([i + 0.2 for i in range(len(rows))], modes)
+    ax.set_ylabel("training step (s)")
+    first = rows[0]
+    ax.set_title(f"side {first['side']}, batch {first['batch']}, {first['threads']} thread(s)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,7 +165,8 @@ def main() -> None:
         for mode, ts in times.items()
     ]
     write_csv(rows, args.out, COLUMNS)
-    print(f"\nwrote {args.out}")
+    write_plot(rows, args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
     print("| mode | min (s) | median (s) | eager / compiled | compile (s) |\n|---|---|---|---|---|")
     for row in rows:
         print(
