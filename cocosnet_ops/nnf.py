@@ -55,7 +55,8 @@ def _key_size(key_size: Sequence[int]) -> tuple[int, int]:
     return key_size[0], key_size[1]
 
 
-def _check_index_map(name: str, t: object, count: str) -> Tensor:
+def _check_flat_indices(name: str, t: object, count: str) -> Tensor:
+    """An int32 or int64 (B, count, Hq, Wq) tensor of flat indices (values not read)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in (torch.int32, torch.int64):
@@ -65,16 +66,21 @@ def _check_index_map(name: str, t: object, count: str) -> Tensor:
     return t
 
 
-def _check_nnf(nnf: object, key_pixels: int) -> Tensor:
-    nnf = _check_index_map("nnf", nnf, "K")
+def _check_in_range(name: str, t: Tensor, pixels: int, map_name: str) -> None:
+    """Every entry of ``t`` is a flat index into a map of ``pixels`` pixels."""
     # Reading the values back is a host sync: not while tracing (torch.compile) nor on meta tensors.
-    if nnf.numel() and _inspectable(nnf):
-        low, high = torch.aminmax(nnf)
-        if int(low) < 0 or int(high) >= key_pixels:
+    if t.numel() and _inspectable(t):
+        low, high = torch.aminmax(t)
+        if int(low) < 0 or int(high) >= pixels:
             raise ValueError(
-                f"nnf: entries must be flat key indices in [0, {key_pixels}), got values in "
+                f"{name}: entries must be flat {map_name} indices in [0, {pixels}), got values in "
                 f"[{int(low)}, {int(high)}]"
             )
+
+
+def _check_nnf(nnf: object, key_pixels: int) -> Tensor:
+    nnf = _check_flat_indices("nnf", nnf, "K")
+    _check_in_range("nnf", nnf, key_pixels, "key")
     return nnf
 
 
@@ -173,8 +179,8 @@ def neighbour_matches(nnf: Tensor, neighbours: Tensor, top: int | None = None) -
     others through this step, which the spatial propagation of ``patch_match`` cannot do.
     ``evaluate_candidates(query, key, torch.cat([nnf, neighbour_matches(nnf, neighbours)], 1), K)``
     keeps the best K; repeating it follows the neighbours' neighbours."""
-    nnf = _check_index_map("nnf", nnf, "K")
-    neighbours = _check_index_map("neighbours", neighbours, "M")
+    nnf = _check_flat_indices("nnf", nnf, "K")
+    neighbours = _check_flat_indices("neighbours", neighbours, "M")
     B, K, Hq, Wq = nnf.shape
     if neighbours.shape[0] != B or neighbours.shape[2:] != nnf.shape[2:]:
         raise ValueError(
@@ -186,13 +192,7 @@ def neighbour_matches(nnf: Tensor, neighbours: Tensor, top: int | None = None) -
         top = K
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= K:
         raise ValueError(f"top: expected an int in [1, {K}] (the matches per pixel in nnf), got {top!r}")
-    if neighbours.numel() and _inspectable(neighbours):
-        low, high = torch.aminmax(neighbours)
-        if int(low) < 0 or int(high) >= Hq * Wq:
-            raise ValueError(
-                f"neighbours: entries must be flat query indices in [0, {Hq * Wq}), got values in "
-                f"[{int(low)}, {int(high)}]"
-            )
+    _check_in_range("neighbours", neighbours, Hq * Wq, "query")
     M = neighbours.shape[1]
     matches = nnf[:, :top].reshape(B, 1, top, Hq * Wq).expand(B, M, top, Hq * Wq)
     index = neighbours.reshape(B, M, 1, Hq * Wq).long().expand(B, M, top, Hq * Wq)

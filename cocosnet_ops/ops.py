@@ -414,7 +414,7 @@ def evaluate_candidates(
     query, key, candidates = _search_input(query), _search_input(key), candidates.contiguous()
     if chosen == "torch":
         return reference.evaluate_candidates(query, key, candidates, k, patch_size)
-    return _kernels(chosen).evaluate_candidates(query, key, candidates.contiguous(), k, patch_size)
+    return _kernels(chosen).evaluate_candidates(query, key, candidates, k, patch_size)
 
 
 def _check_size(name: str, size: object) -> tuple[int, int]:
