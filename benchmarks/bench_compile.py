@@ -21,14 +21,13 @@ The processor is named from /proc/cpuinfo.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_recall import write_csv
+from bench_recall import processor_name, write_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,16 +47,6 @@ COLUMNS = (
     "processor",
     "torch",
 )
-
-
-def processor_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_batch(side: int, batch: int, label_nc: int, seed: int = 0) -> dict[str, torch.Tensor]:

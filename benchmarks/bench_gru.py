@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_recall import processor_name  # noqa: E402
 
 import data  # noqa: E402
 import demo  # noqa: E402
@@ -36,13 +37,6 @@ VARIANTS = {
 }
 COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", "train_cpu_s",
            "processor")
-
-
-def processor() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -72,7 +66,7 @@ def main() -> None:
             row = {
                 "variant": name, "seed": seed, "steps": args.steps, "extra": " ".join(args.overrides),
                 "epe_softmax_px": f"{scores.epe_softmax:.3f}", "epe_best_px": f"{scores.epe_best:.3f}",
-                "warp_l1": f"{scores.warp_l1:.4f}", "train_cpu_s": seconds, "processor": processor(),
+                "warp_l1": f"{scores.warp_l1:.4f}", "train_cpu_s": seconds, "processor": processor_name(),
             }
             print(row, flush=True)
             rows.append(row)

@@ -41,7 +41,6 @@ another index counts as agreeing). The processor is named from /proc/cpuinfo.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_recall import hierarchical_search, recall, smooth_pair, write_csv
+from bench_recall import hierarchical_search, processor_name, recall, smooth_pair, write_csv
 from torch import Tensor
 
 import cocosnet_ops
@@ -77,17 +76,6 @@ COLUMNS = (
 )
 FAISS_MISSING = "unavailable (faiss not installed: pip install faiss-cpu)"
 SCORE_TOLERANCE = 1e-5
-
-
-def processor_name() -> str:
-    """The 'model name' of /proc/cpuinfo, else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def as_rows(t: Tensor) -> np.ndarray:

@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -137,6 +138,17 @@ HARD_OCCLUDER_RADIUS = (0.06, 0.14)  # fractions of the side
 HARD_NOISE_STD = 0.02
 HARD_GAIN = (0.75, 1.15)  # brightness ramp across the key image
 HARD_BIAS = 0.05
+
+
+def processor_name() -> str:
+    """The 'model name' of /proc/cpuinfo, else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------- data
@@ -499,8 +511,6 @@ def time_searches(args: argparse.Namespace) -> list[dict]:
     ``--upsample`` setting, ``--iters`` iterations with random search, on the smooth pair at
     side ``--speed-side``: one warm-up round, then ``--speed-repeats`` rounds each timing every
     method once, so that all see the same load."""
-    from bench_knn import processor_name
-
     side = args.speed_side
     query, key = smooth_pair(side)
     methods = {"patch_match": lambda: cocosnet_ops.patch_match(query, key, args.k, args.iters)}

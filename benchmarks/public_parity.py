@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import csv
 import importlib
-import platform
 import random
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_recall import processor_name
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn.utils.spectral_norm import SpectralNorm
@@ -307,16 +307,8 @@ def fixture_generator_warps(warp0: Tensor, exemplar: Tensor) -> list[Tensor]:
     return [warp0, F.avg_pool2d(exemplar, 4), F.avg_pool2d(exemplar, 2), exemplar]
 
 
-def processor() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def markdown(rows: list[dict], command: str, notes: list[str]) -> str:
-    lines = [*notes, "",f"`{command}` (float32, {processor()}, torch {torch.__version__}):", "",
+    lines = [*notes, "",f"`{command}` (float32, {processor_name()}, torch {torch.__version__}):", "",
              "| widths | level | quantity | max abs diff | max abs value | tolerance |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
