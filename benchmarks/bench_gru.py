@@ -4,8 +4,10 @@ Every variant trains the demo model (``demo.py``'s configuration) for the same n
 from the same seed, then is measured on the same held-out synthetic pairs, whose true
 correspondence is known: the finest level's end-point error (pixels) of the softmax-weighted
 matched coordinate (the weights the warp gives the K candidates) and of the best-scoring one,
-over the pixels visible in both images, plus the warp L1. Writes one CSV row per variant and seed,
-with the training's CPU seconds (empty where a finished run in ``--runs`` was reused).
+over the pixels visible in both images, plus the warp L1, the best match's error at every level
+(1/8 .. 1/1) and, as the figure to beat, the error of matching every pixel to its own position.
+Writes one CSV row per variant and seed, with the training's CPU seconds (empty where a finished
+run in ``--runs`` was reused).
 
     python benchmarks/bench_gru.py --steps 30 --seeds 0 --out benchmarks/results/gru.csv
 """
@@ -35,8 +37,9 @@ VARIANTS = {
     "gru after patchmatch": ("model.gru_mode=after",),
     "gru interleaved": ("model.gru_mode=interleaved",),
 }
-COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", "train_cpu_s",
-           "processor")
+LEVELS = ("epe_best_1_8_px", "epe_best_1_4_px", "epe_best_1_2_px", "epe_best_1_1_px")
+COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", *LEVELS,
+           "epe_identity_px", "train_cpu_s", "processor")
 
 
 def main() -> None:
@@ -66,7 +69,10 @@ def main() -> None:
             row = {
                 "variant": name, "seed": seed, "steps": args.steps, "extra": " ".join(args.overrides),
                 "epe_softmax_px": f"{scores.epe_softmax:.3f}", "epe_best_px": f"{scores.epe_best:.3f}",
-                "warp_l1": f"{scores.warp_l1:.4f}", "train_cpu_s": seconds, "processor": processor_name(),
+                "warp_l1": f"{scores.warp_l1:.4f}",
+                **{column: f"{error:.3f}" for column, error in zip(LEVELS, scores.epe_levels, strict=True)},
+                "epe_identity_px": f"{scores.epe_identity:.3f}", "train_cpu_s": seconds,
+                "processor": processor_name(),
             }
             print(row, flush=True)
             rows.append(row)

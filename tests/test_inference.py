@@ -136,6 +136,12 @@ def test_held_out_scores_measure_the_true_correspondence(trained):
     scores = evaluate(model, batches)
     assert scores.samples == 2 and scores.warp_l1 > 0
     assert math.isfinite(scores.epe_softmax) and math.isfinite(scores.epe_best)
+    # One error per level, coarsest first (NaN where no block of a 32x32 figure is wholly valid); the
+    # finest level's is the best match's over the valid pixels.
+    assert len(scores.epe_levels) == 4 and all(math.isfinite(e) for e in scores.epe_levels[2:])
+    assert scores.epe_levels[-1] == pytest.approx(scores.epe_best, rel=1e-6)
+    # The two poses differ: matching every pixel to its own position is off by some pixels.
+    assert 0 < scores.epe_identity < 32
     # Matches at the true coordinates have zero end-point error.
     with torch.no_grad():
         batch = batches[0]

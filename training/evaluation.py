@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import cocosnet_ops
@@ -23,12 +24,17 @@ class HeldOutScores:
     """Means over the held-out pixels: ``warp_l1`` of the finest warp against the target photo (all
     pixels, colours in [-1, 1]); ``epe_softmax``/``epe_best``: distance in pixels from the true
     exemplar coordinate to the softmax-weighted mean of the K matched coordinates / to the best
-    one, over the valid pixels (NaN without ``exemplar_coords``)."""
+    one, over the valid pixels (NaN without ``exemplar_coords``). ``epe_levels``: the best match's
+    error at every level, coarsest first, in full-resolution pixels, over the blocks of valid pixels
+    (where a level loses what a coarser one found). ``epe_identity``: the error of matching every
+    pixel to the same position in the exemplar, the figure a correspondence has to beat."""
 
     warp_l1: float
     epe_softmax: float
     epe_best: float
     samples: int
+    epe_levels: tuple[float, ...] = ()
+    epe_identity: float = float("nan")
 
 
 def matched_coordinates(
@@ -60,8 +66,9 @@ def evaluate(
     """Scores of ``model`` (evaluation mode, restored afterwards) on ``batches`` of held-out items."""
     was_training = model.training
     model.eval()
-    l1_sum = epe_soft_sum = epe_best_sum = valid_sum = 0.0
+    l1_sum = epe_soft_sum = epe_best_sum = valid_sum = identity_sum = 0.0
     pixels = samples = 0
+    level_sums: list[list[float]] = []
     try:
         for batch in batches:
             inputs = (batch[k].to(device) for k in ("label", "exemplar", "exemplar_label"))
@@ -77,6 +84,17 @@ def evaluate(
                 epe_soft_sum += float(((weighted - truth).norm(dim=1) * valid).sum())
                 epe_best_sum += float(((best - truth).norm(dim=1) * valid).sum())
                 valid_sum += float(valid.sum())
+                height, width = truth.shape[-2:]
+                identity = torch.stack(torch.meshgrid(
+                    torch.arange(width, device=device), torch.arange(height, device=device), indexing="xy"))
+                identity_sum += float(((identity - truth).norm(dim=1) * valid).sum())
+                temperature = model.correspondence.temperature
+                for level in range(len(translation.nnfs)):
+                    if len(level_sums) <= level:
+                        level_sums.append([0.0, 0.0])
+                    error, count = _level_error(translation, temperature, level, truth, valid)
+                    level_sums[level][0] += error
+                    level_sums[level][1] += count
     finally:
         model.train(was_training)
     nan = float("nan")
@@ -85,4 +103,19 @@ def evaluate(
         epe_softmax=epe_soft_sum / valid_sum if valid_sum else nan,
         epe_best=epe_best_sum / valid_sum if valid_sum else nan,
         samples=samples,
+        epe_levels=tuple(error / count if count else nan for error, count in level_sums),
+        epe_identity=identity_sum / valid_sum if valid_sum else nan,
     )
+
+
+def _level_error(
+    translation: Translation, temperature: float, level: int, truth: Tensor, valid: Tensor
+) -> tuple[float, float]:
+    """Summed full-resolution end-point error of ``level``'s best match over the blocks whose pixels
+    are all valid (the truth averaged over the block, in that level's pixels), and their count."""
+    _, best = matched_coordinates(translation, temperature, level)
+    scale = truth.shape[-1] // best.shape[-1]
+    block_truth = (F.avg_pool2d(truth, scale) + 0.5) / scale - 0.5
+    block_valid = (F.avg_pool2d(valid[:, None], scale)[:, 0] == 1).float()
+    error = (best - block_truth).norm(dim=1) * scale
+    return float((error * block_valid).sum()), float(block_valid.sum())
