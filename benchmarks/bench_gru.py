@@ -5,7 +5,9 @@ from the same seed, then is measured on the same held-out synthetic pairs, whose
 correspondence is known: the finest level's end-point error (pixels) of the softmax-weighted
 matched coordinate (the weights the warp gives the K candidates) and of the best-scoring one,
 over the pixels visible in both images, plus the warp L1, the best match's error at every level
-(1/8 .. 1/1) and, as the figure to beat, the error of matching every pixel to its own position.
+(1/8 .. 1/1) and, as the figure to beat, the error of matching every pixel to its own position,
+and per level how far apart the K candidates' scores are (``contrast``: near 0 once the features
+no longer tell them apart).
 Writes one CSV row per variant and seed, with the training's CPU seconds (empty where a finished
 run in ``--runs`` was reused).
 
@@ -37,9 +39,11 @@ VARIANTS = {
     "gru after patchmatch": ("model.gru_mode=after",),
     "gru interleaved": ("model.gru_mode=interleaved",),
 }
-LEVELS = ("epe_best_1_8_px", "epe_best_1_4_px", "epe_best_1_2_px", "epe_best_1_1_px")
-COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", *LEVELS,
-           "epe_identity_px", "train_cpu_s", "processor")
+LEVELS = ("1_8", "1_4", "1_2", "1_1")
+EPE_LEVELS = tuple(f"epe_best_{level}_px" for level in LEVELS)
+CONTRAST_LEVELS = tuple(f"contrast_{level}" for level in LEVELS)
+COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px", "warp_l1", *EPE_LEVELS,
+           "epe_identity_px", *CONTRAST_LEVELS, "train_cpu_s", "processor")
 
 
 def main() -> None:
@@ -70,8 +74,10 @@ def main() -> None:
                 "variant": name, "seed": seed, "steps": args.steps, "extra": " ".join(args.overrides),
                 "epe_softmax_px": f"{scores.epe_softmax:.3f}", "epe_best_px": f"{scores.epe_best:.3f}",
                 "warp_l1": f"{scores.warp_l1:.4f}",
-                **{column: f"{error:.3f}" for column, error in zip(LEVELS, scores.epe_levels, strict=True)},
-                "epe_identity_px": f"{scores.epe_identity:.3f}", "train_cpu_s": seconds,
+                **{name: f"{e:.3f}" for name, e in zip(EPE_LEVELS, scores.epe_levels, strict=True)},
+                "epe_identity_px": f"{scores.epe_identity:.3f}",
+                **{name: f"{c:.4f}" for name, c in zip(CONTRAST_LEVELS, scores.contrast_levels, strict=True)},
+                "train_cpu_s": seconds,
                 "processor": processor_name(),
             }
             print(row, flush=True)

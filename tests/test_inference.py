@@ -18,7 +18,7 @@ import train
 from data import pose as openpose
 from models import public_checkpoints
 from training import checkpoint
-from training.evaluation import evaluate, matched_coordinates
+from training.evaluation import candidate_scores, evaluate, matched_coordinates
 
 TINY = {
     "data": {"name": "synthetic", "train": {"size": 32, "length": 4, "seed": 0}},
@@ -140,6 +140,7 @@ def test_held_out_scores_measure_the_true_correspondence(trained):
     # finest level's is the best match's over the valid pixels.
     assert len(scores.epe_levels) == 4 and all(math.isfinite(e) for e in scores.epe_levels[2:])
     assert scores.epe_levels[-1] == pytest.approx(scores.epe_best, rel=1e-6)
+    assert len(scores.contrast_levels) == 4 and all(c >= 0 for c in scores.contrast_levels)
     # The two poses differ: matching every pixel to its own position is off by some pixels.
     assert 0 < scores.epe_identity < 32
     # Matches at the true coordinates have zero end-point error.
@@ -151,6 +152,10 @@ def test_held_out_scores_measure_the_true_correspondence(trained):
     weighted, best = matched_coordinates(translation, 0.01)
     torch.testing.assert_close(weighted, batch["exemplar_coords"], rtol=0, atol=1e-4)
     torch.testing.assert_close(best, batch["exemplar_coords"], rtol=0, atol=0)
+    # K copies of one coordinate score alike: no contrast between them.
+    coords, scores = candidate_scores(translation)
+    assert coords.shape[:4] == scores.shape
+    torch.testing.assert_close(scores.amax(1) - scores.amin(1), torch.zeros_like(scores[:, 0]))
 
 
 def test_demo_prints_the_warp_line_and_writes_the_grids(tmp_path, capsys):

@@ -27,7 +27,10 @@ class HeldOutScores:
     one, over the valid pixels (NaN without ``exemplar_coords``). ``epe_levels``: the best match's
     error at every level, coarsest first, in full-resolution pixels, over the blocks of valid pixels
     (where a level loses what a coarser one found). ``epe_identity``: the error of matching every
-    pixel to the same position in the exemplar, the figure a correspondence has to beat."""
+    pixel to the same position in the exemplar, the figure a correspondence has to beat.
+    ``contrast_levels``: per level, the mean over all pixels of the best minus the worst of the K
+    candidates' scores (cosine similarities); near 0 when the features no longer tell the candidates
+    apart, so that the warp is their plain average."""
 
     warp_l1: float
     epe_softmax: float
@@ -35,6 +38,18 @@ class HeldOutScores:
     samples: int
     epe_levels: tuple[float, ...] = ()
     epe_identity: float = float("nan")
+    contrast_levels: tuple[float, ...] = ()
+
+
+def candidate_scores(translation: Translation, level: int = -1) -> tuple[Tensor, Tensor]:
+    """The K candidates' (x, y) exemplar coordinates (B, K, H, W, 2) at ``level`` (GRU-moved where
+    the GRU ran, else the NNF's pixels) and their scores (B, K, H, W) from one ``bilinear_scores``."""
+    query, key = translation.features.query[level], translation.features.key[level]
+    coords = translation.coords[level]
+    if coords is None:
+        coords = nnf_to_coords(translation.nnfs[level], tuple(key.shape[-2:]))
+    coords = coords.detach().float()
+    return coords, cocosnet_ops.bilinear_scores(query.detach(), key.detach(), coords)
 
 
 def matched_coordinates(
@@ -42,16 +57,10 @@ def matched_coordinates(
 ) -> tuple[Tensor, Tensor]:
     """(softmax-weighted, best) matched exemplar coordinates (B, 2, H, W) at ``level``.
 
-    The K candidates are the GRU-moved coordinates where the GRU ran, else the NNF's pixels; their
-    weights are the softmax of their scores (one ``bilinear_scores`` call) over ``temperature``,
-    the weights the warp gives them.
+    The K candidates of :func:`candidate_scores`, weighted by the softmax of their scores over
+    ``temperature``, the weights the warp gives them.
     """
-    query, key = translation.features.query[level], translation.features.key[level]
-    coords = translation.coords[level]
-    if coords is None:
-        coords = nnf_to_coords(translation.nnfs[level], tuple(key.shape[-2:]))
-    coords = coords.detach().float()
-    scores = cocosnet_ops.bilinear_scores(query.detach(), key.detach(), coords)
+    coords, scores = candidate_scores(translation, level)
     weights = torch.softmax(scores.float() / temperature, dim=1)  # (B, K, H, W)
     weighted = (weights.unsqueeze(-1) * coords).sum(1)  # (B, H, W, 2)
     best_index = scores.argmax(1, keepdim=True)[..., None].expand(-1, 1, -1, -1, 2)
@@ -69,6 +78,7 @@ def evaluate(
     l1_sum = epe_soft_sum = epe_best_sum = valid_sum = identity_sum = 0.0
     pixels = samples = 0
     level_sums: list[list[float]] = []
+    contrast_sums: list[float] = []
     try:
         for batch in batches:
             inputs = (batch[k].to(device) for k in ("label", "exemplar", "exemplar_label"))
@@ -77,6 +87,12 @@ def evaluate(
             l1_sum += float((warp - batch["image"].to(device)).abs().mean(1).sum())
             pixels += warp.shape[0] * warp.shape[-2] * warp.shape[-1]
             samples += warp.shape[0]
+            for level in range(len(translation.nnfs)):
+                scores = candidate_scores(translation, level)[1].float()
+                contrast = float((scores.amax(1) - scores.amin(1)).mean()) * warp.shape[0]
+                if len(contrast_sums) <= level:
+                    contrast_sums.append(0.0)
+                contrast_sums[level] += contrast
             if "exemplar_coords" in batch:
                 truth = batch["exemplar_coords"].to(device)
                 valid = batch["valid"].to(device)[:, 0]
@@ -105,6 +121,7 @@ def evaluate(
         samples=samples,
         epe_levels=tuple(error / count if count else nan for error, count in level_sums),
         epe_identity=identity_sum / valid_sum if valid_sum else nan,
+        contrast_levels=tuple(total / max(samples, 1) for total in contrast_sums),
     )
 
 
