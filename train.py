@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import data
 from models import CoCosNet, TrainingLosses, TrainingStep
-from training import checkpoint, distributed, visuals
+from training import checkpoint, compile_workaround, distributed, visuals
 from training.config import ConfigError, load_config, model_options, uses_vgg, visual_label_kind
 
 
@@ -184,6 +184,8 @@ class Trainer:
         if settings["compile"]:
             # A part the compiler cannot handle runs eagerly instead of stopping the training.
             torch._dynamo.config.suppress_errors = True
+            # A new image size recompiles with dynamic shapes, which torch 2.13 takes very long over.
+            compile_workaround.use_fast_vector_index_analysis()
             step_module = torch.compile(step_module)
         self.step_module = step_module
 

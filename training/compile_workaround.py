@@ -1,0 +1,107 @@
+"""A workaround for the time torch 2.13's Inductor spends compiling this model with dynamic shapes.
+
+Before it vectorises a loop, Inductor's C++ back end asks, for every index expression of the loop,
+how the index moves from one vector lane to the next (``stride_at_vec_range`` in
+``torch/_inductor/sizevars.py``). With dynamic shapes those expressions hold the image sizes as
+symbols, floor divisions and moduli, and torch 2.13 runs a full ``sympy.simplify`` over each one,
+twice: once after rewriting the lane-uniform divisions (``simplify_index_in_vec_range``) and once
+on the difference of two neighbouring indices (``stride_at``). On this model's U-Nets those
+simplifications are most of the compile time (PyTorch issue #133734; the open fix,
+pytorch/pytorch#186319, drops the first of them).
+
+:func:`use_fast_vector_index_analysis` replaces the two helpers by versions without the general
+simplification: the lane-uniform divisions and moduli are rewritten as before, and the stride is
+the expanded difference where that no longer depends on the loop variable (a plain number or
+size expression, exactly what the full simplification returns there); only the rest still goes
+through the full simplification. The answers are the same expressions up to algebraic form, so
+the generated code computes the same values. It patches only the torch version it was written
+against and leaves any other version as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import sympy
+import torch
+
+PATCHED_VERSION = "2.13."
+# torch's own helpers, kept when they are replaced (the tests compare against them).
+ORIGINAL_HELPERS: dict[str, object] = {}
+
+
+def use_fast_vector_index_analysis() -> bool:
+    """Installs the faster index analysis in Inductor's C++ back end (once per process); returns
+    whether it is in place. On a torch other than 2.13, or one whose helpers moved, it changes
+    nothing and returns False."""
+    if not torch.__version__.startswith(PATCHED_VERSION):
+        return False
+    from torch._inductor import sizevars
+    from torch._inductor.codegen import cpp
+
+    if getattr(sizevars.stride_at_vec_range, "_cocosnet_workaround", False):
+        return True
+    if not all(hasattr(sizevars, name) for name in ("stride_at", "stride_at_vec_range", "sympy_subs")):
+        return False
+    if getattr(cpp, "stride_at_vec_range", None) is not sizevars.stride_at_vec_range:
+        return False
+    full_stride_at = sizevars.stride_at
+    ORIGINAL_HELPERS.update(stride_at=full_stride_at, stride_at_vec_range=sizevars.stride_at_vec_range)
+
+    @functools.lru_cache
+    def stride_at(index: sympy.Expr, var: sympy.Symbol) -> sympy.Expr:
+        if not index.has(var):
+            return sympy.S.Zero
+        difference = sympy.expand(sizevars.sympy_subs(index, {var: var + 1}) - index)
+        return difference if not difference.has(var) else full_stride_at(index, var)
+
+    @functools.lru_cache
+    def stride_at_vec_range(
+        index: sympy.Expr, var: sympy.Symbol, vec_length: int | None = None
+    ) -> sympy.Expr:
+        if vec_length:
+            index = lane_uniform_terms_as_symbols(index, var, vec_length)
+        return stride_at(index, var)
+
+    stride_at_vec_range._cocosnet_workaround = True
+    sizevars.stride_at = stride_at
+    sizevars.stride_at_vec_range = stride_at_vec_range
+    cpp.stride_at_vec_range = stride_at_vec_range
+    return True
+
+
+@functools.lru_cache
+def lane_uniform_terms_as_symbols(index: sympy.Expr, var: sympy.Symbol, vec_length: int) -> sympy.Expr:
+    """``index`` with every ``FloorDiv(var, d)`` / ``ModularIndexing(var, d, m)`` that is constant
+    over ``vec_length`` consecutive values of ``var`` (d a multiple of ``vec_length``) replaced by a
+    fresh symbol, and ``ModularIndexing(var, 1, m)`` with m a multiple of ``vec_length`` by ``var``
+    plus one: torch's ``simplify_index_in_vec_range`` without its full simplification."""
+    from torch.utils._sympy.functions import FloorDiv, ModularIndexing
+
+    fresh = 0
+
+    def symbol(kind: str) -> sympy.Symbol:
+        nonlocal fresh
+        fresh += 1
+        return sympy.Symbol(f"{var}_{kind}_c{fresh - 1}")
+
+    def floor_div(divisor: sympy.Expr) -> sympy.Expr:
+        if sympy.gcd(divisor, vec_length) == vec_length:
+            return symbol("div")
+        return FloorDiv(var, divisor)
+
+    def modular(divisor: sympy.Expr, modulus: sympy.Expr) -> sympy.Expr:
+        if sympy.gcd(divisor, vec_length) == vec_length:
+            return symbol("mod")
+        if divisor == 1 and sympy.gcd(modulus, vec_length) == vec_length:
+            return var + symbol("mod")
+        return ModularIndexing(var, divisor, modulus)
+
+    divisor, modulus = sympy.Wild("divisor", integer=True), sympy.Wild("modulus", integer=True)
+    rewritten = index
+    if rewritten.has(FloorDiv):
+        rewritten = rewritten.replace(FloorDiv(var, divisor), floor_div)
+    if rewritten.has(ModularIndexing):
+        rewritten = rewritten.replace(ModularIndexing(var, divisor, modulus), modular)
+    # A rewrite can expose another pattern (as in torch's helper): repeat until nothing changes.
+    return rewritten if rewritten == index else lane_uniform_terms_as_symbols(rewritten, var, vec_length)
