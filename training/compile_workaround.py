@@ -10,12 +10,13 @@ simplifications are most of the compile time (PyTorch issue #133734; the open fi
 pytorch/pytorch#186319, drops the first of them).
 
 :func:`use_fast_vector_index_analysis` replaces the two helpers by versions without the general
-simplification: the lane-uniform divisions and moduli are rewritten as before, and the stride is
-the expanded difference where that no longer depends on the loop variable (a plain number or
-size expression, exactly what the full simplification returns there); only the rest still goes
-through the full simplification. The answers are the same expressions up to algebraic form, so
-the generated code computes the same values. It patches only the torch version it was written
-against and leaves any other version as it is.
+simplification: the lane-uniform divisions and moduli are rewritten into fresh symbols as before,
+and the stride is the expanded difference of the two neighbouring indices. Where that difference
+no longer depends on the loop variable it is the number or size expression the full simplification
+gives; where it still does, the C++ back end treats the access as non-contiguous either way (it only
+asks whether a stride is 0, 1, a number, or free of the loop variables). The generated code
+computes the same values; at worst a loop the full simplification would have proved contiguous is
+not vectorised. It patches only the torch version it was written against.
 """
 
 from __future__ import annotations
@@ -45,15 +46,13 @@ def use_fast_vector_index_analysis() -> bool:
         return False
     if getattr(cpp, "stride_at_vec_range", None) is not sizevars.stride_at_vec_range:
         return False
-    full_stride_at = sizevars.stride_at
-    ORIGINAL_HELPERS.update(stride_at=full_stride_at, stride_at_vec_range=sizevars.stride_at_vec_range)
+    ORIGINAL_HELPERS.update(stride_at=sizevars.stride_at, stride_at_vec_range=sizevars.stride_at_vec_range)
 
     @functools.lru_cache
     def stride_at(index: sympy.Expr, var: sympy.Symbol) -> sympy.Expr:
         if not index.has(var):
             return sympy.S.Zero
-        difference = sympy.expand(sizevars.sympy_subs(index, {var: var + 1}) - index)
-        return difference if not difference.has(var) else full_stride_at(index, var)
+        return sympy.expand(sizevars.sympy_subs(index, {var: var + 1}) - index)
 
     @functools.lru_cache
     def stride_at_vec_range(
