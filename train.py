@@ -184,8 +184,9 @@ class Trainer:
         if settings["compile"]:
             # A part the compiler cannot handle runs eagerly instead of stopping the training.
             torch._dynamo.config.suppress_errors = True
-            # A new image size recompiles with dynamic shapes, which torch 2.13 takes very long over.
-            compile_workaround.use_fast_vector_index_analysis()
+            # A new image size recompiles with dynamic shapes: torch 2.13 takes very long over it,
+            # and would pin the sizes again without the second workaround.
+            compile_workaround.install()
             step_module = torch.compile(step_module)
         self.step_module = step_module
 

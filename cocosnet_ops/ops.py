@@ -100,9 +100,9 @@ def _type_name(x: object) -> str:
 def _check_int(name: str, x: object, low: int, high: int | None = None) -> int:
     if isinstance(x, (bool, Tensor)) or not hasattr(type(x), "__index__"):
         raise TypeError(f"{name}: expected an int, got {_type_name(x)}")
-    # A size under torch.compile with dynamic shapes is a SymInt: compare it (a guard), never
-    # convert it (that would specialise the graph to this size).
-    if not isinstance(x, torch.SymInt):
+    # A size under torch.compile with dynamic shapes is a SymInt (which Dynamo reports as an int):
+    # compare it (a range guard), never convert it (that would specialise the graph to this size).
+    if not isinstance(x, (int, torch.SymInt)):
         x = operator.index(x)
     if x < low or (high is not None and x > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
@@ -468,15 +468,14 @@ def nnf_upsample(
         coarse = _check_size("coarse_key_size", coarse_key_size)
     if query_size[0] < nnf.shape[2] or query_size[1] < nnf.shape[3]:
         raise ValueError(f"query_size: {query_size} is smaller than the coarse NNF's {tuple(nnf.shape[2:])}")
-    coarse_pixels = coarse[0] * coarse[1]
-    message = f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map"
-    if _inspectable(nnf) and not _assert_on_device(nnf, ((nnf >= 0) & (nnf < coarse_pixels)).all(), message):
-        low, high = torch.aminmax(nnf)
-        if int(low) < 0 or int(high) >= coarse_pixels:
-            raise ValueError(
-                f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map, "
-                f"got values in [{int(low)}, {int(high)}]"
-            )
+    if _inspectable(nnf):
+        # Formatted only here: formatting a symbolic size while tracing would specialise it.
+        coarse_pixels = coarse[0] * coarse[1]
+        message = f"nnf: entries must be flat indices into the {coarse[0]}x{coarse[1]} coarse key map"
+        if not _assert_on_device(nnf, ((nnf >= 0) & (nnf < coarse_pixels)).all(), message):
+            low, high = (int(x) for x in torch.aminmax(nnf))
+            if low < 0 or high >= coarse_pixels:
+                raise ValueError(f"{message}, got values in [{low}, {high}]")
     chosen = _choose_backend(backend, nnf.device, "nnf_upsample")
     if chosen == "torch":
         return reference.nnf_upsample(nnf, key_size, query_size, window, dilation, coarse)

@@ -59,3 +59,25 @@ def test_constant_strides_come_out_as_numbers(helpers):
     assert fast(3 * x0 + s0, x0, 16) == 3
     assert fast(s0 * FloorDiv(x0, 16) + ModularIndexing(x0, 1, 16), x0, 16) == 1
     assert fast(x1 * s0, x0, 16) == 0
+
+
+def test_compiled_backward_keeps_sizes_dynamic():
+    """torch 2.13 alone: ConstraintViolationError, the sizes specialised to the first call's."""
+    assert compile_workaround.install() == {"fast_vector_index_analysis": True, "sizes_dynamic": True}
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(conv(x)).square().sum()
+
+    compiled = torch.compile(loss)
+    for index, size in enumerate([(32, 48), (32, 32)]):
+        x = torch.randn(1, 3, *size, requires_grad=True)
+        if index == 0:
+            torch._dynamo.mark_dynamic(x, (2, 3))
+        with torch._dynamo.config.patch(error_on_recompile=index > 0):
+            (got,) = torch.autograd.grad(compiled(x), x)
+        (expected,) = torch.autograd.grad(loss(x), x)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    torch._dynamo.reset()
