@@ -150,7 +150,6 @@ def keep_sizes_dynamic() -> bool:
         or not hasattr(sizevars.SizeVarAllocator, "optimization_hints")
     ):
         return False
-    ORIGINAL_HELPERS["set_tracing_context_output_strides"] = report_strides
     lower_conv_backward = lowering.lowerings[conv_backward]
 
     def set_tracing_context_output_strides(example_inputs: Sequence[object], compiled_graph: Any) -> None:
