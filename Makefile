@@ -20,8 +20,10 @@ install: $(STAMP)
 lint: install
 	$(PYTHON) -m ruff check .
 
+# Two workers: the whole-model torch.compile test (tests/test_compile_model.py) takes most of a
+# run on its own, and the other worker runs the rest meanwhile.
 test: install lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --durations=5
 
 demo: install
 	$(PYTHON) demo.py

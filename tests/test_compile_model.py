@@ -1,5 +1,6 @@
-"""The whole model under torch.compile: one graph in training and evaluation mode, and a seed
-that ``patch_match`` reads as a tensor."""
+"""The whole model under torch.compile: one graph in training and evaluation mode, shapes kept
+dynamic (a second image size does not recompile) with the results and gradients of eager mode,
+and a seed that ``patch_match`` reads as a tensor."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ from test_models import make_batch, tiny_options
 
 import cocosnet_ops
 from models import CoCosNet, TrainingStep
+from training import compile_workaround
+
+# Non-square first: its height and width get separate symbols, which the square size then reuses.
+# Both sides above 32 so that no generator level (1/32 of the image) has size 1: PyTorch treats a
+# size-1 dimension as broadcastable, so a level of size 1 at one size but not the other recompiles.
+SIZES = [(40, 56), (48, 48)]
+TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -65,3 +73,49 @@ def test_training_step_losses_are_one_graph():
     explanation = torch._dynamo.explain(step)(make_batch((32, 32), (32, 32)))
     assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def forward_and_gradients(
+    model: torch.nn.Module, params: list[torch.nn.Parameter], batch: dict[str, torch.Tensor]
+) -> list[torch.Tensor]:
+    """The image, the warps, and the gradients of a loss on them w.r.t. the exemplar and ``params``."""
+    out = model(*model_inputs(batch))
+    weights = torch.linspace(-1, 1, out.image.numel(), dtype=out.image.dtype).view_as(out.image)
+    loss = (out.image * weights).mean() + sum(warp.square().mean() for warp in out.warps)
+    grads = torch.autograd.grad(loss, [batch["exemplar"], *params])
+    return [out.image.detach(), *(warp.detach() for warp in out.warps), *grads]
+
+
+def dynamic_batch(size: tuple[int, int], mark: bool) -> dict[str, torch.Tensor]:
+    """A float64 batch whose exemplar requires grad, its image sizes marked dynamic if ``mark``.
+
+    float64: the warps are softmaxes of matching scores at temperature 0.01, which turn float32
+    rounding differences between compiled and eager kernels (~1e-6 in the scores) into ~1e-4 in the
+    warps; in float64 anything above 1e-4 is a real difference. The tensors are marked in place,
+    as ``mark_dynamic`` marks a tensor object and a copy (``.detach()``, ``.double()``) is static."""
+    batch = {name: tensor.double() for name, tensor in make_batch(size, size).items()}
+    batch["exemplar"].requires_grad_()
+    if mark:
+        for tensor in model_inputs(batch):
+            torch._dynamo.mark_dynamic(tensor, (2, 3))
+    return batch
+
+
+def test_compiled_model_matches_eager_at_two_sizes_without_recompiling():
+    compile_workaround.install()  # as train.py --compile does (see training/compile_workaround.py)
+    model = CoCosNet(tiny_options()).double().eval()
+    # Parameters the image and warps depend on (the discriminator and VGG only serve the losses).
+    params = [p for name, p in model.named_parameters() if name.startswith(("correspondence.", "generator."))]
+    compiled = torch.compile(model)
+    # Cold caches: a cached compilation of this model brings back a guard on the 1/16 level's sizes
+    # (ceil(H/16) < ceil(W/16)) that a cold one does not add, and the second size would recompile.
+    with torch.compiler.config.patch(force_disable_caches=True):
+        for index, size in enumerate(SIZES):
+            batch = dynamic_batch(size, mark=index == 0)  # sizes are symbols from the first call on
+            with torch._dynamo.config.patch(error_on_recompile=index > 0):
+                got = forward_and_gradients(compiled, params, batch)
+            expected = forward_and_gradients(model, params, batch)
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected, strict=True):
+                torch.testing.assert_close(g, e, rtol=0, atol=TOLERANCE)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
