@@ -1,4 +1,5 @@
-# make test: install what is missing, then lint and run the whole suite.
+# make test: install what is missing, then lint and run the default suite (all but the tests
+#   marked slow or cuda; minutes). make test-all: everything, as CI runs it (.ci/run).
 # make demo: train on the embedded synthetic figures (128x128, CPU, about 5 minutes), translate
 #   held-out pairs and print the warp L1 before and after training (demo.py).
 # make photo-demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it.
@@ -6,7 +7,7 @@ PYTHON ?= python3
 STAMP := build/.installed
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
 
-.PHONY: install test lint demo photo-demo bench
+.PHONY: install test test-all lint demo photo-demo bench
 
 # torch==2.13.0 only when no torch is installed, so a user's CUDA build of torch is kept.
 $(STAMP): $(SOURCES)
@@ -20,10 +21,13 @@ install: $(STAMP)
 lint: install
 	$(PYTHON) -m ruff check .
 
-# Two workers: the whole-model torch.compile test (tests/test_compile_model.py) takes most of a
-# run on its own, and the other worker runs the rest meanwhile.
+# Two workers. In test-all the slow whole-model Inductor compilation (tests/test_compile_model.py,
+# 15-20 minutes) is scheduled first (tests/conftest.py) and the other worker runs the rest meanwhile.
 test: install lint
-	$(PYTHON) -m pytest -q -n 2 --durations=5
+	$(PYTHON) -m pytest -q -n 2 -m "not slow and not cuda" --durations=10
+
+test-all: install lint
+	$(PYTHON) -m pytest -q -n 2 --durations=10
 
 demo: install
 	$(PYTHON) demo.py

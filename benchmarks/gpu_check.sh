@@ -2,7 +2,7 @@
 # Everything only a GPU can show, in one command, from the repository root of a machine with a
 # GPU, torch with CUDA, nvcc and compute-sanitizer:
 #   1. build cocosnet_ops._C in place with its CUDA kernels (for this GPU's architecture);
-#   2. the CUDA and Triton tests (the CPU suite runs in CI);
+#   2. the tests marked cuda or triton (the CPU suite runs in CI);
 #   3. compute-sanitizer memcheck and racecheck on a small run of every CUDA kernel;
 #   4. the GPU benchmarks: the warp against dense and SDPA, and the gathers' bandwidth.
 # Results go to $RESULTS (default benchmarks/results); logs of the sanitizer runs beside them.
@@ -29,8 +29,7 @@ fi
 # Every later step runs even when one fails; the script fails at the end.
 failed=0
 echo "== CUDA and Triton tests"
-$PYTHON -m pytest -q -p no:cacheprovider tests/test_build.py tests/test_cuda_*.py \
-  $(ls tests/test_triton*.py 2>/dev/null || true) || failed=1
+$PYTHON -m pytest -q -p no:cacheprovider -m "cuda or triton" tests || failed=1
 
 echo "== compute-sanitizer"
 # memcheck over every kernel the case launches; racecheck over this project's kernels only:

@@ -1,4 +1,15 @@
-"""Shared helpers of the op tests: the backends to run on and seeded feature makers.
+"""Shared helpers of the tests: what a CI run must have, the markers' skips, hypothesis
+profiles, the backends to run on and seeded feature makers.
+
+Where CI runs (``COCOSNET_REQUIRE_COMPILED=1``, set by ``.ci/run``) nothing the suite needs may
+be missing: the compiled extension ``cocosnet_ops._C``, triton (its interpreter runs the Triton
+kernels' tests), faiss (the kNN benchmark's peer) and the sample files in ``../shared/data``
+(the loaders' tests). Each of them missing or broken stops the run at collection with one
+error naming them all, instead of turning into skipped tests. Elsewhere their tests skip.
+
+Tests marked ``cuda`` skip without a GPU and the CUDA kernels (``benchmarks/gpu_check.sh``
+runs them on a GPU). Hypothesis runs the ``ci`` profile (derandomised, the full example
+counts) under CI and ``dev`` (random, fewer examples) elsewhere; ``HYPOTHESIS_PROFILE`` picks.
 
 Any test that takes a ``backend`` argument is parametrised over :data:`BACKENDS` by
 ``pytest_generate_tests`` (a parametrisation, not a function-scoped fixture, so hypothesis
@@ -8,11 +19,15 @@ functions, for the same reason.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, settings
 
 # Without a GPU the triton backend's tests (test_triton.py) run in Triton's interpreter, which
 # must be chosen before triton is first imported, and importing cocosnet_ops imports it.
@@ -21,18 +36,65 @@ if not torch.cuda.is_available():
 
 import cocosnet_ops  # noqa: E402
 from cocosnet_ops import reference  # noqa: E402
+from cocosnet_ops import triton as triton_kernels  # noqa: E402
 from cocosnet_ops.ops import COMPILED_LOAD_ERROR  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SAMPLE_FOLDERS = ("deepfashion_samples", "ade20k_samples")
+HAS_GPU_KERNELS = torch.cuda.is_available() and cocosnet_ops.HAS_CUDA_KERNELS
 
 # "torch" (reference.py) always works; "cpu" needs the compiled extension cocosnet_ops._C.
 BACKENDS = ["torch"] + (["cpu"] if cocosnet_ops.HAS_COMPILED else [])
 
+_QUIET = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", derandomize=True, max_examples=50, **_QUIET)
+settings.register_profile("dev", max_examples=10, **_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def missing_requirements() -> list[str]:
+    """What a CI run needs and this environment lacks, one line each."""
+    missing = []
+    if not cocosnet_ops.HAS_COMPILED:
+        missing.append(f"cocosnet_ops._C: {COMPILED_LOAD_ERROR}")
+    if sys.platform == "linux":  # triton publishes wheels for Linux only
+        try:
+            reason = triton_kernels.unavailable("cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as error:  # a broken installation fails in many ways
+            reason = f"importing it failed: {type(error).__name__}: {error}"
+        if reason:
+            missing.append(f"triton: {reason}")
+    try:
+        importlib.import_module("faiss")
+    except Exception as error:
+        missing.append(f"faiss: {type(error).__name__}: {error} (pip install faiss-cpu)")
+    for folder in SAMPLE_FOLDERS:
+        if not (SHARED_DATA / folder).is_dir():
+            missing.append(f"sample data: {SHARED_DATA / folder} is not a folder")
+    return missing
+
 
 def pytest_configure(config):
-    """Where the kernels must exist (CI sets COCOSNET_REQUIRE_COMPILED=1), a failed build must
-    stop the run, not turn into skipped kernel tests and a suite that checks the reference
-    against itself."""
-    if os.environ.get("COCOSNET_REQUIRE_COMPILED") == "1" and not cocosnet_ops.HAS_COMPILED:
-        raise pytest.UsageError(f"COCOSNET_REQUIRE_COMPILED=1, but {COMPILED_LOAD_ERROR}")
+    """Where CI runs, a failed build or a missing test dependency must stop the run, not turn
+    into skipped tests and a suite that checks the reference against itself."""
+    if os.environ.get("COCOSNET_REQUIRE_COMPILED") == "1":
+        missing = missing_requirements()
+        if missing:
+            raise pytest.UsageError(
+                "COCOSNET_REQUIRE_COMPILED=1, but the suite cannot run whole:\n  " + "\n  ".join(missing)
+            )
+
+
+def pytest_collection_modifyitems(config, items):
+    # The slow tests first: on two workers one of them runs the longest test while the other
+    # runs the rest, instead of starting it last.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if HAS_GPU_KERNELS:
+        return
+    skip = pytest.mark.skip(reason="needs a GPU and the CUDA kernels")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 def pytest_generate_tests(metafunc):

@@ -101,12 +101,22 @@ def dynamic_batch(size: tuple[int, int], mark: bool) -> dict[str, torch.Tensor]:
     return batch
 
 
-def test_compiled_model_matches_eager_at_two_sizes_without_recompiling():
+@pytest.mark.parametrize(
+    "compiler",
+    [
+        # Inductor's cold compilation of the model and its backward: 15-20 minutes on 2 cores.
+        pytest.param("inductor", marks=pytest.mark.slow),
+        # Dynamo and AOTAutograd without code generation: the same graphs and the same guards on
+        # the sizes in a few minutes, so the default suite checks that sizes stay symbolic.
+        "aot_eager",
+    ],
+)
+def test_compiled_model_matches_eager_at_two_sizes_without_recompiling(compiler):
     compile_workaround.install()  # as train.py --compile does (see training/compile_workaround.py)
     model = CoCosNet(tiny_options()).double().eval()
     # Parameters the image and warps depend on (the discriminator and VGG only serve the losses).
     params = [p for name, p in model.named_parameters() if name.startswith(("correspondence.", "generator."))]
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, backend=compiler)
     # Cold caches: a cached compilation of this model brings back a guard on the 1/16 level's sizes
     # (ceil(H/16) < ceil(W/16)) that a cold one does not add, and the second size would recompile.
     with torch.compiler.config.patch(force_disable_caches=True):

@@ -2,7 +2,7 @@
 and backward: non-square maps, query and key of different sizes, batches, value widths other
 than the feature width, K from 1 to beyond what fits in shared memory. Also gradcheck, opcheck,
 torch.compile, the deterministic backward, and indices or coordinates outside the maps.
-Skipped without a GPU."""
+Marked cuda: skipped without a GPU."""
 
 import pytest
 import torch
@@ -11,16 +11,7 @@ from kernel_cases import integer_features
 import cocosnet_ops
 from cocosnet_ops import reference
 
-
-def has_cuda_kernels() -> bool:
-    return cocosnet_ops.HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "cocosnet_ops::weighted_gather", "CUDA"
-    )
-
-
-pytestmark = pytest.mark.skipif(
-    not (torch.cuda.is_available() and has_cuda_kernels()), reason="needs a GPU and the CUDA kernels"
-)
+pytestmark = pytest.mark.cuda  # skipped without a GPU and the CUDA kernels (conftest.py)
 CUDA = torch.device("cuda")
 ops = torch.ops.cocosnet_ops
 TEMPERATURE = 0.2

@@ -1,7 +1,7 @@
 """The CUDA search kernels (patch_match, evaluate_candidates, nnf_upsample) against the cpu
 kernels and the reference. They run the same per-pixel code (csrc/patch_match.h), so on
 integer-valued features, where every score is exact whatever the order of the sums, the three
-backends must agree bitwise. Skipped without a GPU."""
+backends must agree bitwise. Marked cuda: skipped without a GPU."""
 
 import pytest
 import torch
@@ -11,13 +11,7 @@ from kernel_cases import integer_features, unit_features
 import cocosnet_ops
 from cocosnet_ops import reference
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(
-        not (torch.cuda.is_available() and cocosnet_ops.HAS_CUDA_KERNELS),
-        reason="needs a GPU and the CUDA kernels",
-    ),
-]
+pytestmark = pytest.mark.cuda  # skipped without a GPU and the CUDA kernels (conftest.py)
 CUDA = torch.device("cuda")
 
 

@@ -26,9 +26,12 @@ from cocosnet_ops import triton as triton_kernels  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
-pytestmark = pytest.mark.skipif(
-    bool(triton_kernels.unavailable(DEVICE.type)), reason=triton_kernels.unavailable(DEVICE.type)
-)
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(
+        bool(triton_kernels.unavailable(DEVICE.type)), reason=triton_kernels.unavailable(DEVICE.type)
+    ),
+]
 
 
 def on_device(*tensors):

@@ -550,7 +550,7 @@ torch.cuda.synchronize()
 """
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_index_checks_on_a_gpu_assert_on_the_device_without_a_host_sync():
     """On a GPU the range checks go through a device-side assert, not a read-back per op. (In a
     fresh interpreter: a device-side assert leaves the CUDA context unusable.)"""
