@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -13,7 +14,7 @@ from data import build_dataset, pose
 from data.common import BadSampleError
 from data.deepfashion import DeepFashionHDDataset, pad_to_square
 
-SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "deepfashion_samples"
+SAMPLES = SHARED_DATA / "deepfashion_samples"
 WIDTH, HEIGHT = 750, 1101  # DeepFashionHD photos
 MARK = (300, 500, 40)  # a square marker (x, y, half side) in every photo, at the right wrist
 PHOTOS = {  # relative path (backslashes, as in the release's lists) -> flat colour of the photo

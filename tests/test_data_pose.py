@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from data import pose
 
-SAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "deepfashion_samples"
+SAMPLES = SHARED_DATA / "deepfashion_samples"
 CANVAS = 256  # a 256-pixel frame: stick width and joint radius 20 * 256 / 1024 = 5
 
 # A hand-made person: nose, neck, right shoulder, right elbow, right hip and the left ear found;
