@@ -4,34 +4,39 @@ Builds the public networks (from a checkout of github.com/microsoft/CoCosNet-v2 
 provides: ``--public-dir``; imported at run time, nothing is copied) with its DeepFashionHD
 options, at small widths and at the public widths (nef 32, ngf 64, ndf 64), freshly
 initialised; gives ours their weights through ``models.public_checkpoints``; runs both on the
-same 512x512 inputs (the public code only runs at 512x512): two DeepFashion sample photos from
-``../shared/data/deepfashion_samples`` with one pose label map per photo, drawn once here by
-``data.pose`` (as the DeepFashionHD loader draws them) and given to both. Compares, level by
-level, the alignment features (the two U-Nets' normalised outputs and the projected matching
+same 512x512 inputs (the public level-0 warp only runs at 512x512): two DeepFashion sample
+photos from ``../shared/data/deepfashion_samples`` with one pose label map per photo, drawn once
+here by ``data.pose`` (as the DeepFashionHD loader draws them) and given to both. Compares, level
+by level, the alignment features (the two U-Nets' normalised outputs and the projected matching
 features), the level-0 dense warp, and the generator's output given identical warps (the public
-warps at all four levels, fed to both generators). The warps of levels 1-3 differ by design
-(our PatchMatch and GRU are not the public ones) and are not compared.
+level-0 warp, then the exemplar pooled to levels 1-3: the public PatchMatch of levels 1-3 casts
+its offsets to float32, so it cannot run in float64; its warps differ from ours by design anyway:
+our PatchMatch and GRU are not the public ones).
 
-    PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2
+In float64 (``--dtypes float64``, the default) rounding is ~1e-15, so any mapping error stands out;
+in float32 the differences are the processor's rounding of the convolutions (summation order),
+reported without a tolerance.
+
+    PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2 \
+        --dtypes float64 float32
 
 writes ``benchmarks/results/public_parity.csv`` and ``.md`` (the README table). With
 ``--write-fixture tests/fixtures/public_cocosnet_v2_small.pt`` it also writes the small-width
 fixture that ``tests/test_public_checkpoints.py`` checks with no public code present: the
-public-format state dicts (float16), synthetic inputs (uint8 at low resolution, upsampled
-exactly by nearest neighbour) and the public code's outputs, subsampled.
+public-format state dicts (float16, so exact in float32 and float64), synthetic inputs (uint8 at
+low resolution, upsampled exactly by nearest neighbour) and the public code's float64 outputs in
+full: every level of the alignment features at 64x96, the level-0 matching features and dense
+warp at 512x512, and the generator's 64x128 output.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import importlib
-import random
 import sys
 import time
 from argparse import Namespace
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +50,35 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 import cocosnet_ops
 from data.pose import draw_pose_label, read_openpose, resize_label
 from models import CoCosNet, CoCosNetOptions, generator_input
+from models.alignment import NUM_LEVELS
 from models.normalization import l2_normalize
 from models.public_checkpoints import convert, load_public
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "data" / "deepfashion_samples"
-SIDE = 512  # the public code's only size
+SIDE = 512  # the public level-0 warp's only size
 LABEL_NC = 20  # DeepFashionHD: 3 pose-drawing channels + 17 limb distance maps
 WIDTHS = {"small": {"nef": 8, "ngf": 4, "ndf": 4}, "public": {"nef": 32, "ngf": 64, "ndf": 64}}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+FLOAT64_TOLERANCE = 1e-10  # rounding is ~1e-15; a mapping error is ~1e-1
 # The fixture's networks: small enough to keep it at a few MB (the public SPADE layers are 128
-# wide whatever the widths), on a 3-channel label; its outputs: a 32x32 grid of each level.
+# wide whatever the widths), on a 3-channel label.
 FIXTURE_WIDTHS = {"nef": 4, "ngf": 2, "ndf": 4, "label_nc": 3}
-FIXTURE_STRIDES = (2, 4, 8, 16)
-COLUMNS = ["widths", "level", "quantity", "max_abs_diff", "max_abs_value", "tolerance", "holds"]
+# Every alignment level in full at a small non-square size (the public U-Nets take any size
+# divisible by 8; float64 convolutions at 512x512 would make the test take ~40 s).
+FIXTURE_ALIGNMENT_SIZE = (64, 96)
+# The public generator takes its conditioning at 512x512 (hard-coded) and sizes its output by
+# crop_size and aspect_ratio: 128 wide, 64 high. It reads the conditioning only by nearest
+# neighbour at power-of-two steps, so ours, given the same pixels at 64x128, computes the same.
+FIXTURE_GENERATOR_SIZE = (64, 128)
+COLUMNS = ["dtype", "processor", "widths", "level", "quantity", "max_abs_diff", "max_abs_value", "tolerance",
+           "holds"]  # fmt: skip
+QUANTITIES = {
+    "label_features": "label U-Net features (normalised)",
+    "image_features": "image U-Net features (normalised)",
+    "query": "matching features, label (query)",
+    "key": "matching features, exemplar (key)",
+}
 
 
 def import_public(public_dir: Path) -> Namespace:
@@ -87,15 +108,19 @@ def import_public(public_dir: Path) -> Namespace:
     return modules
 
 
-def public_options(nef: int, ngf: int, ndf: int, label_nc: int = LABEL_NC) -> Namespace:
+def public_options(
+    nef: int, ngf: int, ndf: int, label_nc: int = LABEL_NC, output_size: tuple[int, int] = (SIDE, SIDE)
+) -> Namespace:
     """The public test options for DeepFashionHD (its README's command: --PONO --PONO_C --nef 32
-    --iteration_count 5 --crop_size 512), at the given widths."""
+    --iteration_count 5 --crop_size 512), at the given widths; ``output_size`` (height, width)
+    sets the generator's crop_size (the width) and aspect_ratio."""
+    height, width = output_size
     return Namespace(
         label_nc=label_nc, semantic_nc=label_nc, contain_dontcare_label=False, output_nc=3,
         nef=nef, ngf=ngf, ndf=ndf, norm_E="spectralinstance", norm_G="spectralspadesyncbatch3x3",
         norm_D="spectralinstance", PONO=True, PONO_C=True, featEnc_kernel=3, match_kernel=1,
         temperature=0.01, iteration_count=5, batchSize=1, isTrain=False, phase="test",
-        weight_warp_cycle=0.0, crop_size=SIDE, aspect_ratio=1.0, num_D=2, n_layers_D=4,
+        weight_warp_cycle=0.0, crop_size=width, aspect_ratio=width / height, num_D=2, n_layers_D=4,
         netD_subarch="n_layer", no_ganFeat_loss=False,
     )  # fmt: skip
 
@@ -111,9 +136,11 @@ def converge_spectral_norms(net: nn.Module, iters: int = 30) -> None:
                         hook.compute_weight(module, do_power_iteration=True)
 
 
-def build_public(public: Namespace, widths: dict[str, int], seed: int) -> dict[str, nn.Module]:
+def build_public(
+    public: Namespace, widths: dict[str, int], seed: int, output_size: tuple[int, int] = (SIDE, SIDE)
+) -> dict[str, nn.Module]:
     torch.manual_seed(seed)
-    opt = public_options(**widths)
+    opt = public_options(**widths, output_size=output_size)
     nets = {
         "corr": public.correspondence.NoVGGHPMCorrespondence(opt),
         "G": public.generator.SPADEGenerator(opt),
@@ -131,18 +158,6 @@ def ours_from(nets: dict[str, nn.Module]) -> tuple[CoCosNet, dict[str, str], int
     model = CoCosNet(CoCosNetOptions(**converted.options))
     skipped = load_public(model, converted)
     return model.eval(), skipped, len(converted.state_dict)
-
-
-@contextlib.contextmanager
-def public_cpu_devices() -> Iterator[None]:
-    """The public PatchMatch moves tensors with ``.to(t.get_device())``, which is -1 (an invalid
-    index) on the CPU; while it runs, ``get_device`` returns the device itself."""
-    original = torch.Tensor.get_device
-    torch.Tensor.get_device = lambda self: self.device
-    try:
-        yield
-    finally:
-        torch.Tensor.get_device = original
 
 
 def pose_label(pose_stem: Path, photo_side: int) -> Tensor:
@@ -172,35 +187,26 @@ def sample_inputs() -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
-def synthetic_inputs(label_nc: int) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """Seeded low-resolution uint8 inputs (stored in the fixture) and their exact 512x512 upsampling."""
-    g = torch.Generator().manual_seed(0)
-    stored = {
-        "label": torch.randint(0, 256, (1, label_nc, 64, 64), generator=g, dtype=torch.uint8),
-        "exemplar": torch.randint(0, 256, (1, 3, 128, 128), generator=g, dtype=torch.uint8),
-        "exemplar_label": torch.randint(0, 256, (1, label_nc, 64, 64), generator=g, dtype=torch.uint8),
-    }
-    return stored, fixture_inputs(stored)
+def synthetic_maps(generator: torch.Generator, sizes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """Seeded uint8 maps of the given (channels, height, width), stored in the fixture."""
+    return {name: torch.randint(0, 256, (1, *size), generator=generator, dtype=torch.uint8)
+            for name, size in sizes.items()}  # fmt: skip
 
 
-def fixture_inputs(stored: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """The fixture's stored uint8 maps as the 512x512 inputs: labels in [0, 1], the exemplar in [-1, 1]."""
+def fixture_inputs(stored: dict[str, Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """The fixture's uint8 maps upsampled exactly (nearest) to ``size``, in float64: labels in
+    [0, 1], the exemplar in [-1, 1]."""
 
     def up(t: Tensor) -> Tensor:
-        return F.interpolate(t.float(), size=(SIDE, SIDE), mode="nearest")
+        return F.interpolate(t.double(), size=size, mode="nearest")
 
     return up(stored["label"]) / 255, up(stored["exemplar"]) / 127.5 - 1, up(stored["exemplar_label"]) / 255
 
 
-def public_forward(
-    public: Namespace,
-    corr: nn.Module,
-    label: Tensor,
-    exemplar: Tensor,
-    exemplar_label: Tensor,
-    all_levels: bool,
+def public_features(
+    public: Namespace, corr: nn.Module, label: Tensor, exemplar: Tensor, exemplar_label: Tensor
 ) -> dict[str, list[Tensor]]:
-    """The public correspondence's features and warps, step by step as its forward computes them."""
+    """The public correspondence's features, step by step as its forward computes them."""
     util = public.correspondence.util
     match = public.correspondence.match_kernel_and_pono_c
     opt = corr.opt
@@ -209,20 +215,17 @@ def public_forward(
     img = [util.feature_normalize(f) for f in corr.adaptive_model_img(ref_input, ref_input)]
     theta = [match(getattr(corr, f"theta_{i}")(seg[i]), opt.match_kernel, opt.PONO_C) for i in range(4)]
     phi = [match(getattr(corr, f"phi_{i}")(img[i]), opt.match_kernel, opt.PONO_C) for i in range(4)]
-    mat, warp0, _ = corr.multi_scale_patch_match(theta[0], phi[0], exemplar, 0)
-    out = {"label_features": seg, "image_features": img, "query": theta, "key": phi, "warps": [warp0]}
-    if all_levels:  # the rest of its forward's loop
-        random.seed(0)  # the public PatchMatch draws its propagation order from `random`
-        with public_cpu_devices():
-            for level in range(1, 4):
-                mat, warp = corr.multi_scale_patch_match(theta[level], phi[level], exemplar, level, pre=mat)
-                out["warps"].append(warp)
-    return out
+    return {"label_features": seg, "image_features": img, "query": theta, "key": phi}
+
+
+def public_dense_warp(corr: nn.Module, query: Tensor, key: Tensor, exemplar: Tensor) -> Tensor:
+    """The public level-0 warp (its softmax over every pair of the 64x64 maps)."""
+    return corr.multi_scale_patch_match(query, key, exemplar, 0)[1]
 
 
 def our_features(model: CoCosNet, label: Tensor, exemplar: Tensor, exemplar_label: Tensor) -> dict:
     """Our alignment's features as its forward computes them (the image U-Net's outputs caught by
-    a hook, not recomputed), and the level-0 dense warp as the correspondence computes it."""
+    a hook, not recomputed)."""
     alignment = model.correspondence.alignment
     caught = []
     hook = alignment.image_unet.register_forward_hook(lambda module, args, output: caught.append(output))
@@ -230,10 +233,20 @@ def our_features(model: CoCosNet, label: Tensor, exemplar: Tensor, exemplar_labe
         features = alignment(label, exemplar, exemplar_label)
     finally:
         hook.remove()
-    value = F.avg_pool2d(exemplar, 8)
-    warp = cocosnet_ops.dense_warp(features.query[0], features.key[0], value, model.options.temperature)
     return {"label_features": features.label_features, "image_features": [l2_normalize(f) for f in caught[0]],
-            "query": features.query, "key": features.key, "warp0": warp}  # fmt: skip
+            "query": features.query, "key": features.key}  # fmt: skip
+
+
+def our_dense_warp(model: CoCosNet, query: Tensor, key: Tensor, exemplar: Tensor) -> Tensor:
+    """Level 0 of our correspondence: the exact softmax over every pair."""
+    value = F.avg_pool2d(exemplar, 2 ** (NUM_LEVELS - 1))
+    return cocosnet_ops.dense_warp(query, key, value, model.correspondence.temperature)
+
+
+def generator_warps(warp0: Tensor, exemplar: Tensor) -> list[Tensor]:
+    """The warps both generators get: the public level-0 warp, then the exemplar pooled to levels
+    1-3 (the public PatchMatch of levels 1-3 runs in float32 only)."""
+    return [warp0, F.avg_pool2d(exemplar, 4), F.avg_pool2d(exemplar, 2), exemplar]
 
 
 def max_diff(a: Tensor, b: Tensor) -> float:
@@ -242,79 +255,79 @@ def max_diff(a: Tensor, b: Tensor) -> float:
 
 def parity_rows(
     name: str,
+    dtype: torch.dtype,
     public: Namespace,
     nets: dict[str, nn.Module],
     model: CoCosNet,
     inputs: tuple[Tensor, Tensor, Tensor],
 ) -> list[dict]:
-    label, exemplar, exemplar_label = inputs
-    rows = []
+    label, exemplar, exemplar_label = (t.to(dtype) for t in inputs)
+    dtype_name = str(dtype).removeprefix("torch.")
+    # float32 differences are the processor's rounding, not a parity test: no tolerance.
+    tolerance = FLOAT64_TOLERANCE if dtype == torch.float64 else None
+    rows, processor = [], processor_name()
 
-    def row(level: int | str, quantity: str, diff: float, scale: float, tolerance: float) -> None:
-        holds = "yes" if diff <= tolerance else "NO"
-        rows.append(dict(widths=name, level=level, quantity=quantity, max_abs_diff=diff,
-                         max_abs_value=scale, tolerance=tolerance, holds=holds))  # fmt: skip
-        print(f"{name:>6} level {level}: {quantity:<34} max |diff| {diff:.3e}  (max |value| {scale:.3g})")
+    def row(level: int | str, quantity: str, ours: Tensor, theirs: Tensor) -> None:
+        diff, scale = max_diff(ours, theirs), float(theirs.abs().max())
+        holds = "-" if tolerance is None else ("yes" if diff <= tolerance else "NO")
+        rows.append(dict(dtype=dtype_name, processor=processor, widths=name, level=level, quantity=quantity,
+                         max_abs_diff=diff, max_abs_value=scale, tolerance=tolerance or "-",
+                         holds=holds))  # fmt: skip
+        print(f"{dtype_name} {name:>6} level {level}: {quantity:<34} max |diff| {diff:.3e} "
+              f"(max |value| {scale:.3g})")  # fmt: skip
 
     with torch.no_grad():
-        theirs = public_forward(public, nets["corr"], label, exemplar, exemplar_label, all_levels=True)
+        theirs = public_features(public, nets["corr"], label, exemplar, exemplar_label)
         ours = our_features(model, label, exemplar, exemplar_label)
-        for level in range(4):
-            for quantity, title in [("label_features", "label U-Net features (normalised)"),
-                                    ("image_features", "image U-Net features (normalised)"),
-                                    ("query", "matching features, label (query)"),
-                                    ("key", "matching features, exemplar (key)")]:  # fmt: skip
-                a, b = ours[quantity][level], theirs[quantity][level]
-                row(level, title, max_diff(a, b), float(b.abs().max()), 1e-5)
-        row(
-            0,
-            "dense warp",
-            max_diff(ours["warp0"], theirs["warps"][0]),
-            float(theirs["warps"][0].abs().max()),
-            1e-5,
-        )
-        warps = theirs["warps"]
-        ours_image = model.generator(generator_input(label, warps))
-        their_image = nets["G"](label, warp_out=warps)
-        row("-", "generator output, public warps", max_diff(ours_image, their_image),
-            float(their_image.abs().max()), 1e-4)  # fmt: skip
+        for level in range(NUM_LEVELS):
+            for quantity, title in QUANTITIES.items():
+                row(level, title, ours[quantity][level], theirs[quantity][level])
+        their_warp = public_dense_warp(nets["corr"], theirs["query"][0], theirs["key"][0], exemplar)
+        row(0, "dense warp", our_dense_warp(model, ours["query"][0], ours["key"][0], exemplar), their_warp)
+        warps = generator_warps(their_warp, exemplar)
+        row("-", "generator output, same warps", model.generator(generator_input(label, warps)),
+            nets["G"](label, warp_out=warps))  # fmt: skip
     return rows
 
 
 def write_fixture(path: Path, public: Namespace) -> None:
     """Small widths: public-format state dicts in float16 (the public networks then run with those
-    rounded weights), synthetic inputs and the public outputs, subsampled."""
-    nets = build_public(public, FIXTURE_WIDTHS, seed=1)
+    rounded weights, in float64), synthetic inputs and the public float64 outputs in full."""
+    nets = build_public(public, FIXTURE_WIDTHS, seed=1, output_size=FIXTURE_GENERATOR_SIZE)
     states = {key: {k: v.half() for k, v in net.state_dict().items()} for key, net in nets.items()}
     for key, net in nets.items():
         net.load_state_dict({k: v.float() for k, v in states[key].items()})
-    stored, (label, exemplar, exemplar_label) = synthetic_inputs(FIXTURE_WIDTHS["label_nc"])
+        net.double()
+    label_nc = FIXTURE_WIDTHS["label_nc"]
+    maps = torch.Generator().manual_seed(0)
+    at_512 = synthetic_maps(maps, {"label": (label_nc, 64, 64), "exemplar": (3, 128, 128),
+                                   "exemplar_label": (label_nc, 64, 64)})  # fmt: skip
+    half = tuple(side // 2 for side in FIXTURE_ALIGNMENT_SIZE)
+    small = synthetic_maps(maps, {"label": (label_nc, *half), "exemplar": (3, *half),
+                                  "exemplar_label": (label_nc, *half)})  # fmt: skip
     with torch.no_grad():
-        theirs = public_forward(public, nets["corr"], label, exemplar, exemplar_label, all_levels=False)
-        warps = fixture_generator_warps(theirs["warps"][0], exemplar)
-        image = nets["G"](label, warp_out=warps)
-    outputs = {q: [f[..., ::s, ::s].contiguous() for f, s in zip(theirs[q], FIXTURE_STRIDES, strict=True)]
-               for q in ("label_features", "image_features", "query", "key")}  # fmt: skip
+        features = public_features(public, nets["corr"], *fixture_inputs(small, FIXTURE_ALIGNMENT_SIZE))
+        label, exemplar, exemplar_label = fixture_inputs(at_512, (SIDE, SIDE))
+        at_512_features = public_features(public, nets["corr"], label, exemplar, exemplar_label)
+        query, key = at_512_features["query"][0], at_512_features["key"][0]
+        warp = public_dense_warp(nets["corr"], query, key, exemplar)
+        image = nets["G"](label, warp_out=generator_warps(warp, exemplar))
     torch.save({"widths": FIXTURE_WIDTHS, "corr": states["corr"], "G": states["G"], "D": states["D"],
-                "inputs": stored, "outputs": outputs, "strides": FIXTURE_STRIDES, "warp0": theirs["warps"][0],
-                "image": image[..., ::4, ::4].contiguous(), "image_stride": 4}, path)  # fmt: skip
+                "alignment": {"inputs": small, "size": FIXTURE_ALIGNMENT_SIZE, "outputs": features},
+                "at_512": {"inputs": at_512, "query": query, "key": key, "warp": warp, "image": image}},
+               path)  # fmt: skip
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB)")
 
 
-def fixture_generator_warps(warp0: Tensor, exemplar: Tensor) -> list[Tensor]:
-    """The generator's warps in the fixture: the public level-0 warp, then the exemplar pooled to
-    levels 1-3 (cheap to recompute exactly, unlike the stored public warps would be large)."""
-    return [warp0, F.avg_pool2d(exemplar, 4), F.avg_pool2d(exemplar, 2), exemplar]
-
-
 def markdown(rows: list[dict], command: str, notes: list[str]) -> str:
-    lines = [*notes, "",f"`{command}` (float32, {processor_name()}, torch {torch.__version__}):", "",
-             "| widths | level | quantity | max abs diff | max abs value | tolerance |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [*notes, "", f"`{command}` ({processor_name()}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads; float32 rows: the processor's rounding, no tolerance):", "",
+             "| dtype | widths | level | quantity | max abs diff | max abs value | tolerance |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        tol = f"{r['tolerance']:.0e} ({r['holds']})"
-        lines.append(f"| {r['widths']} | {r['level']} | {r['quantity']} | {r['max_abs_diff']:.2e} | "
-                     f"{r['max_abs_value']:.3g} | {tol} |")  # fmt: skip
+        tol = "-" if r["tolerance"] == "-" else f"{r['tolerance']:.0e} ({r['holds']})"
+        lines.append(f"| {r['dtype']} | {r['widths']} | {r['level']} | {r['quantity']} | "
+                     f"{r['max_abs_diff']:.2e} | {r['max_abs_value']:.3g} | {tol} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -328,19 +341,21 @@ def main() -> int:
         default=["small", "public"],
         help="none: only write the fixture",
     )
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float64"])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "public_parity.csv")
     parser.add_argument("--write-fixture", type=Path, help="also write the small-width test fixture here")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     public = import_public(args.public_dir.resolve())
     if args.write_fixture:
+        start = time.perf_counter()
         write_fixture(args.write_fixture, public)
+        print(f"fixture: {time.perf_counter() - start:.0f} s")
     if not args.widths:
         return 0
     inputs = sample_inputs()
     rows, notes = [], []
     for name in args.widths:
-        start = time.perf_counter()
         nets = build_public(public, WIDTHS[name], seed=0)
         model, skipped, mapped = ours_from(nets)
         notes.append(
@@ -348,14 +363,20 @@ def main() -> int:
             "skipped (the discriminators' unused segmentation decoder), none unmapped or missing."
         )
         print(notes[-1])
-        rows += parity_rows(name, public, nets, model, inputs)
-        print(f"{name}: {time.perf_counter() - start:.0f} s")
+        for dtype_name in args.dtypes:
+            start = time.perf_counter()
+            # float32 -> float64 -> float32 is exact: both dtypes run the same weights.
+            for net in (*nets.values(), model):
+                net.to(DTYPES[dtype_name])
+            rows += parity_rows(name, DTYPES[dtype_name], public, nets, model, inputs)
+            print(f"{name} {dtype_name}: {time.perf_counter() - start:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    command = "PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2"
+    command = "PYTHONPATH=. python benchmarks/public_parity.py --public-dir ../public-cocosnet-v2 --dtypes "
+    command += " ".join(args.dtypes)
     args.out.with_suffix(".md").write_text(markdown(rows, command, notes))
     print(markdown(rows, command, notes))
     return 0 if all(r["holds"] != "NO" for r in rows) else 1
