@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed.nn.functional as distributed_functional
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
@@ -47,6 +48,65 @@ class ReflectionPad2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mode = "reflect" if min(x.shape[-2:]) > self.pad else "replicate"
         return F.pad(x, (self.pad,) * 4, mode=mode)
+
+
+class SynchronizedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose batch statistics are those of the whole batch over every process of
+    the default process group (the public CoCosNet's synchronized batch norm), on any device:
+    ``nn.SyncBatchNorm`` takes only CUDA tensors. The sums go through the differentiable
+    ``all_reduce``, so each rank's gradient also reaches the other ranks' samples through the
+    statistics. Where it uses running statistics (evaluation) it is ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if not self.training and self.running_mean is not None:
+            return super().forward(input)
+        # At least float32, as the batch-norm kernels accumulate.
+        x = input.to(torch.promote_types(input.dtype, torch.float32))
+        dims = (0, 2, 3)
+        local_count = x.new_full((1,), input.numel() // input.shape[1])
+        sum_and_count = distributed_functional.all_reduce(torch.cat([x.sum(dims), local_count]))
+        count = sum_and_count[-1]
+        mean = sum_and_count[:-1] / count
+        centered = x - mean.view(1, -1, 1, 1)
+        # Two passes (mean, then the centred squares): no cancellation where the mean is large.
+        var = distributed_functional.all_reduce(centered.square().sum(dims)) / count
+        out = centered * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), count)
+        return out.to(input.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        # nn.BatchNorm2d's rule (momentum None: the cumulative average) and unbiased variance; a
+        # single value per channel keeps a finite running variance.
+        factor = 1.0 / self.num_batches_tracked.double() if self.momentum is None else self.momentum
+        unbiased = var * count / (count - 1).clamp_min(1)
+        for running, batch in ((self.running_mean, mean), (self.running_var, unbiased)):
+            running.mul_(1 - factor).add_(factor * batch.to(running.dtype))
+
+
+def synchronize_batch_norms(module: nn.Module) -> nn.Module:
+    """``module`` with every ``nn.BatchNorm2d`` in it replaced by a :class:`SynchronizedBatchNorm2d`
+    holding the same parameters, running statistics and mode (the replacement of ``module``
+    itself when it is one; its submodules are replaced in place)."""
+    if type(module) is nn.BatchNorm2d:
+        state = module.state_dict()
+        like = next((t for t in state.values() if t.is_floating_point()), None)
+        placement = {} if like is None else {"device": like.device, "dtype": like.dtype}
+        synchronized = SynchronizedBatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+            **placement,
+        )
+        synchronized.load_state_dict(state)
+        return synchronized.train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, synchronize_batch_norms(child))
+    return module
 
 
 def param_free_norm(kind: str, channels: int) -> nn.Module:

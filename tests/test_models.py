@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -14,7 +17,7 @@ from cocosnet_ops.nnf import nnf_to_coords
 from models import CoCosNet, CoCosNetOptions, Correspondence, TrainingStep
 from models.alignment import AlignmentUNet
 from models.correspondence import query_positions_in_key
-from models.normalization import SPADE, positional_norm
+from models.normalization import SPADE, SynchronizedBatchNorm2d, positional_norm, synchronize_batch_norms
 
 LABEL_NC = 4
 # (label height, width), (exemplar height, width): square, then non-square with a different exemplar.
@@ -191,15 +194,30 @@ def test_ddp_find_unused_parameters_false(tmp_path):
         torch.distributed.destroy_process_group()
 
 
-def test_eval_forward_is_deterministic():
-    model = CoCosNet(tiny_options()).eval()
+def test_eval_forward_does_not_depend_on_the_global_generator():
+    """Inference repeats: evaluation fixes PatchMatch's random-search seeds per level, where
+    training draws them from torch's generator (the control: there, another global seed gives
+    other matches, and the same seed the same ones)."""
+    model = CoCosNet(tiny_options())
+    # A forward in training mode also moves the spectral norms' power iterations: start alike.
+    state = {name: t.clone() for name, t in model.state_dict().items()}
     batch = make_batch((64, 64), (64, 64))
-    with torch.no_grad():
-        a = model(batch["label"], batch["exemplar"], batch["exemplar_label"])
-        b = model(batch["label"], batch["exemplar"], batch["exemplar_label"])
-    torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
-    for x, y in zip(a.nnfs, b.nnfs, strict=True):
-        assert torch.equal(x, y)
+    inputs = (batch["label"], batch["exemplar"], batch["exemplar_label"])
+
+    def nnfs_after_seeding(seed: int) -> list[torch.Tensor]:
+        model.load_state_dict(state)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return model(*inputs).nnfs
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    model.eval()
+    assert same(nnfs_after_seeding(1), nnfs_after_seeding(2))
+    model.train()
+    assert same(nnfs_after_seeding(1), nnfs_after_seeding(1))
+    assert not same(nnfs_after_seeding(1), nnfs_after_seeding(2))
 
 
 # ----------------------------------------------------------------------------- correspondence
@@ -343,6 +361,88 @@ def test_spade_modulates_the_normalised_input(norm):
     }[norm]
     torch.testing.assert_close(out, 2 * normalised + 0.5, rtol=1e-4, atol=1e-4)
     assert not any(p.shape == (6,) for p in spade.param_free_norm.parameters())
+
+
+def batch_norm_case() -> dict[str, torch.Tensor]:
+    """A float64 batch of 4 far from zero mean, an upstream gradient, and affine parameters."""
+    gen = torch.Generator().manual_seed(7)
+    return {
+        "input": torch.randn(4, 3, 5, 6, generator=gen, dtype=torch.float64) * 2 + 30,
+        "upstream": torch.randn(4, 3, 5, 6, generator=gen, dtype=torch.float64),
+        "weight": torch.rand(3, generator=gen, dtype=torch.float64) + 0.5,
+        "bias": torch.randn(3, generator=gen, dtype=torch.float64),
+    }
+
+
+def batch_norm_pass(norm: torch.nn.BatchNorm2d, case: dict[str, torch.Tensor], rows: slice) -> dict:
+    """Two training forwards of ``case``'s rows and a backward of the second: output, gradients and
+    running statistics."""
+    with torch.no_grad():
+        norm.weight.copy_(case["weight"])
+        norm.bias.copy_(case["bias"])
+    x = case["input"][rows].clone().requires_grad_()
+    norm(x * 0.5)
+    out = norm(x)
+    (out * case["upstream"][rows]).sum().backward()
+    return {
+        "out": out.detach(), "input_grad": x.grad, "weight_grad": norm.weight.grad,
+        "bias_grad": norm.bias.grad, "running_mean": norm.running_mean, "running_var": norm.running_var,
+    }
+
+
+def synchronized_batch_norm_rank(rank: int, world_size: int, folder: Path) -> None:
+    """One process of the two in the synchronized batch-norm test: half the batch each."""
+    torch.set_num_threads(1)
+    rendezvous = f"file://{folder / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
+    try:
+        norm = synchronize_batch_norms(torch.nn.BatchNorm2d(3, dtype=torch.float64))
+        assert type(norm) is SynchronizedBatchNorm2d
+        share = 4 // world_size
+        result = batch_norm_pass(norm, batch_norm_case(), slice(rank * share, (rank + 1) * share))
+        torch.save(result, folder / f"rank{rank}.pt")
+        dist.barrier()  # neither leaves the group while the other still uses it
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_synchronized_batch_norm_over_two_processes_is_batch_norm_of_the_whole_batch(tmp_path):
+    """Two gloo processes with two samples each against nn.BatchNorm2d on all four: outputs,
+    running statistics and gradients, including the input gradient that reaches each sample
+    through the other process's statistics (each process backpropagates only its own half)."""
+    torch.multiprocessing.spawn(synchronized_batch_norm_rank, args=(2, tmp_path), nprocs=2)
+    case = batch_norm_case()
+    whole = batch_norm_pass(torch.nn.BatchNorm2d(3, dtype=torch.float64), case, slice(None))
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+
+    def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+    for name in ("out", "input_grad"):
+        assert_close(torch.cat([r[name] for r in ranks]), whole[name], name)
+    for name in ("weight_grad", "bias_grad"):  # DDP sums these over the processes (then averages)
+        assert_close(ranks[0][name] + ranks[1][name], whole[name], name)
+    for name in ("running_mean", "running_var"):
+        for result in ranks:
+            assert_close(result[name], whole[name], name)
+    # Statistics of only its own half would give a visibly different output.
+    half = F.batch_norm(case["input"][:2], None, None, case["weight"], case["bias"], training=True)
+    assert (half - whole["out"][:2]).abs().max() > 1e-2
+
+
+def test_synchronize_batch_norms_keeps_state_and_mode():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Sequential(torch.nn.BatchNorm2d(4)))
+    with torch.no_grad():
+        model[1][0].running_mean.fill_(2.0)
+        model[1][0].weight.fill_(3.0)
+    model.eval()
+    x = torch.randn(2, 3, 4, 4)
+    before = model(x)
+    assert synchronize_batch_norms(model) is model
+    assert type(model[1][0]) is SynchronizedBatchNorm2d and not model[1][0].training
+    # In evaluation it uses the running statistics, without any process group.
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
 
 
 def test_unknown_options_are_rejected():

@@ -29,6 +29,21 @@ def test_set_overrides_parse_yaml_values_and_name_bad_keys(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_dtype_and_compile_backend_are_checked():
+    config = load_config(None, ["train.dtype=float64", "train.compile_backend=aot_eager"])
+    assert config["train"]["dtype"] == "float64" and config["train"]["compile_backend"] == "aot_eager"
+    assert load_config(None)["train"]["compile_backend"] == "inductor"
+    with pytest.raises(ConfigError, match="train.dtype: expected one of"):
+        load_config(None, ["train.dtype=float16"])
+    with pytest.raises(ConfigError, match="train.amp: bf16 is half precision; with train.dtype float64"):
+        load_config(None, ["train.dtype=float64", "train.amp=bf16"])
+    with pytest.raises(ConfigError, match="train.compile_backend: expected one of .*'inductor'"):
+        load_config(None, ["train.compile_backend=not_a_backend"])
+    # auto never lowers a float64 model to half precision, on any device.
+    for device in ("cpu", "cuda"):
+        assert train.amp_dtype("auto", torch.device(device), torch.float64) is None
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 4])
 def test_sampler_resumes_mid_epoch_with_any_number_of_processes(world_size):
     dataset = list(range(20))

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch._dynamo
 import yaml
 
 from models import CoCosNetOptions, LossWeights
@@ -36,7 +37,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "decay_epochs": 0,
     "max_steps": None,  # stop after this many optimiser steps even if epochs remain
     "amp": "auto",  # auto (bf16 on a GPU that has it, else fp16; none on CPU), none, bf16, fp16
-    "compile": False,
+    "compile": False,  # torch.compile the training step (forward and backward; not the optimisers)
+    "compile_backend": "inductor",  # the torch.compile backend: one of torch._dynamo.list_backends
+    # float32, or float64 for the parameters, optimiser states and batches (for comparisons of
+    # runs that must agree beyond float32 rounding, e.g. several processes against one).
+    "dtype": "float32",
     "seed": 0,
     "vgg_weights": "weights/vgg19.pth",  # torchvision-format VGG19 state_dict, or "none"
     "checkpoint_every": 1000,
@@ -48,6 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "device": "auto",  # auto (cuda when available), cpu, cuda
 }
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+DTYPES = ("float32", "float64")
 VISUAL_LABELS = ("auto", "pose", "segmentation")
 SECTIONS = ("data", "model", "train")
 
@@ -149,6 +155,17 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {betas!r}")
     if train["amp"] not in AMP_MODES:
         raise ConfigError(f"train.amp: expected one of {AMP_MODES}, got {train['amp']!r}")
+    if train["dtype"] not in DTYPES:
+        raise ConfigError(f"train.dtype: expected one of {DTYPES}, got {train['dtype']!r}")
+    if train["dtype"] != "float32" and train["amp"] in ("bf16", "fp16"):
+        raise ConfigError(
+            f"train.amp: {train['amp']} is half precision; with train.dtype {train['dtype']} use none or auto"
+        )
+    backends = compile_backends()
+    if train["compile_backend"] not in backends:
+        raise ConfigError(
+            f"train.compile_backend: expected one of {backends}, got {train['compile_backend']!r}"
+        )
     if train["visual_label"] not in VISUAL_LABELS:
         raise ConfigError(
             f"train.visual_label: expected one of {VISUAL_LABELS}, got {train['visual_label']!r}"
@@ -170,6 +187,11 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"model.loss_weights: unknown keys {sorted(unknown)}; known: {sorted(weight_names)}"
         )
+
+
+def compile_backends() -> list[str]:
+    """The names torch.compile accepts as a backend (debugging ones such as aot_eager included)."""
+    return torch._dynamo.list_backends(exclude_tags=())
 
 
 def uses_vgg(config: Mapping[str, Any]) -> bool:
