@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import data
 from models import CoCosNet, TrainingLosses, TrainingStep
+from models.normalization import synchronize_batch_norms
 from training import checkpoint, compile_workaround, distributed, visuals
 from training.config import ConfigError, load_config, model_options, uses_vgg, visual_label_kind
 
@@ -97,9 +98,10 @@ def learning_rate_factor(epoch: int, constant_epochs: int, decay_epochs: int) ->
     return max(0.0, 1.0 - (epoch - constant_epochs + 1) / (decay_epochs + 1))
 
 
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on ``device`` (None: full precision)."""
-    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+def amp_dtype(mode: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` for a model in ``dtype`` (None: full
+    precision; ``auto`` never lowers a float64 model)."""
+    if mode == "none" or (mode == "auto" and (device.type != "cuda" or dtype != torch.float32)):
         return None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -125,7 +127,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--vgg_weights", help="torchvision VGG19 state_dict file, or none")
     parser.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"))
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the training step with train.compile_backend (a compile error stops training)",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a configuration value (repeatable), e.g. --set model.k=8",
@@ -171,10 +176,14 @@ class Trainer:
         options = model_options(config, int(dataset.label_nc))
         if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():
             raise vgg_weights_error(str(settings["vgg_weights"]))
-        self.model = CoCosNet(options).to(device)
+        self.model = CoCosNet(options)
         if not uses_vgg(config):
             self.model.vgg = NoFeatures()
-        self.model.train()
+        if context.distributed:
+            # Batch norms (model.norm: batch) normalise over the global batch, as in one process.
+            synchronize_batch_norms(self.model)
+        self.dtype: torch.dtype = getattr(torch, settings["dtype"])
+        self.model.to(device, self.dtype).train()
 
         step_module: nn.Module = TrainingStep(self.model)
         if context.distributed:
@@ -182,12 +191,11 @@ class Trainer:
                 step_module, device_ids=[device.index] if device.type == "cuda" else None
             )
         if settings["compile"]:
-            # A part the compiler cannot handle runs eagerly instead of stopping the training.
-            torch._dynamo.config.suppress_errors = True
-            # A new image size recompiles with dynamic shapes: torch 2.13 takes very long over it,
-            # and would pin the sizes again without the second workaround.
-            compile_workaround.install()
-            step_module = torch.compile(step_module)
+            if settings["compile_backend"] == "inductor":
+                # A new image size recompiles with dynamic shapes: torch 2.13 takes very long over
+                # it, and would pin the sizes again without the second workaround.
+                compile_workaround.install()
+            step_module = torch.compile(step_module, backend=settings["compile_backend"])
         self.step_module = step_module
 
         lr, betas = float(settings["lr"]), tuple(float(b) for b in settings["betas"])
@@ -200,7 +208,7 @@ class Trainer:
         )
         self.optimizer_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=lr_d, betas=betas)
         self.base_lrs = (lr_g, lr_d)
-        self.amp_dtype = amp_dtype(settings["amp"], device)
+        self.amp_dtype = amp_dtype(settings["amp"], device, self.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
         self.sampler = distributed.ResumableSampler(self.dataset, context.world_size, context.rank, seed)
@@ -307,7 +315,11 @@ class Trainer:
 
     def train_step(self, batch: Mapping[str, Any]) -> TrainingLosses:
         device = self.context.device
-        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, Tensor)}
+        tensors = {
+            k: v.to(device, self.dtype if v.is_floating_point() else None, non_blocking=True)
+            for k, v in batch.items()
+            if isinstance(v, Tensor)
+        }
         self.optimizer_g.zero_grad(set_to_none=True)
         self.optimizer_d.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):

@@ -15,6 +15,8 @@ import dataclasses
 import os
 import random
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt")
 TEMP_SUFFIX = ".tmp"
 # Parameters that are not trained and not saved: the VGG19 of the losses loads from its own file.
 FROZEN_PREFIX = "vgg."
+# Test hook: the checkpoint file name (e.g. step_00000002.pt) whose writing stops for a minute
+# after its first bytes, so that a test can kill the process with a partial file on disk.
+PAUSE_MID_WRITE_ENV = "COCOSNET_TEST_PAUSE_MID_WRITE"
+PAUSE_MID_WRITE_SECONDS = 60.0
 
 
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
@@ -55,7 +61,8 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     temp = path.with_name(f"{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(temp, "wb") as f:
-            torch.save(state, f)
+            pause = os.environ.get(PAUSE_MID_WRITE_ENV) == path.name
+            torch.save(state, _PausingWriter(f, path.name) if pause else f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -68,6 +75,26 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     finally:
         os.close(folder)
     return path
+
+
+class _PausingWriter:
+    """The file ``file`` for ``torch.save``, pausing after its first write (see PAUSE_MID_WRITE_ENV)."""
+
+    def __init__(self, file: Any, name: str) -> None:
+        self.file, self.name, self.paused = file, name, False
+
+    def write(self, data: bytes) -> int:
+        written = self.file.write(data)
+        if not self.paused:
+            self.paused = True
+            self.file.flush()
+            message = f"checkpoint: paused mid-write of {self.name} ({PAUSE_MID_WRITE_ENV})"
+            print(message, file=sys.stderr, flush=True)
+            time.sleep(PAUSE_MID_WRITE_SECONDS)
+        return written
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
