@@ -8,8 +8,12 @@
 - "self_ref" float32 scalar: 1.0 when the exemplar shows the same subject as the target;
 - "name" str: a file-name-safe id of the sample;
 - folder datasets with instance maps: "instance" float32 (1, H, W) instance ids;
-- synthetic: "exemplar_coords" float32 (2, H, W), the true (x, y) exemplar pixel of each target pixel,
-  and "valid" float32 (1, H, W), 1 where that correspondence exists.
+- synthetic: "exemplar_coords" float32 (2, H, W), the true (x, y) exemplar pixel of each target pixel
+  (pixel centres at integers), and "valid" float32 (1, H, W), 1 where that correspondence exists;
+- deepfashionhd and folder with ``known_warp`` > 0: the same two keys in every item. With probability
+  ``known_warp`` the exemplar is a random affine warp of the target photo and label (a self-reference pair,
+  "self_ref" 1; see ``data.common.self_reference_pair``) and they hold its exact correspondence; items
+  that kept their usual exemplar hold zeros in both (no valid pixel), so that any mix collates.
 
 Every dataset has ``label_nc`` (channels of "label") and ``image_size`` (H, W) attributes.
 """
@@ -28,7 +32,8 @@ def build_dataset(name: str, split: str, **options: Any) -> Dataset:
     """The dataset ``name`` (one of DATASETS) for ``split`` ("train", or "test": held out).
 
     Options: synthetic: size=128, length=1000, seed=0. deepfashionhd: root, size=256,
-    skip_bad_samples=False (see data.deepfashion). folder: root, label_nc, size=256 (see data.folder).
+    skip_bad_samples=False, known_warp=0.0 (see data.deepfashion). folder: root, label_nc, size=256,
+    known_warp=0.0 (see data.folder).
     """
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise ValueError(f"name: expected one of {DATASETS}, got {name!r}")

@@ -24,6 +24,13 @@ The exemplar, as the release chooses it: for training another photo of the same 
 self-pair list (one of them at random), else the last photo of the ``deepfashion_ref.txt`` line; for
 test the first reference of the ``deepfashion_ref_test.txt`` line, else the first self pair. A photo in
 no list is its own exemplar. Lists other than the split's are optional.
+
+``known_warp`` (default 0): the probability that an item's exemplar is instead a random affine warp of its
+own photo and label (see ``data.common.random_affine``: rotation, scale and shift, no mirror, since a
+mirrored figure would keep its limbs' left/right colours in the label), a self-reference pair whose
+correspondence is known exactly. With ``known_warp`` > 0 every item holds "exemplar_coords" and "valid"
+(zeros where the usual exemplar was kept), so that any mix of items collates; with 0 items are as without
+the option. It applies to whichever split is given.
 """
 
 from __future__ import annotations
@@ -40,12 +47,16 @@ from data.common import (
     BadSampleError,
     PhotoListDataset,
     SkippingLoader,
+    check_probability,
     check_size,
+    correspondence_fields,
     photo_to_tensor,
+    random_affine,
     random_crop_origin,
     read_list,
     read_photo,
     safe_name,
+    self_reference_pair,
 )
 
 PAD_VALUE = 232
@@ -86,13 +97,15 @@ def _read_pairs(path: Path) -> dict[str, list[str]]:
 
 
 class DeepFashionHDDataset(PhotoListDataset):
-    """DeepFashionHD photos with their 20-channel pose labels and an exemplar (see the module doc)."""
+    """DeepFashionHD photos with their 20-channel pose labels and an exemplar (see the module doc);
+    ``known_warp`` > 0 makes that share of exemplars warps of the target with the true correspondence."""
 
     label_nc = openpose.LABEL_NC
 
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int | tuple[int, int] = 256,
                  skip_bad_samples: bool = False, load_size: int | None = None, pose_frame: int | None = None,
-                 list_dir: str | os.PathLike | None = None, pose_canvas: str = "load") -> None:
+                 list_dir: str | os.PathLike | None = None, pose_canvas: str = "load",
+                 known_warp: float = 0.0) -> None:
         if split not in SPLIT_LISTS:
             raise ValueError(f"split: expected one of {tuple(SPLIT_LISTS)}, got {split!r}")
         self.root = Path(root)
@@ -113,6 +126,7 @@ class DeepFashionHDDataset(PhotoListDataset):
         if pose_canvas not in ("load", "frame"):
             raise ValueError(f"pose_canvas: expected 'load' or 'frame', got {pose_canvas!r}")
         self.pose_canvas = pose_canvas
+        self.known_warp = check_probability(known_warp, "known_warp")
         lists = Path(list_dir) if list_dir is not None else self.root
         split_list = lists / SPLIT_LISTS[split]
         if not split_list.is_file():
@@ -142,10 +156,17 @@ class DeepFashionHDDataset(PhotoListDataset):
 
     def _load_item(self, index: int) -> dict[str, torch.Tensor | str]:
         photo = self.photos[index]
-        exemplar, same_person = self.exemplar_of(photo)
+        # Drawn only when asked for, so that known_warp=0 leaves every other draw as it was.
+        warped = self.known_warp > 0 and bool(torch.rand(()) < self.known_warp)
+        exemplar, same_person = (photo, True) if warped else self.exemplar_of(photo)
         image, label = self._load_pair(photo)
-        exemplar_image, exemplar_label = self._load_pair(exemplar)
-        return {
+        pair = None
+        if warped:
+            pair = self_reference_pair(image, label, random_affine(self.image_size))
+            exemplar_image, exemplar_label = pair.exemplar, pair.exemplar_label
+        else:
+            exemplar_image, exemplar_label = self._load_pair(exemplar)
+        item = {
             "label": label,
             "image": image,
             "exemplar": exemplar_image,
@@ -153,6 +174,9 @@ class DeepFashionHDDataset(PhotoListDataset):
             "self_ref": torch.tensor(1.0 if same_person else 0.0),
             "name": safe_name(photo.removeprefix("img/")),
         }
+        if self.known_warp > 0:
+            item.update(correspondence_fields(pair, self.image_size))
+        return item
 
     def _load_pair(self, photo: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The photo and its pose label, padded, resized and (for training) randomly cropped together."""

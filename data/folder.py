@@ -16,6 +16,13 @@ exemplar is looked up in the split's folders, then in the other split's (ADE20K'
 training photos). For training one of the listed exemplars at random, for test the first; a photo in no
 list is its own exemplar. Training resizes to ``load_size`` (default size * 286 / 256, CoCosNet's 286 for
 256), crops a random ``size`` square and flips half of the time; test resizes to ``size``.
+
+``known_warp`` (default 0): the probability that an item's exemplar is instead a random affine warp of its
+own photo and one-hot label (see ``data.common.random_affine``: rotation, scale, shift, and with ``flip``
+a mirror half of the time), a self-reference pair whose correspondence is known exactly. With
+``known_warp`` > 0 every item holds "exemplar_coords" and "valid" (zeros where the usual exemplar was
+kept), so that any mix of items collates; with 0 items are as without the option. It applies to whichever
+split is given.
 """
 
 from __future__ import annotations
@@ -32,13 +39,17 @@ from data.common import (
     BadSampleError,
     PhotoListDataset,
     SkippingLoader,
+    check_probability,
     check_size,
+    correspondence_fields,
     photo_to_tensor,
+    random_affine,
     random_crop_origin,
     read_label_map,
     read_list,
     read_photo,
     safe_name,
+    self_reference_pair,
 )
 
 SPLIT_FOLDERS = {"train": ("training", "train"), "test": ("validation", "val", "test")}
@@ -63,14 +74,15 @@ def _photos_in(image_dir: Path, label_dir: Path) -> list[Path]:
 
 
 class PairedFolderDataset(PhotoListDataset):
-    """Photos with one-hot label maps and exemplars, from paired folders (see the module doc)."""
+    """Photos with one-hot label maps and exemplars, from paired folders (see the module doc);
+    ``known_warp`` > 0 makes that share of exemplars warps of the target with the true correspondence."""
 
     def __init__(self, root: str | os.PathLike, label_nc: int, split: str = "train",
                  size: int | tuple[int, int] = 256, image_dir: str | os.PathLike | None = None,
                  label_dir: str | os.PathLike | None = None, instance_dir: str | os.PathLike | None = None,
                  exemplar_list: str | os.PathLike | None = None,
                  load_size: int | tuple[int, int] | None = None, flip: bool = True,
-                 skip_bad_samples: bool = False) -> None:
+                 skip_bad_samples: bool = False, known_warp: float = 0.0) -> None:
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split: expected one of {tuple(SPLIT_FOLDERS)}, got {split!r}")
         if not isinstance(label_nc, int) or isinstance(label_nc, bool) or label_nc < 1:
@@ -85,6 +97,7 @@ class PairedFolderDataset(PhotoListDataset):
         if any(load < crop for load, crop in zip(self.load_size, self.image_size, strict=True)):
             raise ValueError(f"load_size: expected at least size {self.image_size}, got {load_size!r}")
         self.flip = flip and split == "train"
+        self.known_warp = check_probability(known_warp, "known_warp")
 
         found = _split_folders(self.root, split)
         if image_dir is None or label_dir is None:
@@ -152,9 +165,17 @@ class PairedFolderDataset(PhotoListDataset):
 
     def _load_item(self, index: int) -> dict[str, torch.Tensor | str]:
         photo = self.photos[index]
-        exemplar = self.exemplar_of(photo)
+        # Drawn only when asked for, so that known_warp=0 leaves every other draw as it was.
+        warped = self.known_warp > 0 and bool(torch.rand(()) < self.known_warp)
+        exemplar = photo if warped else self.exemplar_of(photo)
         image, label, instance = self._load_sample(photo, with_instance=self.has_instances)
-        exemplar_image, exemplar_label, _ = self._load_sample(exemplar, with_instance=False)
+        pair = None
+        if warped:
+            matrix = random_affine(self.image_size, flip_probability=0.5 if self.flip else 0.0)
+            pair = self_reference_pair(image, label, matrix)
+            exemplar_image, exemplar_label = pair.exemplar, pair.exemplar_label
+        else:
+            exemplar_image, exemplar_label, _ = self._load_sample(exemplar, with_instance=False)
         item = {
             "label": label,
             "image": image,
@@ -165,6 +186,8 @@ class PairedFolderDataset(PhotoListDataset):
         }
         if instance is not None:
             item["instance"] = instance
+        if self.known_warp > 0:
+            item.update(correspondence_fields(pair, self.image_size))
         return item
 
     def _load_sample(self, photo: Path, with_instance: bool) -> tuple[torch.Tensor, ...]:

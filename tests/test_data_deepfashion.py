@@ -1,4 +1,5 @@
-"""DeepFashionHD: the release's layout (backslash lists), padding, pose alignment, exemplars, bad files."""
+"""DeepFashionHD: the release's layout (backslash lists), padding, pose alignment, exemplars, bad files,
+exemplars that are known warps of the target."""
 
 import warnings
 from pathlib import Path
@@ -6,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import SHARED_DATA
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from data import build_dataset, pose
 from data.common import BadSampleError
@@ -57,6 +59,31 @@ def _colour(image: torch.Tensor) -> np.ndarray:
     """The photo's flat colour (the median of the non-padding middle), 0-255."""
     middle = image[:, :, image.shape[2] // 2 - 4:image.shape[2] // 2 + 4]
     return ((middle.reshape(3, -1).median(dim=1).values + 1) * 127.5).numpy()
+
+
+def _sample(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample of (C, H, W) at pixel coordinates (2, H, W) (pixel centres at integers)."""
+    height, width = image.shape[-2:]
+    grid = torch.stack([coords[0] / (width - 1), coords[1] / (height - 1)], dim=-1) * 2 - 1
+    return F.grid_sample(image[None].double(), grid[None].double(), align_corners=True)[0]
+
+
+def _check_known_warp(item: dict, baseline_ratio: float) -> None:
+    """The item's exemplar is its own photo and label warped: sampled at the coords they come back."""
+    assert item["self_ref"].item() == 1.0
+    size = item["image"].shape[1:]
+    assert item["exemplar_coords"].shape == (2, *size) and item["valid"].shape == (1, *size)
+    assert item["exemplar_coords"].dtype == item["valid"].dtype == torch.float32
+    valid = item["valid"][0] > 0
+    assert valid.float().mean() > 0.5
+    image = item["image"].double()
+    error = (_sample(item["exemplar"], item["exemplar_coords"]) - image).abs().amax(dim=0)[valid].mean()
+    # the same check without the warp: far off, so the one above can fail
+    baseline = (item["exemplar"].double() - image).abs().amax(dim=0)[valid].mean()
+    assert error < 0.05 and baseline > baseline_ratio * error, (error, baseline)
+    x, y = item["exemplar_coords"].round().long()
+    label_error = (item["exemplar_label"][:, y[valid], x[valid]] - item["label"][:, valid]).abs().amax(dim=0)
+    assert (label_error > 0.1).float().mean() < 0.02
 
 
 def _which(image: torch.Tensor) -> str:
@@ -139,6 +166,48 @@ def test_random_crop_is_seeded_by_torch(tree):
     assert len(crops) > 1
 
 
+def test_known_warp_exemplars_carry_their_correspondence(tree):
+    torch.manual_seed(0)
+    dataset = build_dataset("deepfashionhd", "train", root=tree, size=64, known_warp=1.0)
+    for index in range(len(dataset)):
+        _check_known_warp(dataset[index], baseline_ratio=5)
+
+
+def test_known_warp_mixes_with_the_usual_exemplars_in_a_batch(tree):
+    dataset = build_dataset("deepfashionhd", "train", root=tree, size=64, known_warp=0.5)
+    torch.manual_seed(0)
+    items = [dataset[index % 4] for index in range(12)]
+    warped = [bool(item["valid"].any()) for item in items]
+    assert 0 < sum(warped) < len(items)
+    for item, known in zip(items, warped, strict=True):
+        if known:
+            _check_known_warp(item, baseline_ratio=5)
+        else:
+            assert not item["exemplar_coords"].any() and not item["valid"].any()
+    batch = default_collate(items)  # as a DataLoader batches them
+    assert batch["exemplar_coords"].shape == (12, 2, 64, 64) and batch["valid"].shape == (12, 1, 64, 64)
+    assert torch.equal(batch["valid"].flatten(1).any(dim=1), torch.tensor(warped))
+    torch.manual_seed(0)  # the same draws again: the same items
+    for index, item in enumerate(items[:4]):
+        again = dataset[index]
+        for key in ("image", "exemplar", "exemplar_label", "exemplar_coords", "valid"):
+            assert torch.equal(again[key], item[key]), key
+
+
+def test_known_warp_zero_changes_nothing(tree):
+    """No new keys, and no draw of its own: the random crops are those of a dataset without the option."""
+    items = {}
+    for known_warp in (None, 0):
+        options = {} if known_warp is None else {"known_warp": known_warp}
+        dataset = build_dataset("deepfashionhd", "train", root=tree, size=64, **options)
+        torch.manual_seed(2)
+        items[known_warp] = [dataset[index] for index in range(4)]
+    for item, usual_item in zip(items[0], items[None], strict=True):
+        assert item.keys() == usual_item.keys() and "valid" not in item
+        for key in ("label", "image", "exemplar", "exemplar_label", "self_ref"):
+            assert torch.equal(item[key], usual_item[key]), key
+
+
 def test_corrupt_or_missing_files_are_named(tree, tmp_path):
     root = _make_tree(tmp_path / "copy")
     bad_photo = root / "img/MEN/Denim/id_00000080/01_1_front.jpg"
@@ -179,6 +248,9 @@ def test_bad_arguments(tree, tmp_path):
         build_dataset("deepfashionhd", "train", root=tree, size=(64, 32))
     with pytest.raises(ValueError, match="load_size"):
         build_dataset("deepfashionhd", "train", root=tree, size=64, load_size=32)
+    for known_warp in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="known_warp"):
+            build_dataset("deepfashionhd", "train", root=tree, size=64, known_warp=known_warp)
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="sample data (../shared/data) not present")
@@ -197,3 +269,12 @@ def test_release_samples():
             assert item["label"][:3, int(y), int(x)].max() > 0
         # the figure is darker or more colourful than the plain studio background around it
         assert item["image"].std() > 0.1
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="sample data (../shared/data) not present")
+def test_release_samples_with_known_warps():
+    assert "valid" not in build_dataset("deepfashionhd", "test", root=SAMPLES, size=128)[0]
+    torch.manual_seed(0)
+    dataset = build_dataset("deepfashionhd", "test", root=SAMPLES, size=128, known_warp=1.0)
+    for index in range(len(dataset)):
+        _check_known_warp(dataset[index], baseline_ratio=4)

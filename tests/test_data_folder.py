@@ -1,4 +1,5 @@
-"""Paired label/photo folders: ADE20K layouts, one-hot labels, instance maps, exemplars, bad files."""
+"""Paired label/photo folders: ADE20K layouts, one-hot labels, instance maps, exemplars, bad files,
+exemplars that are known warps of the target."""
 
 import warnings
 from pathlib import Path
@@ -6,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import SHARED_DATA
 from PIL import Image
+from torch.utils.data import default_collate
 
 from data import build_dataset
-from data.common import BadSampleError
+from data.common import BadSampleError, self_reference_pair
 from data.folder import PairedFolderDataset
 
 SAMPLES = SHARED_DATA / "ade20k_samples"
@@ -49,6 +52,33 @@ def _check_alignment(item):
     colours = torch.from_numpy(COLOURS).float()[classes].permute(2, 0, 1) / 127.5 - 1
     assert (item["label"].sum(dim=0) == 1).all()
     assert ((item["image"] - colours).abs().amax(dim=0) < 0.1).float().mean() > 0.99
+
+
+def _affine_of(coords: torch.Tensor) -> torch.Tensor:
+    """The affine (2, 3) that takes the pixel grid to ``coords``, read off three pixels."""
+    origin = coords[:, 0, 0].double()
+    return torch.stack([coords[:, 0, 1].double() - origin, coords[:, 1, 0].double() - origin, origin], dim=1)
+
+
+def _check_known_warp(item: dict) -> torch.Tensor:
+    """The item's exemplar is its own photo and label warped by the affine its coords describe; that
+    affine is returned."""
+    assert item["self_ref"].item() == 1.0
+    size = item["image"].shape[1:]
+    assert item["exemplar_coords"].shape == (2, *size) and item["valid"].shape == (1, *size)
+    assert item["exemplar_coords"].dtype == item["valid"].dtype == torch.float32
+    matrix = _affine_of(item["exemplar_coords"])
+    pair = self_reference_pair(item["image"], item["label"], matrix)
+    # the coords are an affine map of the grid, up to float32 rounding
+    torch.testing.assert_close(item["exemplar_coords"], pair.exemplar_coords, rtol=0, atol=1e-3)
+    torch.testing.assert_close(item["exemplar"], pair.exemplar, rtol=0, atol=1e-2)
+    # a pixel on a rounding tie may go either way
+    assert (item["exemplar_label"] != pair.exemplar_label).any(dim=0).float().mean() < 0.01
+    assert (item["valid"] != pair.valid).float().mean() < 0.01 and item["valid"].mean() > 0.5
+    # one-hot stays one-hot (these labels have no don't-care pixel)
+    assert set(item["exemplar_label"].unique().tolist()) == {0, 1}
+    assert (item["exemplar_label"].sum(dim=0) == 1).all()
+    return matrix
 
 
 def test_test_split_layout_and_exemplar_list(tree):
@@ -91,6 +121,58 @@ def test_train_split_crops_and_flips_label_photo_and_instances_together(tree):
             flips.add(bool(instance[0, 0] > instance[0, -1]))
             crops.add(int(instance.min()))
     assert flips == {True, False} and len(crops) > 1
+
+
+def test_known_warp_exemplars_are_the_target_warped(tree):
+    torch.manual_seed(0)
+    options = {"root": tree, "label_nc": LABEL_NC, "size": 32, "load_size": (48, 80)}
+    dataset = build_dataset("folder", "train", instance_dir=tree / "instances" / "training", known_warp=1.0,
+                            **options)
+    mirrored = set()
+    for index in range(12):
+        item = dataset[index % 3]
+        matrix = _check_known_warp(item)
+        mirrored.add(bool(torch.linalg.det(matrix[:, :2]) < 0))
+        # the instance map is the target's, with the target's label
+        classes = item["label"].argmax(dim=0)
+        for value in item["instance"].unique():
+            assert classes[item["instance"][0] == value].unique().numel() == 1
+    assert mirrored == {True, False}  # flip (default in training) mirrors half of the warps
+    for dataset in (build_dataset("folder", "train", flip=False, known_warp=1.0, **options),
+                    build_dataset("folder", "test", known_warp=1.0, **options)):
+        for index in range(len(dataset)):
+            assert torch.linalg.det(_check_known_warp(dataset[index])[:, :2]) > 0
+
+
+def test_known_warp_mixes_with_the_usual_exemplars_in_a_batch(tree):
+    dataset = build_dataset("folder", "train", root=tree, label_nc=LABEL_NC, size=32, known_warp=0.5,
+                            instance_dir=tree / "instances" / "training")
+    torch.manual_seed(0)
+    items = [dataset[index % 3] for index in range(12)]
+    warped = [bool(item["valid"].any()) for item in items]
+    assert 0 < sum(warped) < len(items)
+    for item, known in zip(items, warped, strict=True):
+        if known:
+            _check_known_warp(item)
+        else:
+            assert not item["exemplar_coords"].any() and not item["valid"].any()
+    batch = default_collate(items)  # as a DataLoader batches them
+    assert batch["exemplar_coords"].shape == (12, 2, 32, 32) and batch["instance"].shape == (12, 1, 32, 32)
+    assert torch.equal(batch["valid"].flatten(1).any(dim=1), torch.tensor(warped))
+
+
+def test_known_warp_zero_changes_nothing(tree):
+    """No new keys, and no draw of its own: the crops and flips are those of a dataset without the option."""
+    items = {}
+    for known_warp in (None, 0):
+        options = {} if known_warp is None else {"known_warp": known_warp}
+        dataset = build_dataset("folder", "train", root=tree, label_nc=LABEL_NC, size=32, **options)
+        torch.manual_seed(2)
+        items[known_warp] = [dataset[index] for index in range(3)]
+    for item, usual_item in zip(items[0], items[None], strict=True):
+        assert item.keys() == usual_item.keys() and "valid" not in item
+        for key in ("label", "image", "exemplar", "exemplar_label", "self_ref"):
+            assert torch.equal(item[key], usual_item[key]), key
 
 
 def test_one_folder_layout_and_dont_care(tmp_path):
@@ -139,6 +221,9 @@ def test_bad_arguments(tree, tmp_path):
         build_dataset("folder", "train", root=tree, label_nc=3, instance_dir=tmp_path / "absent")
     with pytest.raises(ValueError, match="exemplar_list"):
         build_dataset("folder", "train", root=tree, label_nc=3, exemplar_list=tmp_path / "absent.txt")
+    for known_warp in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="known_warp"):
+            build_dataset("folder", "train", root=tree, label_nc=3, known_warp=known_warp)
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason="sample data (../shared/data) not present")
@@ -159,6 +244,24 @@ def test_ade20k_samples():
     index = [photo.stem for photo in held_out.photos].index("ADE_train_00007860")
     item = held_out[index]
     assert item["name"] == "ADE_train_00007860"
-    ids = np.asarray(Image.open(held_out.photos[index].with_suffix(".png")))
+    ids = np.array(Image.open(held_out.photos[index].with_suffix(".png")))
     assert ids.shape == (256, 256)
     torch.testing.assert_close(item["label"].argmax(dim=0), torch.from_numpy(ids).long(), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="sample data (../shared/data) not present")
+def test_ade20k_samples_with_known_warps():
+    torch.manual_seed(0)
+    dataset = build_dataset("folder", "train", root=SAMPLES, label_nc=151, size=64, known_warp=1.0)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        _check_known_warp(item)
+        # a bilinear sample of the exemplar at the coords is the target photo, up to interpolating twice
+        coords, valid = item["exemplar_coords"].double(), item["valid"][0] > 0
+        grid = torch.stack([coords[0] / 63, coords[1] / 63], dim=-1) * 2 - 1
+        resampled = F.grid_sample(item["exemplar"][None].double(), grid[None], align_corners=True)[0]
+        image = item["image"].double()
+        error = (resampled - image).abs().amax(dim=0)[valid].mean()
+        # the same check without the warp: far off, so the one above can fail
+        baseline = (item["exemplar"].double() - image).abs().amax(dim=0)[valid].mean()
+        assert error < 0.1 and baseline > 3 * error, (index, error, baseline)
