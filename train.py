@@ -31,9 +31,15 @@ from tqdm import tqdm
 
 import data
 from models import CoCosNet, TrainingLosses, TrainingStep
+from models.alignment import NUM_LEVELS
 from models.normalization import synchronize_batch_norms
 from training import checkpoint, compile_workaround, distributed, visuals
 from training.config import ConfigError, load_config, model_options, uses_vgg, visual_label_kind
+
+# Training stages: every level warped densely (train.dense_warmup_steps), then the hierarchical
+# PatchMatch of the paper.
+STAGE_DENSE = "dense"
+STAGE_PATCHMATCH = "patchmatch"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -185,18 +191,12 @@ class Trainer:
         self.dtype: torch.dtype = getattr(torch, settings["dtype"])
         self.model.to(device, self.dtype).train()
 
-        step_module: nn.Module = TrainingStep(self.model)
-        if context.distributed:
-            step_module = DistributedDataParallel(
-                step_module, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if settings["compile"]:
-            if settings["compile_backend"] == "inductor":
-                # A new image size recompiles with dynamic shapes: torch 2.13 takes very long over
-                # it, and would pin the sizes again without the second workaround.
-                compile_workaround.install()
-            step_module = torch.compile(step_module, backend=settings["compile_backend"])
-        self.step_module = step_module
+        if settings["compile"] and settings["compile_backend"] == "inductor":
+            # A new image size recompiles with dynamic shapes: torch 2.13 takes very long over it,
+            # and would pin the sizes again without the second workaround.
+            compile_workaround.install()
+        self.stage = ""
+        self.step_module: nn.Module = TrainingStep(self.model)
 
         lr, betas = float(settings["lr"]), tuple(float(b) for b in settings["betas"])
         lr_g, lr_d = (lr / 2, lr * 2) if settings["ttur"] else (lr, lr)
@@ -252,6 +252,7 @@ class Trainer:
             state = {
                 "format": checkpoint.FORMAT_VERSION,
                 "step": self.step,
+                "stage": self.stage,
                 "epoch": self.epoch,
                 "sampler": {
                     "epoch": self.epoch,
@@ -313,7 +314,35 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = base * factor
 
+    def enter_stage(self) -> None:
+        """The stage of this step: ``dense`` (every level warps by the exact softmax over every
+        pair) for the first ``train.dense_warmup_steps`` steps, then ``patchmatch`` (the
+        hierarchical search). A function of the step, so a resume across the switch is exact."""
+        stage = STAGE_DENSE if self.step < self.settings["dense_warmup_steps"] else STAGE_PATCHMATCH
+        if stage == self.stage:
+            return
+        self.stage = stage
+        self.model.correspondence.dense_levels = NUM_LEVELS if stage == STAGE_DENSE else 1
+        step_module: nn.Module = TrainingStep(self.model)
+        if self.context.distributed:
+            device = self.context.device
+            step_module = DistributedDataParallel(
+                step_module,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                # The dense stage leaves the ConvGRU out of the forward.
+                find_unused_parameters=stage == STAGE_DENSE and self.model.correspondence.update is not None,
+            )
+        if self.settings["compile"]:
+            step_module = torch.compile(step_module, backend=self.settings["compile_backend"])
+        self.step_module = step_module
+        if self.step > 0 or stage == STAGE_DENSE:
+            if self.context.is_main:
+                tqdm.write(f"step {self.step}: {stage} stage")
+            if self.writer is not None:
+                self.writer.add_text("stage", f"{stage} from step {self.step}", self.step)
+
     def train_step(self, batch: Mapping[str, Any]) -> TrainingLosses:
+        self.enter_stage()
         device = self.context.device
         tensors = {
             k: v.to(device, self.dtype if v.is_floating_point() else None, non_blocking=True)
@@ -338,6 +367,7 @@ class Trainer:
         scalars = distributed.mean_over_ranks(scalars, self.context)
         if self.writer is None:
             return
+        self.writer.add_scalar("stage/dense", float(self.stage == STAGE_DENSE), self.step)
         for name, value in scalars.items():
             self.writer.add_scalar(f"loss/{name}", value, self.step)
         self.writer.add_scalar("lr/generator", self.optimizer_g.param_groups[0]["lr"], self.step)

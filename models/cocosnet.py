@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,7 @@ from .alignment import AlignedFeatures
 from .correspondence import Correspondence
 from .discriminator import MultiscaleDiscriminator, instance_edges
 from .generator import Pix2PixHDGenerator, SPADEGenerator, generator_input
+from .public_checkpoints import load_public, read_public
 from .vgg import VGG19Features
 
 GENERATORS = ("spade", "pix2pixhd")
@@ -33,6 +34,9 @@ class LossWeights:
     vgg: float = 10.0
     perceptual: float = 0.001
     contextual: float = 10.0
+    # Cross-entropy of every level's matching toward the true correspondence, where the batch
+    # has it (``exemplar_coords``); not in the public recipe.
+    correspondence: float = 0.0
 
 
 @dataclass
@@ -49,7 +53,13 @@ class CoCosNetOptions:
     k: int = 16
     patch_match_iters: int = 5
     patch_size: int = 1
+    # Each finer level starts from window x window candidates, dilation apart, around the coarser
+    # level's best upsample_matches matches; search_radius (None: unbounded) keeps its search
+    # within that many exemplar pixels of them.
     upsample_matches: int = 4
+    upsample_window: int = 4
+    upsample_dilation: int = 2
+    search_radius: int | None = None
     gru_iters: int = 3
     # "interleaved": a GRU step after each of the last gru_iters PatchMatch iterations (the
     # paper's order); "after": all PatchMatch iterations, then the GRU steps.
@@ -61,6 +71,9 @@ class CoCosNetOptions:
     gru_input_nc: int = 64
     temperature: float = 0.01
     reference_mode: bool = False
+    # Query pixels per sample and level that the correspondence loss scores against every
+    # exemplar pixel (drawn among the pixels visible in both images).
+    correspondence_samples: int = 256
     # Generator: "spade" (width ngf) or "pix2pixhd" (finest width pix2pixhd_ngf).
     generator: str = "spade"
     ngf: int = 64
@@ -89,6 +102,7 @@ class Translation:
     coords: list[Tensor | None]
     cycle_warp: Tensor | None
     features: AlignedFeatures
+    inits: list[Tensor | None]
 
 
 @dataclass
@@ -136,6 +150,9 @@ class CoCosNet(nn.Module):
             patch_size=options.patch_size,
             temperature=options.temperature,
             upsample_matches=options.upsample_matches,
+            window=options.upsample_window,
+            dilation=options.upsample_dilation,
+            search_radius=options.search_radius,
             gru_iters=options.gru_iters,
             gru_hidden_nc=options.gru_hidden_nc,
             gru_input_nc=options.gru_input_nc,
@@ -171,14 +188,20 @@ class CoCosNet(nn.Module):
         with ``generator`` (``latest_net_G.pth``) and optionally ``discriminator``
         (``latest_net_D.pth``). ``options``: other ``CoCosNetOptions`` fields (the widths are
         read from the tensors). See ``models.public_checkpoints``."""
-        from .public_checkpoints import load_public_model  # it imports this module
-
-        return load_public_model(corr, generator, discriminator, **options)
+        unknown = sorted(set(options) - {f.name for f in fields(CoCosNetOptions)})
+        if unknown:
+            raise TypeError(f"options: unknown CoCosNetOptions fields {unknown}")
+        converted = read_public(corr, generator, discriminator)
+        model = cls(CoCosNetOptions(**{**converted.options, **options}))
+        load_public(model, converted)
+        return model.eval()
 
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor) -> Translation:
         corr = self.correspondence(label, exemplar, exemplar_label)
         image = self.generator(generator_input(label, corr.warps))
-        return Translation(image, corr.warps, corr.nnfs, corr.coords, corr.cycle_warp, corr.features)
+        return Translation(
+            image, corr.warps, corr.nnfs, corr.coords, corr.cycle_warp, corr.features, corr.inits
+        )
 
     def discriminator_input(self, label: Tensor, image: Tensor, instance: Tensor | None = None) -> Tensor:
         """What the discriminator judges: the label, the instance edge map when enabled, the image."""
@@ -214,6 +237,11 @@ class CoCosNet(nn.Module):
             g["warp"] = weights.warp * L.warp_loss(out.warps, real, batch.get("self_ref"))
         if weights.cycle and out.cycle_warp is not None:
             g["cycle"] = weights.cycle * L.cycle_loss(out.cycle_warp, exemplar)
+        if weights.correspondence and "exemplar_coords" in batch:
+            g["correspondence"] = weights.correspondence * L.correspondence_loss(
+                out.features.query, out.features.key, batch["exemplar_coords"], batch["valid"],
+                tuple(exemplar.shape[-2:]), self.options.temperature, self.options.correspondence_samples,
+            )
 
         instance = batch.get("instance")
         real_input = self.discriminator_input(label, real, instance)

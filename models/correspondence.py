@@ -54,8 +54,10 @@ class CorrespondenceOutput:
     ``warps``: the exemplar warped to the label at 1/8, 1/4, 1/2, 1/1 (B, 3, H/s, W/s).
     ``cycle_warp``: the level-0 warp warped back onto the exemplar (B, 3, He/8, We/8), or None
     when not requested. ``nnfs``: int32 (B, K, H/s, W/s) flat exemplar indices per level
-    (``exact_knn`` at level 0, ``patch_match`` above). ``coords``: the GRU-refined (x, y)
-    coordinates (B, K, H/s, W/s, 2) per level, None at level 0 and without the GRU.
+    (``exact_knn`` at the densely warped levels, ``patch_match`` above). ``coords``: the
+    GRU-refined (x, y) coordinates (B, K, H/s, W/s, 2) per level, None at the dense levels and
+    without the GRU. ``inits``: per level the candidates the search started from (the windows
+    ``nnf_upsample`` built around the coarser level's matches), None at the dense levels.
     """
 
     warps: list[Tensor]
@@ -63,6 +65,7 @@ class CorrespondenceOutput:
     nnfs: list[Tensor]
     coords: list[Tensor | None]
     features: AlignedFeatures
+    inits: list[Tensor | None]
 
 
 class Correspondence(nn.Module):
@@ -75,6 +78,12 @@ class Correspondence(nn.Module):
 
     ``gru_mode``: ``"interleaved"`` (the paper's order, needs ``gru_iters <= iters``) or
     ``"after"`` (search, then refine); see the module docstring.
+
+    ``window`` x ``window`` candidates ``dilation`` apart around each of the coarser level's
+    best ``upsample_matches`` matches start each finer level's search (``nnf_upsample``);
+    ``search_radius`` (None: unbounded) keeps the search within that many key pixels of them
+    (``patch_match``'s ``max_radius``), so a finer level refines the coarser one instead of
+    searching the whole map again. ``dense_levels``: see the property.
     """
 
     def __init__(
@@ -97,6 +106,8 @@ class Correspondence(nn.Module):
         max_delta: float = 1.0,
         reference_mode: bool = False,
         gru_mode: str = "interleaved",
+        search_radius: int | None = None,
+        dense_levels: int = 1,
     ) -> None:
         super().__init__()
         if not 1 <= upsample_matches <= k:
@@ -108,7 +119,11 @@ class Correspondence(nn.Module):
                 f"gru_iters: the interleaved GRU follows PatchMatch iterations, so expected at most "
                 f"iters={iters}, got {gru_iters}"
             )
+        if search_radius is not None and search_radius < 0:
+            raise ValueError(f"search_radius: expected None or an int >= 0, got {search_radius}")
         self.alignment = DomainAlignment(label_nc, nef, match_nc, norm, spade_nc)
+        self.search_radius = search_radius
+        self.dense_levels = dense_levels  # checked by the setter
         self.k = k
         self.iters = iters
         self.patch_size = patch_size
@@ -127,6 +142,18 @@ class Correspondence(nn.Module):
             if self.gru_iters > 0
             else None
         )
+
+    @property
+    def dense_levels(self) -> int:
+        """How many of the coarsest levels warp by the exact softmax over every pair (``dense_warp``,
+        top-K by ``exact_knn``): 1, the paper's (only 1/8), up to all of them (a dense warm-up)."""
+        return self._dense_levels
+
+    @dense_levels.setter
+    def dense_levels(self, levels: int) -> None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= NUM_LEVELS:
+            raise ValueError(f"dense_levels: expected an int in [1, {NUM_LEVELS}], got {levels!r}")
+        self._dense_levels = levels
 
     def _seed(self, level: int) -> int | Tensor:
         """PatchMatch's random-search seed: fresh draws while training (from torch's generator, so
@@ -156,13 +183,22 @@ class Correspondence(nn.Module):
         else:
             warp = cocosnet_ops.dense_warp(query, key, value, self.temperature, backend=self.backend)
         nnf, _ = cocosnet_ops.exact_knn(query.detach(), key.detach(), self.k, backend=self.backend)
-        warps, nnfs, all_coords = [warp], [nnf], [None]
+        warps, nnfs, all_coords, inits = [warp], [nnf], [None], [None]
         matches = nnf
         for level in range(1, NUM_LEVELS):
             coarse_key_size = tuple(key.shape[-2:])
             query, key = features.query[level], features.key[level]
             scale = 2 ** (NUM_LEVELS - 1 - level)
             value = (F.avg_pool2d(exemplar, scale) if scale > 1 else exemplar).to(key.dtype)
+            if level < self.dense_levels:
+                warp = cocosnet_ops.dense_warp(query, key, value, self.temperature, backend=self.backend)
+                nnf, _ = cocosnet_ops.exact_knn(query.detach(), key.detach(), self.k, backend=self.backend)
+                warps.append(warp)
+                nnfs.append(nnf)
+                all_coords.append(None)
+                inits.append(None)
+                matches = nnf
+                continue
             init = cocosnet_ops.nnf_upsample(
                 matches[:, : self.upsample_matches].contiguous(),
                 tuple(key.shape[-2:]),
@@ -189,11 +225,13 @@ class Correspondence(nn.Module):
             warps.append(warp)
             nnfs.append(nnf)
             all_coords.append(coords)
-        return CorrespondenceOutput(warps, cycle_warp, nnfs, all_coords, features)
+            inits.append(init)
+        return CorrespondenceOutput(warps, cycle_warp, nnfs, all_coords, features, inits)
 
     def _search(
         self, query: Tensor, key: Tensor, init: Tensor, iters: int, jump: list[int] | None, seed: int
     ) -> tuple[Tensor, Tensor]:
+        bound = {} if self.search_radius is None else {"max_radius": self.search_radius}
         return cocosnet_ops.patch_match(
             query.detach(),
             key.detach(),
@@ -205,6 +243,7 @@ class Correspondence(nn.Module):
             random_search=self.random_search,
             seed=seed,
             backend=self.backend,
+            **bound,
         )
 
     def _search_interleaved(

@@ -159,3 +159,53 @@ def warp_loss(warps: Sequence[Tensor], target: Tensor, sample_weights: Tensor | 
 def cycle_loss(cycle_warp: Tensor, exemplar: Tensor) -> Tensor:
     """L1 of the cycle warp (exemplar -> label -> exemplar at 1/8) against the pooled exemplar."""
     return _weighted_l1(cycle_warp, _pool_to(exemplar, cycle_warp.shape[-2:]), None)
+
+
+def correspondence_loss(
+    query_levels: Sequence[Tensor],
+    key_levels: Sequence[Tensor],
+    exemplar_coords: Tensor,
+    valid: Tensor,
+    exemplar_size: Sequence[int],
+    temperature: float,
+    samples: int,
+) -> Tensor:
+    """Cross-entropy of every level's matching toward the true correspondence, summed over levels.
+
+    ``exemplar_coords`` (B, 2, H, W): for every target pixel the (x, y) exemplar pixel showing the
+    same point (pixel centres at integers), ``valid`` (B, 1, H, W) where it is visible in both,
+    ``exemplar_size`` (He, We). At each level, ``samples`` query pixels per sample, drawn among
+    the blocks of valid pixels, are scored against every key pixel (inner products over
+    ``temperature``, as the warps weigh them); the target distribution puts the bilinear weights
+    of the block's mean true point on its four nearest key pixels. Samples without a valid block
+    add nothing."""
+    height, width = exemplar_coords.shape[-2:]
+    total = 0.0
+    for query, key in zip(query_levels, key_levels, strict=True):
+        batch, channels, hq, wq = query.shape
+        hk, wk = key.shape[-2:]
+        factor = height // hq
+        block_valid = F.avg_pool2d(valid.float(), factor).flatten(1) == 1  # (B, hq * wq)
+        truth = F.avg_pool2d(exemplar_coords.float(), factor).flatten(2)  # (B, 2, hq * wq)
+        has_valid = block_valid.any(1)
+        # Drawn with replacement: every sample gets `samples` pixels whatever its valid count.
+        picked = torch.multinomial(block_valid.float() + ~has_valid[:, None], samples, replacement=True)
+        q = torch.gather(query.flatten(2), 2, picked[:, None].expand(-1, channels, -1))  # (B, C, n)
+        logits = torch.bmm(q.transpose(1, 2).float(), key.flatten(2).float()) / temperature
+        xy = torch.gather(truth, 2, picked[:, None].expand(-1, 2, -1))  # exemplar pixels (B, 2, n)
+        # Exemplar pixel -> key pixel coordinates of this level (pixel centres at integers).
+        kx = ((xy[:, 0] + 0.5) * (wk / exemplar_size[1]) - 0.5).clamp(0, wk - 1)
+        ky = ((xy[:, 1] + 0.5) * (hk / exemplar_size[0]) - 0.5).clamp(0, hk - 1)
+        target = torch.zeros_like(logits)
+        # The top-left of the four pixels, at most one before the last so that its neighbours exist.
+        x0 = kx.floor().clamp(max=wk - 2).clamp(min=0)
+        y0 = ky.floor().clamp(max=hk - 2).clamp(min=0)
+        fx, fy = kx - x0, ky - y0
+        x0, y0 = x0.long(), y0.long()
+        for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                               (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):  # fmt: skip
+            index = ((y0 + dy).clamp(max=hk - 1) * wk + (x0 + dx).clamp(max=wk - 1))[..., None]
+            target.scatter_add_(2, index, weight[..., None])
+        per_pixel = -(target * torch.log_softmax(logits, dim=2)).sum(2).mean(1)  # (B,)
+        total = total + (per_pixel * has_valid).sum() / has_valid.sum().clamp_min(1)
+    return total

@@ -140,10 +140,21 @@ def test_held_out_scores_measure_the_true_correspondence(trained):
     # finest level's is the best match's over the valid pixels.
     assert len(scores.epe_levels) == 4 and all(math.isfinite(e) for e in scores.epe_levels[2:])
     assert scores.epe_levels[-1] == pytest.approx(scores.epe_best, rel=1e-6)
-    assert len(scores.contrast_levels) == 4 and all(c >= 0 for c in scores.contrast_levels)
+    assert len(scores.contrast_levels) == 4 and all(c >= 0 for c in scores.contrast_levels[2:])
+    # Level 0 warps densely: no window. Above, the window's best candidate and the share of the
+    # final candidates taken from the window.
+    assert math.isnan(scores.oracle_levels[0]) and all(o >= 0 for o in scores.oracle_levels[2:])
+    assert all(0 <= share <= 1 for share in scores.window_share_levels[2:])
+    # A search that keeps to the window (no PatchMatch iteration, no GRU) keeps only window
+    # candidates, so its best match is never nearer the truth than the window's best.
+    model.correspondence.iters, model.correspondence.update = 0, None
+    window_only = evaluate(model, batches)
+    assert all(share == 1 for share in window_only.window_share_levels[2:])
+    assert all(e >= o for e, o in zip(window_only.epe_levels[2:], window_only.oracle_levels[2:], strict=True))
     # The two poses differ: matching every pixel to its own position is off by some pixels.
     assert 0 < scores.epe_identity < 32
     # Matches at the true coordinates have zero end-point error.
+    model = checkpoint.load_model(trained)
     with torch.no_grad():
         batch = batches[0]
         translation = model.correspondence(batch["label"], batch["exemplar"], batch["exemplar_label"])

@@ -266,3 +266,50 @@ def test_cycle_and_alignment_losses():
     torch.testing.assert_close(loss, (a[0] - b[0]).abs().mean() + (a[1] - b[1]).abs().mean())
     (loss + L.cycle_loss(cycle, exemplar)).backward()
     assert all(t.grad.abs().sum() > 0 for t in [cycle, *a, *b])
+
+
+def one_hot_pixels(height: int, width: int) -> torch.Tensor:
+    """(1, H*W, H, W) features: pixel p is the p-th unit vector, so inner products are 1 for the
+    same pixel and 0 otherwise."""
+    return torch.eye(height * width, dtype=torch.float64).view(1, height * width, height, width)
+
+
+def test_correspondence_loss_points_at_the_true_pixel_at_every_level():
+    """Features that match exactly where the truth says (a unit vector per exemplar pixel, each
+    query pixel carrying its true pixel's vector): the loss is ~0, and the truth moved by one
+    pixel makes it large. At a coarser level the identity's truth, pooled over each block, must
+    land on the block's own key pixel (the pixel-centre conventions)."""
+    size = 4
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    coords = torch.stack([(x + 1) % size, y]).double()[None]  # any permutation of the pixels works
+    valid = torch.ones(1, 1, size, size)
+    key = one_hot_pixels(size, size)
+    true_pixel = (coords[0, 1] * size + coords[0, 0]).long().flatten()
+    query = key.flatten(2)[:, :, true_pixel].view_as(key)
+    loss = L.correspondence_loss([query], [key], coords, valid, (size, size), 0.01, samples=8)
+    assert float(loss) < 1e-6
+    moved = L.correspondence_loss([query], [key], coords.roll(1, dims=-1), valid, (size, size), 0.01, 8)
+    assert float(moved) > 50
+    identity = torch.stack([x, y]).double()[None]
+    coarse = one_hot_pixels(2, 2)
+    pooled = L.correspondence_loss([coarse], [coarse], identity, valid, (size, size), 0.01, samples=8)
+    assert float(pooled) < 1e-6
+
+
+def test_correspondence_loss_gradients_and_samples_without_valid_pixels():
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(2, 4, 8, 8, dtype=torch.float64), dim=1).requires_grad_()
+    key = F.normalize(torch.randn(2, 4, 8, 8, dtype=torch.float64), dim=1).requires_grad_()
+    y, x = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    coords = torch.stack([x, y]).double()[None].expand(2, -1, -1, -1)
+    valid = torch.ones(2, 1, 8, 8)
+    loss = L.correspondence_loss([query], [key], coords, valid, (8, 8), 0.1, samples=16)
+    query_grad, key_grad = torch.autograd.grad(loss, [query, key])
+    assert query_grad.abs().sum() > 0 and key_grad.abs().sum() > 0
+    nothing = L.correspondence_loss([query], [key], coords, torch.zeros_like(valid), (8, 8), 0.1, 16)
+    assert float(nothing) == 0
+    # A sample with no valid pixel adds nothing: its gradient is zero.
+    valid[1] = 0
+    loss = L.correspondence_loss([query], [key], coords, valid, (8, 8), 0.1, samples=16)
+    (query_grad,) = torch.autograd.grad(loss, [query])
+    assert query_grad[0].abs().sum() > 0 and query_grad[1].abs().sum() == 0

@@ -257,6 +257,25 @@ def test_level0_is_the_dense_warp_and_level1_searches_from_it(same_matches):
     same_matches(out.nnfs[0], top, fq, fk)  # both from matmuls: equal up to near-ties
 
 
+def test_dense_levels_warp_every_level_by_the_exact_softmax(same_matches):
+    """dense_levels (a dense warm-up sets all 4): each of those levels is dense_warp of its own
+    features and values, its matches exact_knn's, with no search window and no GRU."""
+    corr = tiny_correspondence().eval()
+    corr.dense_levels = 4
+    batch = make_batch((64, 48), (48, 64))
+    with torch.no_grad():
+        out = corr(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    for level, scale in enumerate((8, 4, 2, 1)):
+        fq, fk = out.features.query[level], out.features.key[level]
+        value = F.avg_pool2d(batch["exemplar"], scale) if scale > 1 else batch["exemplar"]
+        torch.testing.assert_close(out.warps[level], cocosnet_ops.dense_warp(fq, fk, value, 0.01))
+        same_matches(out.nnfs[level], cocosnet_ops.exact_knn(fq, fk, 4)[0], fq, fk)
+    assert out.inits == [None] * 4 and out.coords == [None] * 4
+    for bad in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match="dense_levels"):
+            corr.dense_levels = bad
+
+
 def test_matching_features_are_centred_and_unit_norm():
     corr = tiny_correspondence()
     batch = make_batch((64, 64), (64, 64))

@@ -130,6 +130,28 @@ def test_resume_continues_exactly(config_file, straight, tmp_path, one_intra_op_
     assert any(not torch.equal(halfway[k], v) for k, v in resumed["model"].items())
 
 
+def test_dense_warmup_switches_at_its_step_and_resumes_exactly_across_it(config_file, tmp_path,
+                                                                         one_intra_op_thread):
+    """train.dense_warmup_steps: every level warps densely for those steps (no PatchMatch, so
+    the ConvGRU is left out), then the hierarchical search; the checkpoints record the stage and
+    a run resumed before the switch ends bitwise where an uninterrupted one does."""
+    warmup = ["--set", "train.dense_warmup_steps=2", "--set", "train.checkpoint_every=1"]
+    straight = tmp_path / "straight"
+    train.main(run_args(config_file, straight, "--max_steps", str(STEPS), *warmup))
+    saved = {step: checkpoint.load(checkpoint.checkpoint_path(straight / "checkpoints", step))
+             for step in range(1, STEPS + 1)}  # fmt: skip
+    # The stage of step N's training is saved after it: steps 1 and 2 dense, 3 and 4 PatchMatch.
+    assert [saved[step]["stage"] for step in saved] == ["dense", "dense", "patchmatch", "patchmatch"]
+    gru = "correspondence.update.gru.convz1.weight"
+    initial = checkpoint.load(train.main(run_args(config_file, tmp_path / "init", "--max_steps", "0")))
+    assert torch.equal(saved[2]["model"][gru], initial["model"][gru])  # no gradient while dense
+    assert not torch.equal(saved[3]["model"][gru], saved[2]["model"][gru])
+    resumed = tmp_path / "resumed"
+    train.main(run_args(config_file, resumed, "--max_steps", "1", *warmup))
+    final = train.main(run_args(config_file, resumed, "--max_steps", str(STEPS), "--resume", *warmup))
+    assert_same_training_state(checkpoint.load(final), saved[STEPS])
+
+
 def test_sigkill_resumes_from_last_checkpoint_and_never_truncates(config_file, straight, tmp_path):
     """SIGKILL at three points, each run resuming from the newest checkpoint the last one left:
     half-way through writing step 2's checkpoint, while step 3 trains, half-way through writing

@@ -36,6 +36,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "constant_epochs": 100,
     "decay_epochs": 0,
     "max_steps": None,  # stop after this many optimiser steps even if epochs remain
+    # Steps at the start during which every level warps by the exact softmax over every pair
+    # (dense_warp), before the hierarchical PatchMatch takes over (0: from the first step).
+    "dense_warmup_steps": 0,
     "amp": "auto",  # auto (bf16 on a GPU that has it, else fp16; none on CPU), none, bf16, fp16
     "compile": False,  # torch.compile the training step (forward and backward; not the optimisers)
     "compile_backend": "inductor",  # the torch.compile backend: one of torch._dynamo.list_backends
@@ -141,7 +144,7 @@ def validate(config: Mapping[str, Any]) -> None:
     for key in ("batch_size", "checkpoint_every", "log_every", "image_every", "grid_samples"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"train.{key}: expected a positive int, got {train[key]!r}")
-    for key in ("num_workers", "keep_checkpoints", "constant_epochs", "decay_epochs"):
+    for key in ("num_workers", "keep_checkpoints", "constant_epochs", "decay_epochs", "dense_warmup_steps"):
         if not isinstance(train[key], int) or train[key] < 0:
             raise ConfigError(f"train.{key}: expected an int >= 0, got {train[key]!r}")
     if train["constant_epochs"] + train["decay_epochs"] < 1:

@@ -24,13 +24,19 @@ class HeldOutScores:
     """Means over the held-out pixels: ``warp_l1`` of the finest warp against the target photo (all
     pixels, colours in [-1, 1]); ``epe_softmax``/``epe_best``: distance in pixels from the true
     exemplar coordinate to the softmax-weighted mean of the K matched coordinates / to the best
-    one, over the valid pixels (NaN without ``exemplar_coords``). ``epe_levels``: the best match's
-    error at every level, coarsest first, in full-resolution pixels, over the blocks of valid pixels
-    (where a level loses what a coarser one found). ``epe_identity``: the error of matching every
-    pixel to the same position in the exemplar, the figure a correspondence has to beat.
-    ``contrast_levels``: per level, the mean over all pixels of the best minus the worst of the K
-    candidates' scores (cosine similarities); near 0 when the features no longer tell the candidates
-    apart, so that the warp is their plain average."""
+    one, over the valid pixels (visible in both images; NaN without ``exemplar_coords``).
+
+    Per level, coarsest first, over the blocks of the level whose pixels are all valid, in
+    full-resolution pixels: ``epe_levels``, the best match's error (where a level loses what a
+    coarser one found); ``oracle_levels``, the error of the best candidate the search started
+    from (the window ``nnf_upsample`` built from the coarser level's matches; NaN at the densely
+    warped levels), so that what the window allows and what the features pick are told apart;
+    ``window_share_levels``, the share of the final K candidates that are window candidates
+    (1: the search kept to the window). ``contrast_levels``: per level, the mean of the best minus
+    the worst of the K candidates' scores (cosine similarities), over the valid blocks (all
+    pixels without the truth); near 0 when the features no longer tell the candidates apart, so
+    that the warp is their plain average. ``epe_identity``: the error of matching every pixel to
+    the same position in the exemplar, the figure a correspondence has to beat."""
 
     warp_l1: float
     epe_softmax: float
@@ -39,6 +45,8 @@ class HeldOutScores:
     epe_levels: tuple[float, ...] = ()
     epe_identity: float = float("nan")
     contrast_levels: tuple[float, ...] = ()
+    oracle_levels: tuple[float, ...] = ()
+    window_share_levels: tuple[float, ...] = ()
 
 
 def candidate_scores(translation: Translation, level: int = -1) -> tuple[Tensor, Tensor]:
@@ -60,7 +68,10 @@ def matched_coordinates(
     The K candidates of :func:`candidate_scores`, weighted by the softmax of their scores over
     ``temperature``, the weights the warp gives them.
     """
-    coords, scores = candidate_scores(translation, level)
+    return _weighted_and_best(*candidate_scores(translation, level), temperature)
+
+
+def _weighted_and_best(coords: Tensor, scores: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     weights = torch.softmax(scores.float() / temperature, dim=1)  # (B, K, H, W)
     weighted = (weights.unsqueeze(-1) * coords).sum(1)  # (B, H, W, 2)
     best_index = scores.argmax(1, keepdim=True)[..., None].expand(-1, 1, -1, -1, 2)
@@ -75,64 +86,89 @@ def evaluate(
     """Scores of ``model`` (evaluation mode, restored afterwards) on ``batches`` of held-out items."""
     was_training = model.training
     model.eval()
-    l1_sum = epe_soft_sum = epe_best_sum = valid_sum = identity_sum = 0.0
-    pixels = samples = 0
-    level_sums: list[list[float]] = []
-    contrast_sums: list[float] = []
+    temperature = model.correspondence.temperature
+    sums: dict[str, float] = {}
+
+    def add(name: str, value: float) -> None:
+        sums[name] = sums.get(name, 0.0) + value
+
+    levels = 0
     try:
         for batch in batches:
             inputs = (batch[k].to(device) for k in ("label", "exemplar", "exemplar_label"))
             translation = model.correspondence(*inputs)
+            levels = len(translation.nnfs)
             warp = translation.warps[-1]
-            l1_sum += float((warp - batch["image"].to(device)).abs().mean(1).sum())
-            pixels += warp.shape[0] * warp.shape[-2] * warp.shape[-1]
-            samples += warp.shape[0]
-            for level in range(len(translation.nnfs)):
-                scores = candidate_scores(translation, level)[1].float()
-                contrast = float((scores.amax(1) - scores.amin(1)).mean()) * warp.shape[0]
-                if len(contrast_sums) <= level:
-                    contrast_sums.append(0.0)
-                contrast_sums[level] += contrast
-            if "exemplar_coords" in batch:
-                truth = batch["exemplar_coords"].to(device)
-                valid = batch["valid"].to(device)[:, 0]
-                weighted, best = matched_coordinates(translation, model.correspondence.temperature)
-                epe_soft_sum += float(((weighted - truth).norm(dim=1) * valid).sum())
-                epe_best_sum += float(((best - truth).norm(dim=1) * valid).sum())
-                valid_sum += float(valid.sum())
+            add("l1", float((warp - batch["image"].to(device)).abs().mean(1).sum()))
+            add("pixels", warp.shape[0] * warp.shape[-2] * warp.shape[-1])
+            add("samples", warp.shape[0])
+            truth = batch["exemplar_coords"].to(device) if "exemplar_coords" in batch else None
+            valid = batch["valid"].to(device)[:, 0] if truth is not None else None
+            exemplar_size = tuple(batch["exemplar"].shape[-2:])
+            if truth is not None:
+                weighted, best = matched_coordinates(translation, temperature)
+                add("epe_softmax", float(((weighted - truth).norm(dim=1) * valid).sum()))
+                add("epe_best", float(((best - truth).norm(dim=1) * valid).sum()))
+                add("valid", float(valid.sum()))
                 height, width = truth.shape[-2:]
                 identity = torch.stack(torch.meshgrid(
                     torch.arange(width, device=device), torch.arange(height, device=device), indexing="xy"))
-                identity_sum += float(((identity - truth).norm(dim=1) * valid).sum())
-                temperature = model.correspondence.temperature
-                for level in range(len(translation.nnfs)):
-                    if len(level_sums) <= level:
-                        level_sums.append([0.0, 0.0])
-                    error, count = _level_error(translation, temperature, level, truth, valid)
-                    level_sums[level][0] += error
-                    level_sums[level][1] += count
+                add("identity", float(((identity - truth).norm(dim=1) * valid).sum()))
+            for level in range(levels):
+                coords, scores = candidate_scores(translation, level)
+                contrast = scores.float().amax(1) - scores.float().amin(1)  # (B, h, w)
+                if truth is None:
+                    add(f"contrast{level}", float(contrast.mean(dim=(1, 2)).sum()))
+                    add(f"contrast_count{level}", contrast.shape[0])
+                    continue
+                key_size = tuple(translation.features.key[level].shape[-2:])
+                query_size = tuple(contrast.shape[-2:])
+                block_truth, block_valid = level_truth(truth, valid, query_size, key_size, exemplar_size)
+                px = exemplar_size[1] / key_size[1]  # full-resolution pixels per key pixel
+                blocks = float(block_valid.sum())
+                add(f"contrast{level}", float((contrast * block_valid).sum()))
+                add(f"contrast_count{level}", blocks)
+                _, best = _weighted_and_best(coords, scores, temperature)
+                add(f"epe{level}", float(((best - block_truth).norm(dim=1) * block_valid).sum()) * px)
+                add(f"blocks{level}", blocks)
+                init = translation.inits[level]
+                if init is None:
+                    continue
+                start = nnf_to_coords(init.clamp_min(0), key_size).permute(0, 1, 4, 2, 3)  # (B, M, 2, h, w)
+                distance = (start - block_truth[:, None]).norm(dim=2).masked_fill(init < 0, float("inf"))
+                add(f"oracle{level}", float((distance.amin(1) * block_valid).sum()) * px)
+                nnf = translation.nnfs[level]
+                in_window = (nnf[:, :, None] == init[:, None]).any(2).float().mean(1)  # (B, h, w)
+                add(f"share{level}", float((in_window * block_valid).sum()))
     finally:
         model.train(was_training)
-    nan = float("nan")
+
+    def mean(name: str, count: str) -> float:
+        return sums.get(name, 0.0) / sums[count] if sums.get(count) else float("nan")
+
     return HeldOutScores(
-        warp_l1=l1_sum / max(pixels, 1),
-        epe_softmax=epe_soft_sum / valid_sum if valid_sum else nan,
-        epe_best=epe_best_sum / valid_sum if valid_sum else nan,
-        samples=samples,
-        epe_levels=tuple(error / count if count else nan for error, count in level_sums),
-        epe_identity=identity_sum / valid_sum if valid_sum else nan,
-        contrast_levels=tuple(total / max(samples, 1) for total in contrast_sums),
+        warp_l1=mean("l1", "pixels"),
+        epe_softmax=mean("epe_softmax", "valid"),
+        epe_best=mean("epe_best", "valid"),
+        samples=int(sums.get("samples", 0)),
+        epe_levels=tuple(mean(f"epe{level}", f"blocks{level}") for level in range(levels)),
+        epe_identity=mean("identity", "valid"),
+        contrast_levels=tuple(mean(f"contrast{level}", f"contrast_count{level}") for level in range(levels)),
+        oracle_levels=tuple(mean(f"oracle{level}", f"blocks{level}") for level in range(levels)),
+        window_share_levels=tuple(mean(f"share{level}", f"blocks{level}") for level in range(levels)),
     )
 
 
-def _level_error(
-    translation: Translation, temperature: float, level: int, truth: Tensor, valid: Tensor
-) -> tuple[float, float]:
-    """Summed full-resolution end-point error of ``level``'s best match over the blocks whose pixels
-    are all valid (the truth averaged over the block, in that level's pixels), and their count."""
-    _, best = matched_coordinates(translation, temperature, level)
-    scale = truth.shape[-1] // best.shape[-1]
-    block_truth = (F.avg_pool2d(truth, scale) + 0.5) / scale - 0.5
-    block_valid = (F.avg_pool2d(valid[:, None], scale)[:, 0] == 1).float()
-    error = (best - block_truth).norm(dim=1) * scale
-    return float((error * block_valid).sum()), float(block_valid.sum())
+def level_truth(
+    truth: Tensor, valid: Tensor, query_size: tuple[int, int], key_size: tuple[int, int],
+    exemplar_size: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """The true correspondence at one level: per block of full-resolution target pixels (one query
+    pixel of the level), the mean true exemplar point in that level's key pixels (B, 2, h, w), and
+    whether every pixel of the block is valid (B, h, w) as 0/1."""
+    factor = truth.shape[-1] // query_size[1]
+    mean = F.avg_pool2d(truth, factor)
+    scale = torch.tensor([key_size[1] / exemplar_size[1], key_size[0] / exemplar_size[0]])
+    block_truth = (mean + 0.5) * scale.to(truth.device).view(1, 2, 1, 1) - 0.5
+    block_valid = (F.avg_pool2d(valid[:, None].float(), factor)[:, 0] == 1).float()
+    return block_truth, block_valid
