@@ -98,7 +98,11 @@ class AlignedFeatures:
 
 class DomainAlignment(nn.Module):
     """The label branch (``label_nc`` inputs) and the image branch (``3 + label_nc`` inputs), each
-    followed by 1x1 projections to ``match_nc`` channels per level."""
+    followed by 1x1 projections to ``match_nc`` channels per level.
+
+    ``residual_matching``: each finer level's matching features are its projection plus the
+    coarser level's matching features upsampled (bilinear), so that a finer level's scores
+    start from the coarser level's, interpolated, and its own features only add detail."""
 
     def __init__(
         self,
@@ -108,8 +112,10 @@ class DomainAlignment(nn.Module):
         norm: str = "pono",
         spade_nc: int = 128,
         image_nc: int = 3,
+        residual_matching: bool = False,
     ) -> None:
         super().__init__()
+        self.residual_matching = residual_matching
         self.label_unet = AlignmentUNet(label_nc, nef, norm, spade_nc)
         self.image_unet = AlignmentUNet(image_nc + label_nc, nef, norm, spade_nc)
         widths = self.label_unet.out_channels
@@ -125,6 +131,15 @@ class DomainAlignment(nn.Module):
     def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor) -> AlignedFeatures:
         label_features = self.label_features(label)
         exemplar_features = self.image_features(exemplar, exemplar_label)
-        query = [matching_features(p(f)) for p, f in zip(self.query_proj, label_features, strict=True)]
-        key = [matching_features(p(f)) for p, f in zip(self.key_proj, exemplar_features, strict=True)]
+        query = self._matching(self.query_proj, label_features)
+        key = self._matching(self.key_proj, exemplar_features)
         return AlignedFeatures(query, key, label_features)
+
+    def _matching(self, projections: nn.ModuleList, features: list[Tensor]) -> list[Tensor]:
+        levels: list[Tensor] = []
+        for projection, level in zip(projections, features, strict=True):
+            projected = projection(level)
+            if self.residual_matching and levels:
+                projected = projected + F.interpolate(levels[-1], size=projected.shape[-2:], mode="bilinear")
+            levels.append(matching_features(projected))
+        return levels
