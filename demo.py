@@ -12,7 +12,6 @@ NNF flow pictures and one grid per pair (label | exemplar | warp 1/8 .. 1/1 | ou
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import cli
 import data
 import train
 from training import checkpoint
@@ -57,9 +57,11 @@ def load_test_script():
     return module
 
 
-def train_args(out: Path, steps: int, seed: int, extra: Sequence[str]) -> list[str]:
+def train_args(out: Path, steps: int, seed: int, extra: Sequence[str], overwrite: bool = False) -> list[str]:
+    """train.py's command line of a demo training; ``overwrite`` starts over in a run folder an
+    unfinished run left (for callers that looked for a finished run there first)."""
     args = ["--config", str(CONFIG), "--out", str(out), "--max_steps", str(steps), "--seed", str(seed),
-            "--device", "cpu", "--vgg_weights", "none"]
+            "--device", "cpu", "--vgg_weights", "none", *(["--overwrite"] if overwrite else [])]
     for override in (*CPU_OVERRIDES, *extra):
         args += ["--set", override]
     return args
@@ -67,12 +69,13 @@ def train_args(out: Path, steps: int, seed: int, extra: Sequence[str]) -> list[s
 
 def train_or_reuse(out: Path, steps: int, seed: int, extra: Sequence[str]) -> Path:
     """The final checkpoint of a demo training in ``out``: reused when a run there already reached
-    ``steps`` (rerunning the demo, or the GRU benchmark sharing its runs), else trained now."""
+    ``steps`` (rerunning the demo, or the GRU benchmark sharing its runs), else trained now, over
+    whatever an unfinished run left there."""
     done = checkpoint.checkpoint_path(out / "checkpoints", steps)
     if done.is_file():
         print(f"reusing {done}")
         return done
-    return train.main(train_args(out, steps, seed, extra))
+    return train.main(train_args(out, steps, seed, extra, overwrite=True))
 
 
 def stack_grids(paths: Sequence[Path], out: Path) -> None:
@@ -82,14 +85,17 @@ def stack_grids(paths: Sequence[Path], out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> tuple[float, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--steps", type=int, default=30, help="training steps (batch 2)")
-    parser.add_argument("--held_out", type=int, default=8, help="held-out pairs to measure and translate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=cli.int_at_least(1), default=30, help="training steps (batch 2)")
+    parser.add_argument("--held_out", type=cli.int_at_least(1), default=8,
+                        help="held-out pairs to measure and translate")
+    parser.add_argument("--seed", type=cli.int_at_least(0), default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="more configuration overrides, as train.py takes them")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {args.out} is a file; expected a folder for the demo's runs and pictures")
     start = time.perf_counter()
     untrained = train_or_reuse(args.out / "untrained", 0, args.seed, args.overrides)
     trained = train_or_reuse(args.out / "trained", args.steps, args.seed, args.overrides)
@@ -116,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,14 +16,14 @@ writes ``NAME.png`` (the translation), ``NAME_warp_<level>.png`` (the exemplar w
 1/4, 1/2, 1/1: levels 0 to 3),
 ``NAME_flow.png`` (the finest level's best matches as offsets, colour-coded: hue the direction,
 saturation the length) and ``NAME_grid.png`` (label | exemplar | warps | output, and the target
-when the dataset has one).
+when the dataset has one). Files of those names already in ``--out`` are replaced (said once);
+other files there are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+import cli
 import data
 from cocosnet_ops.nnf import flow_to_color, nnf_to_coords
 from data import pose as openpose
-from data.common import photo_to_tensor, read_label_map, read_photo
+from data.common import BadSampleError, photo_to_tensor, read_label_map, read_photo
 from data.deepfashion import pad_to_square
 from models import CoCosNet, Translation
 from models.correspondence import query_positions_in_key
@@ -48,10 +49,11 @@ from training.config import ConfigError, load_config
 CANDIDATE_SUFFIX = "_candidate.txt"
 SUBSET_SUFFIX = "_subset.txt"
 LABEL_IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+SIDE_MULTIPLE = 8  # the model's sides are multiples of 8 (its coarsest level is 1/8)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="a train.py checkpoint (step_<N>.pt)")
@@ -61,35 +63,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="dataset mode: YAML whose data section to read "
                         "(default: the checkpoint's)")
     parser.add_argument("--split", default="test", choices=data.SPLITS, help="dataset mode: the split")
-    parser.add_argument("--limit", type=int, help="dataset mode: translate only the first N samples")
-    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--limit", type=cli.int_at_least(1),
+                        help="dataset mode: translate only the first N samples")
+    parser.add_argument("--batch_size", type=cli.int_at_least(1), default=4)
     parser.add_argument("--label", type=Path, help="one label: OpenPose *_candidate.txt or a label PNG")
     parser.add_argument("--exemplar", type=Path, help="the exemplar photo of --label")
     parser.add_argument("--exemplar_label", type=Path, help="the label of --exemplar (same kind as --label)")
-    parser.add_argument("--size", type=int, help="one-label mode: side of the square images "
-                        "(default: the checkpoint's training size)")
-    parser.add_argument("--pose_frame", type=float, help="one-label mode: side of the square frame the "
-                        "pose coordinates are in (default: the exemplar photo's larger side)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    return parser.parse_args(argv)
+    parser.add_argument("--size", type=cli.int_at_least(SIDE_MULTIPLE), help="one-label mode: side of the "
+                        f"square images, a multiple of {SIDE_MULTIPLE} (default: the training size)")
+    parser.add_argument("--pose_frame", type=cli.positive_number, help="one-label mode: side of the square "
+                        "frame the pose coordinates are in (default: the exemplar photo's larger side)")
+    parser.add_argument("--device", type=cli.torch_device, default="cpu", help="cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if args.size is not None and args.size % SIDE_MULTIPLE:
+        parser.error(f"argument --size: expected a multiple of {SIDE_MULTIPLE}, got {args.size}")
+    if args.label is None and (args.exemplar is not None or args.exemplar_label is not None):
+        parser.error("--exemplar and --exemplar_label go with --label")
+    if args.label is not None and (args.exemplar is None or args.exemplar_label is None):
+        parser.error("--label needs --exemplar (a photo) and --exemplar_label (its pose file or label image)")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {args.out} is a file; expected a folder for the PNGs")
+    return args
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def _require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no file at {path}")
-    return path
-
-
 def pose_files(candidate: Path) -> tuple[Path, Path]:
     """The candidate file and the subset file beside it, both checked to exist."""
     if not candidate.name.endswith(CANDIDATE_SUFFIX):
-        raise ValueError(f"--label: a pose file must be named *{CANDIDATE_SUFFIX}, got {candidate}")
+        raise cli.UsageError(f"--label: a pose file must be named *{CANDIDATE_SUFFIX}, got {candidate}")
     subset = candidate.with_name(candidate.name[: -len(CANDIDATE_SUFFIX)] + SUBSET_SUFFIX)
-    subset = _require_file(subset, "pose subset file (beside the candidates)")
-    return _require_file(candidate, "pose file"), subset
+    subset = cli.require_file(subset, "pose subset file (beside the candidates)")
+    return cli.require_file(candidate, "pose file"), subset
 
 
 def label_kind(path: Path) -> str:
@@ -97,7 +103,7 @@ def label_kind(path: Path) -> str:
         return "pose"
     if path.suffix.lower() in LABEL_IMAGE_SUFFIXES:
         return "segmentation"
-    raise ValueError(
+    raise cli.UsageError(
         f"label: expected an OpenPose *{CANDIDATE_SUFFIX} or a label image "
         f"({', '.join(LABEL_IMAGE_SUFFIXES)}), got {path}"
     )
@@ -105,17 +111,24 @@ def label_kind(path: Path) -> str:
 
 def pose_label(candidate: Path, side: int, frame: float) -> Tensor:
     """The 20-channel label (20, side, side) of a pose whose coordinates are in a ``frame``-pixel square."""
-    keypoints = openpose.read_openpose(*pose_files(candidate))
+    files = pose_files(candidate)
+    try:
+        keypoints = openpose.read_openpose(*files)
+    except ValueError as error:  # not OpenPose's txt layout; the message names the file
+        raise cli.UsageError(f"pose file: {error}") from error
     label = openpose.draw_pose_label(keypoints * (side / frame), (side, side))
     return torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1)))
 
 
 def segmentation_label(path: Path, side: int, label_nc: int) -> Tensor:
     """One-hot (label_nc, side, side) of a label PNG of class ids (nearest-neighbour resize)."""
-    ids = torch.from_numpy(read_label_map(_require_file(path, "label image")))
+    try:
+        ids = torch.from_numpy(read_label_map(cli.require_file(path, "label image")))
+    except BadSampleError as error:  # not an image of class ids; the message names the file
+        raise cli.UsageError(f"label image: {error}") from error
     ids = F.interpolate(ids[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
     if int(ids.max()) >= label_nc or int(ids.min()) < 0:
-        raise ValueError(
+        raise cli.UsageError(
             f"label image {path}: class ids in [{int(ids.min())}, {int(ids.max())}], but the model has "
             f"label_nc={label_nc}"
         )
@@ -124,17 +137,16 @@ def segmentation_label(path: Path, side: int, label_nc: int) -> Tensor:
 
 def single_pair(args: argparse.Namespace, label_nc: int, side: int) -> dict[str, Any]:
     """The batch of one (label, exemplar, exemplar label) given on the command line."""
-    if args.exemplar is None or args.exemplar_label is None:
-        raise ValueError(
-            "--label needs --exemplar (a photo) and --exemplar_label (its pose file or label image)"
-        )
     kind = label_kind(args.label)
     if label_kind(args.exemplar_label) != kind:
-        raise ValueError(f"--exemplar_label: expected the same kind of label as --label ({kind})")
-    photo = read_photo(_require_file(args.exemplar, "--exemplar"))
+        raise cli.UsageError(f"--exemplar_label: expected the same kind of label as --label ({kind})")
+    try:
+        photo = read_photo(cli.require_file(args.exemplar, "--exemplar"))
+    except BadSampleError as error:  # the message names the file
+        raise cli.UsageError(f"--exemplar: {error}") from error
     if kind == "pose":
         if label_nc != openpose.LABEL_NC:
-            raise ValueError(
+            raise cli.UsageError(
                 f"--label: a pose gives {openpose.LABEL_NC} channels, the model takes {label_nc}"
             )
         frame = args.pose_frame or float(max(photo.size))
@@ -158,11 +170,12 @@ def single_pair(args: argparse.Namespace, label_nc: int, side: int) -> dict[str,
 def dataset_batches(
     config: Mapping[str, Any], split: str, limit: int | None, batch_size: int
 ) -> Iterator[dict[str, Any]]:
-    options = dict(config["data"].get(split) or config["data"].get("train") or {})
-    dataset = data.build_dataset(config["data"]["name"], split, **options)
+    section = split if config["data"].get(split) else "train"
+    try:
+        dataset = data.build_dataset(config["data"]["name"], split, **(config["data"].get(section) or {}))
+    except ValueError as error:  # the options' types are checked; here their values, folders and files
+        raise ConfigError(f"data.{section}: {error}") from error
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit: expected a positive int, got {limit}")
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
@@ -232,36 +245,64 @@ def load_translator(args: argparse.Namespace, device: torch.device) -> tuple[CoC
     """The model and its configuration (None for public weights without ``--config``): a train.py
     checkpoint, a file converted by ``models.public_checkpoints``, or the public
     ``latest_net_Corr.pth`` as ``--checkpoint`` with ``--public_G``."""
-    path = _require_file(args.checkpoint, "--checkpoint")
-    config = None if args.config is None else load_config(_require_file(args.config, "--config"))
+    path = cli.require_file(args.checkpoint, "--checkpoint")
+    config = None if args.config is None else load_config(cli.require_file(args.config, "--config"))
     if args.public_G is not None:
-        return CoCosNet.from_public(path, _require_file(args.public_G, "--public_G")).to(device), config
+        return public_model(path, cli.require_file(args.public_G, "--public_G")).to(device), config
     try:
-        state = checkpoint.load(path)
-    except ValueError:
-        # Not a train.py checkpoint: a converted public file, or an error naming the file.
-        return CoCosNet.from_public(path).to(device), config
+        state = checkpoint.load(path, "--checkpoint")
+    except checkpoint.ForeignCheckpointError:  # torch reads it, train.py did not write it
+        return public_model(path).to(device), config
     return checkpoint.load_model(path, device), state["config"] if config is None else config
+
+
+def public_model(corr: Path, generator: Path | None = None) -> CoCosNet:
+    """``CoCosNet.from_public`` of the files given, a :class:`cli.UsageError` naming them when they
+    are not public CoCosNet v2 weights that fit the model."""
+    try:
+        return CoCosNet.from_public(corr, generator)
+    except ValueError as error:  # the file's format or its tensors; the message names the file
+        if generator is None:
+            raise cli.UsageError(
+                f"--checkpoint: {corr} is neither a train.py checkpoint nor converted public weights "
+                f"({error}); the raw public weights go as --checkpoint latest_net_Corr.pth "
+                "--public_G latest_net_G.pth"
+            ) from error
+        message = f"--checkpoint, --public_G: not the public CoCosNet v2 weights ({error})"
+        raise cli.UsageError(message) from error
+
+
+class Outputs:
+    """The folder ``--out``: a sample's files replace those an earlier run wrote for a sample of
+    the same name (said once); other files there are kept."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.said = False
+
+    def write(self, batch: Mapping[str, Any], translation: Translation, label_kind: str) -> list[Path]:
+        if not self.said and any((self.folder / f"{name}_grid.png").exists() for name in batch["name"]):
+            print(f"replacing earlier translations in {self.folder} (other files there are kept)")
+            self.said = True
+        return save_translations(batch, translation, self.folder, label_kind)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Translate as the command line ``argv`` says; returns the paths of the grids written."""
     args = parse_args(argv)
-    device = torch.device(args.device)
-    model, config = load_translator(args, device)
+    model, config = load_translator(args, args.device)
+    outputs = Outputs(args.out)
     grids = []
     if args.label is not None:
         side = args.size or (training_size(config) if config is not None else PUBLIC_SIDE)
         batch = single_pair(args, model.options.label_nc, side)
-        grids += save_translations(batch, translate(model, batch, device), args.out, batch["kind"])
+        grids += outputs.write(batch, translate(model, batch, args.device), batch["kind"])
     else:
         if config is None:
-            raise ValueError("--config: translating a dataset with public weights needs the dataset's YAML")
-        if args.exemplar is not None or args.exemplar_label is not None:
-            raise ValueError("--exemplar and --exemplar_label go with --label")
+            raise cli.UsageError("--config: translating a dataset with public weights needs its YAML")
         kind = visuals_kind(config)
         for batch in dataset_batches(config, args.split, args.limit, args.batch_size):
-            grids += save_translations(batch, translate(model, batch, device), args.out, kind)
+            grids += outputs.write(batch, translate(model, batch, args.device), kind)
     return grids
 
 
@@ -273,8 +314,5 @@ def visuals_kind(config: Mapping[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        written = main()
-    except (FileNotFoundError, ValueError, ConfigError) as error:
-        sys.exit(f"test.py: error: {error}")
+    written = cli.run(main)
     print(f"wrote {len(written)} translations to {os.path.dirname(written[0]) if written else 'nothing'}")

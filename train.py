@@ -2,12 +2,15 @@
 
     python train.py --config configs/demo.yaml --out runs/demo
     python train.py --config configs/demo.yaml --out runs/demo --resume          # newest checkpoint
+    python train.py --config configs/demo.yaml --out runs/demo --overwrite       # start over
     torchrun --nproc_per_node 8 train.py --config configs/deepfashionhd_512.yaml --out runs/dfhd512
     python train.py --config configs/ade20k.yaml --set data.train.root=/data/ADE20K --set train.lr=2e-4
 
 Settings come from the YAML file (see ``training/config.py``), then the explicit flags, then
 ``--set section.key=value`` (values parsed as YAML). ``--batch_size`` is per process. The run
-writes ``OUT/checkpoints/step_<N>.pt``, ``OUT/tensorboard/`` and ``OUT/grids/step_<N>.png``.
+writes ``OUT/checkpoints/step_<N>.pt``, ``OUT/tensorboard/`` and ``OUT/grids/step_<N>.png``; in a
+folder that already holds checkpoints it starts only with ``--resume`` (continue the newest) or
+``--overwrite`` (remove the earlier run's checkpoints, TensorBoard logs and grids first).
 ``main(argv)`` does the same in-process and returns the final checkpoint's path.
 """
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import cli
 import data
 from models import CoCosNet, TrainingLosses, TrainingStep
 from models.alignment import NUM_LEVELS
@@ -42,8 +45,13 @@ STAGE_DENSE = "dense"
 STAGE_PATCHMATCH = "patchmatch"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(cli.MissingFileError):
     """The VGG19 weight file of the perceptual losses is not where the configuration says."""
+
+
+class RunFolderError(cli.UsageError):
+    """``--out`` is not a run folder, or holds an earlier run and neither ``--resume`` nor
+    ``--overwrite`` says what to do with it."""
 
 
 def vgg_weights_error(path: str) -> MissingWeightsError:
@@ -117,22 +125,29 @@ def amp_dtype(mode: str, device: torch.device, dtype: torch.dtype = torch.float3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, help="YAML configuration (configs/*.yaml)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
-    parser.add_argument(
+    earlier_run = parser.add_mutually_exclusive_group()
+    earlier_run.add_argument(
         "--resume", nargs="?", const="latest", default=None,
         help="continue from a checkpoint file, or (no value) from the newest one in OUT/checkpoints",
     )
-    parser.add_argument("--max_steps", type=int, help="stop after this many optimiser steps")
-    parser.add_argument("--batch_size", type=int, help="samples per process and step")
-    parser.add_argument("--num_workers", type=int, help="data loading processes per training process")
-    parser.add_argument("--seed", type=int)
+    earlier_run.add_argument(
+        "--overwrite", action="store_true",
+        help="start over in a run folder that holds an earlier run (its checkpoints, logs and grids removed)",
+    )
+    parser.add_argument("--max_steps", type=cli.int_at_least(0), help="stop after this many optimiser steps")
+    parser.add_argument("--batch_size", type=cli.int_at_least(1), help="samples per process and step")
+    parser.add_argument(
+        "--num_workers", type=cli.int_at_least(0), help="data loading processes per training process"
+    )
+    parser.add_argument("--seed", type=cli.int_at_least(0))
     parser.add_argument("--vgg_weights", help="torchvision VGG19 state_dict file, or none")
     parser.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"))
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", type=cli.device_or_auto, choices=("auto", "cpu", "cuda"))
     parser.add_argument(
         "--compile", action="store_true",
         help="torch.compile the training step with train.compile_backend (a compile error stops training)",
@@ -176,13 +191,16 @@ class Trainer:
 
         try:
             dataset = data.build_dataset(config["data"]["name"], "train", **(config["data"]["train"] or {}))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"data: {error}") from error
+        except ValueError as error:  # the options' types are checked; here their values, folders and files
+            raise ConfigError(f"data.train: {error}") from error
         self.dataset = SeededItems(dataset, seed)
         options = model_options(config, int(dataset.label_nc))
         if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():
             raise vgg_weights_error(str(settings["vgg_weights"]))
-        self.model = CoCosNet(options)
+        try:
+            self.model = CoCosNet(options)
+        except ValueError as error:  # what the configuration's checks leave to the model
+            raise ConfigError(f"model: {error}") from error
         if not uses_vgg(config):
             self.model.vgg = NoFeatures()
         if context.distributed:
@@ -279,12 +297,9 @@ class Trainer:
         self.saved_step = self.step
         return path
 
-    def restore(self, resume: str) -> Path:
-        path = checkpoint.latest_checkpoint(self.checkpoints) if resume == "latest" else Path(resume)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoints}")
-        state = checkpoint.load(path)
-        checkpoint.load_trainable_state(self.model, state["model"])
+    def restore(self, path: Path, state: Mapping[str, Any]) -> None:
+        """Continue from the checkpoint ``state`` read from ``path``."""
+        checkpoint.load_trainable_state(self.model, state["model"], f"--resume: {path}")
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         self.scaler.load_state_dict(state["scaler"])
@@ -292,7 +307,7 @@ class Trainer:
         self.epoch = state["sampler"]["epoch"]
         self.samples_in_epoch = state["sampler"]["samples_taken"]
         if self.samples_in_epoch % self.context.world_size:
-            raise ValueError(
+            raise cli.UsageError(
                 f"--resume: {path} stopped {self.samples_in_epoch} samples into an epoch, which "
                 f"{self.context.world_size} processes cannot split evenly; resume at the end of an epoch"
             )
@@ -300,7 +315,6 @@ class Trainer:
         # With another number of processes every rank takes rank 0's states (all ranks draw alike).
         own = rngs[self.context.rank] if len(rngs) == self.context.world_size else rngs[0]
         checkpoint.set_rng_state(own, self.context.device)
-        return path
 
     # ------------------------------------------------------------------ training
 
@@ -387,12 +401,13 @@ class Trainer:
         self.writer.add_image("label|exemplar|warps|output|target", grid, self.step)
         visuals.save_png(grid, self.out / "grids" / f"step_{self.step:08d}.png")
 
-    def fit(self, resume: str | None = None) -> Path:
-        """Train until the last epoch or ``max_steps``; returns the final checkpoint's path."""
+    def fit(self, resume: tuple[Path, Mapping[str, Any]] | None = None) -> Path:
+        """Train until the last epoch or ``max_steps``, first continuing from ``resume`` (a
+        checkpoint's path and contents) if given; returns the final checkpoint's path."""
         if resume is not None:
-            resumed = self.restore(resume)
+            self.restore(*resume)
             if self.context.is_main:
-                tqdm.write(f"resumed from {resumed} at step {self.step}, epoch {self.epoch}")
+                tqdm.write(f"resumed from {resume[0]} at step {self.step}, epoch {self.epoch}")
         settings = self.settings
         total_epochs = settings["constant_epochs"] + settings["decay_epochs"]
         max_steps = settings["max_steps"] if settings["max_steps"] is not None else math.inf
@@ -432,20 +447,69 @@ class Trainer:
         return final
 
 
+def earlier_run_files(out: Path) -> dict[str, list[Path]]:
+    """What earlier runs of train.py left in the run folder ``out``, by kind."""
+    checkpoints = out / "checkpoints"
+    return {
+        "checkpoints": [
+            *checkpoint.list_checkpoints(checkpoints),
+            *sorted(checkpoints.glob(f"step_*.pt.*{checkpoint.TEMP_SUFFIX}")),
+        ],
+        "TensorBoard logs": sorted((out / "tensorboard").glob("events.out.tfevents.*")),
+        "grids": sorted((out / "grids").glob("step_*.png")),
+    }
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse a run folder that holds an earlier run's checkpoints: it would end up mixing two runs."""
+    found = checkpoint.list_checkpoints(out / "checkpoints")
+    if found:
+        raise RunFolderError(
+            f"--out: {out} already holds a run ({len(found)} checkpoints, the newest {found[-1].name}); "
+            "pass --resume to continue it or --overwrite to start over"
+        )
+
+
+def remove_earlier_run(out: Path) -> None:
+    """Remove what earlier runs wrote in ``out`` (checkpoints, TensorBoard logs, grids), saying so."""
+    found = {kind: paths for kind, paths in earlier_run_files(out).items() if paths}
+    for path in (p for paths in found.values() for p in paths):
+        path.unlink()
+    if found:
+        removed = ", ".join(f"{len(paths)} {kind}" for kind, paths in found.items())
+        print(f"--overwrite: removed the earlier run's {removed} from {out}", flush=True)
+
+
+def resume_from(resume: str, checkpoints: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``--resume`` names (a file, or ``latest``: the newest in ``checkpoints``)
+    and its contents."""
+    if resume == "latest":
+        path = checkpoint.latest_checkpoint(checkpoints)
+        if path is None:
+            raise RunFolderError(f"--resume: no checkpoint in {checkpoints} to continue from")
+    else:
+        path = Path(resume)
+    return path, checkpoint.load(path, "--resume")
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """Train as the command line ``argv`` says; returns the final checkpoint's path."""
     args = parse_args(argv)
     config = build_config(args)
     out = args.out or Path("runs") / (args.config.stem if args.config else "default")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out: {out} is a file; expected a run folder")
+    resume = resume_from(args.resume, out / "checkpoints") if args.resume is not None else None
+    if resume is None and not args.overwrite:
+        check_run_folder(out)
     context = distributed.setup(config["train"]["device"])
     try:
-        return Trainer(config, out, context).fit(args.resume)
+        if args.overwrite and context.is_main:
+            remove_earlier_run(out)
+        return Trainer(config, out, context).fit(resume)
     finally:
         distributed.teardown(context)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, MissingWeightsError) as error:
-        sys.exit(f"train.py: error: {error}")
+    cli.run(main)

@@ -31,6 +31,7 @@ from bench_recall import processor_name, write_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import cli  # noqa: E402
 from models import CoCosNet, CoCosNetOptions, TrainingStep  # noqa: E402
 
 COLUMNS = (
@@ -98,19 +99,25 @@ def write_plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--side", type=int, default=128, help="label and exemplar side (divisible by 8)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
-        "--width", type=int, default=16, help="nef, match_nc, ngf and ndf; spade_nc is twice it"
+        "--side", type=cli.int_at_least(8), default=128, help="label and exemplar side (divisible by 8)"
     )
-    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--batch", type=cli.int_at_least(1), default=1)
+    parser.add_argument("--repeats", type=cli.int_at_least(1), default=5)
+    parser.add_argument("--threads", type=cli.int_at_least(1), default=torch.get_num_threads())
+    parser.add_argument(
+        "--width", type=cli.int_at_least(1), default=16, help="nef, match_nc, ngf and ndf; spade_nc twice it"
+    )
+    parser.add_argument("--k", type=cli.int_at_least(1), default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compile.csv"))
     args = parser.parse_args()
+    if args.side % 8:
+        parser.error(f"argument --side: expected a multiple of 8, got {args.side}")
+    if args.k > (args.side // 8) ** 2:
+        parser.error(f"argument --k: expected at most the {(args.side // 8) ** 2} pixels of the 1/8 level")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -166,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

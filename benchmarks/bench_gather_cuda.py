@@ -22,9 +22,9 @@ next to the GPU's name, so the fractions are against what this GPU really reache
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +33,10 @@ import torch.nn.functional as F
 
 import cocosnet_ops
 from cocosnet_ops import triton as triton_kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cli  # noqa: E402
 
 FLOAT = 4
 COLUMNS = (
@@ -134,16 +138,16 @@ def measure(side: int, channels: int, k: int, repeats: int, backend: str) -> lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sides", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sides", type=cli.int_at_least(1), nargs="+", default=[512, 1024])
+    parser.add_argument("--channels", type=cli.int_at_least(1), nargs="+", default=[32, 64])
+    parser.add_argument("--k", type=cli.int_at_least(1), default=16)
+    parser.add_argument("--repeats", type=cli.int_at_least(1), default=20)
     parser.add_argument("--backend", choices=("cuda", "triton"), default="cuda")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gather_cuda.csv"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        parser.error("needs a GPU")
+        parser.error("this benchmark needs a GPU, and torch sees none on this machine")
     if args.backend == "cuda" and not cocosnet_ops.HAS_CUDA_KERNELS:
         parser.error("--backend cuda: needs cocosnet_ops._C built with its CUDA kernels")
     if args.backend == "triton" and triton_kernels.unavailable("cuda"):
@@ -178,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,7 +16,6 @@ run in ``--runs`` was reused).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_recall import processor_name  # noqa: E402
 
+import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
 from training import checkpoint  # noqa: E402
@@ -47,10 +47,10 @@ COLUMNS = ("variant", "seed", "steps", "extra", "epe_softmax_px", "epe_best_px",
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--held_out", type=int, default=16)
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=cli.int_at_least(0), default=30)
+    parser.add_argument("--seeds", type=cli.int_at_least(0), nargs="+", default=[0])
+    parser.add_argument("--held_out", type=cli.int_at_least(1), default=16)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="configuration overrides for every variant (e.g. model.gru_max_delta=2)")
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

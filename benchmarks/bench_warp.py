@@ -70,6 +70,10 @@ import cocosnet_ops
 from cocosnet_ops import reference
 from cocosnet_ops import triton as triton_kernels
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cli  # noqa: E402
+
 CPU_METHODS = ("patchmatch_cpu", "patchmatch_torch", "dense", "sdpa")
 CUDA_METHODS = ("patchmatch_cuda", "patchmatch_triton", "dense", "sdpa_flash_bf16", "sdpa_efficient_bf16")
 METHODS = tuple(dict.fromkeys(CPU_METHODS + CUDA_METHODS))
@@ -465,9 +469,9 @@ def ratio_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sides", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sides", type=cli.int_at_least(1), nargs="+", default=[32, 64, 128, 256, 512, 1024])
+    parser.add_argument("--channels", type=cli.int_at_least(1), nargs="+", default=[32, 64])
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -475,16 +479,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cpu: the CPU methods, times of whole passes; cuda: the GPU methods, CUDA-event times",
     )
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="default: every method of --device")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per case (best of)")
+    parser.add_argument(
+        "--repeats", type=cli.int_at_least(1), default=3, help="timed passes per case (best of)"
+    )
     parser.add_argument("--keep-denormals", action="store_true", help="do not flush denormals to zero")
     parser.add_argument(
-        "--max-seconds", type=float, default=30.0, help="stop repeating a measurement after this long"
+        "--max-seconds", type=cli.positive_number, default=30.0,
+        help="stop repeating a measurement after this long",
     )
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--temperature", type=float, default=0.01)
-    parser.add_argument("--memory-limit-gib", type=float, default=20.0)
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case subprocess")
+    parser.add_argument("--k", type=cli.int_at_least(1), default=16)
+    parser.add_argument("--iters", type=cli.int_at_least(0), default=5)
+    parser.add_argument("--temperature", type=cli.positive_number, default=0.01)
+    parser.add_argument("--memory-limit-gib", type=cli.positive_number, default=20.0)
+    parser.add_argument(
+        "--timeout", type=cli.positive_number, default=600.0, help="seconds per case subprocess"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/warp.csv"))
     parser.add_argument(
         "--case",
@@ -497,8 +506,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.methods = list(CUDA_METHODS if args.device == "cuda" else CPU_METHODS)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU is visible to torch")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     if args.case is not None and args.case[0] not in METHODS:
         parser.error(f"--case: method must be one of {METHODS}")
     return args
@@ -537,4 +544,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -31,7 +31,6 @@ warp at 512x512, and the generator's 64x128 output.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib
 import sys
@@ -47,6 +46,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
+import cli
 import cocosnet_ops
 from data.pose import draw_pose_label, read_openpose, resize_label
 from models import CoCosNet, CoCosNetOptions, generator_input
@@ -87,7 +87,7 @@ def import_public(public_dir: Path) -> Namespace:
     working through their own globals. Nothing on the networks' import path needs torchvision,
     so no placeholder module is registered."""
     if not (public_dir / "models" / "networks" / "correspondence.py").is_file():
-        raise ValueError(f"--public-dir: {public_dir} is not a checkout of microsoft/CoCosNet-v2")
+        raise cli.UsageError(f"--public-dir: {public_dir} is not a checkout of microsoft/CoCosNet-v2")
 
     def owned(name: str) -> bool:
         return name.split(".")[0] in ("models", "util")
@@ -170,7 +170,7 @@ def pose_label(pose_stem: Path, photo_side: int) -> Tensor:
 def sample_inputs() -> tuple[Tensor, Tensor, Tensor]:
     """(label of one sample's pose, the other sample's photo in [-1, 1], that photo's pose label)."""
     if not SAMPLES.is_dir():
-        raise SystemExit(f"the sample photos are missing: {SAMPLES}")
+        raise cli.UsageError(f"the sample photos are missing: no folder {SAMPLES}")
     photos = sorted((SAMPLES / "img").rglob("*.jpg"))[:2]
 
     def stem(photo: Path) -> Path:
@@ -332,7 +332,7 @@ def markdown(rows: list[dict], command: str, notes: list[str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--public-dir", type=Path, required=True, help="a checkout of microsoft/CoCosNet-v2")
     parser.add_argument(
         "--widths",
@@ -383,4 +383,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -28,6 +28,25 @@ DATASETS = ("synthetic", "deepfashionhd", "folder")
 SPLITS = ("train", "test")
 
 
+def dataset_class(name: str) -> type[Dataset]:
+    """The class of the dataset ``name`` (one of DATASETS, in any case); its constructor's keyword
+    arguments but ``split`` are the dataset's options."""
+    if not isinstance(name, str) or name.lower() not in DATASETS:
+        raise ValueError(f"name: expected one of {DATASETS}, got {name!r}")
+    name = name.lower()
+    if name == "synthetic":
+        from data.synthetic import SyntheticPoseDataset
+
+        return SyntheticPoseDataset
+    if name == "deepfashionhd":
+        from data.deepfashion import DeepFashionHDDataset
+
+        return DeepFashionHDDataset
+    from data.folder import PairedFolderDataset
+
+    return PairedFolderDataset
+
+
 def build_dataset(name: str, split: str, **options: Any) -> Dataset:
     """The dataset ``name`` (one of DATASETS) for ``split`` ("train", or "test": held out).
 
@@ -35,19 +54,7 @@ def build_dataset(name: str, split: str, **options: Any) -> Dataset:
     skip_bad_samples=False, known_warp=0.0 (see data.deepfashion). folder: root, label_nc, size=256,
     known_warp=0.0 (see data.folder).
     """
-    if not isinstance(name, str) or name.lower() not in DATASETS:
-        raise ValueError(f"name: expected one of {DATASETS}, got {name!r}")
+    cls = dataset_class(name)
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-    name = name.lower()
-    if name == "synthetic":
-        from data.synthetic import SyntheticPoseDataset
-
-        return SyntheticPoseDataset(split, **options)
-    if name == "deepfashionhd":
-        from data.deepfashion import DeepFashionHDDataset
-
-        return DeepFashionHDDataset(split=split, **options)
-    from data.folder import PairedFolderDataset
-
-    return PairedFolderDataset(split=split, **options)
+    return cls(split=split, **options)

@@ -15,7 +15,6 @@ from .alignment import AlignedFeatures
 from .correspondence import Correspondence
 from .discriminator import MultiscaleDiscriminator, instance_edges
 from .generator import Pix2PixHDGenerator, SPADEGenerator, generator_input
-from .public_checkpoints import load_public, read_public
 from .vgg import VGG19Features
 
 GENERATORS = ("spade", "pix2pixhd")
@@ -60,6 +59,8 @@ class CoCosNetOptions:
     upsample_window: int = 4
     upsample_dilation: int = 2
     search_radius: int | None = None
+    # Each finer level's matching features add the coarser level's, upsampled (see DomainAlignment).
+    residual_matching: bool = False
     gru_iters: int = 3
     # "interleaved": a GRU step after each of the last gru_iters PatchMatch iterations (the
     # paper's order); "after": all PatchMatch iterations, then the GRU steps.
@@ -153,6 +154,7 @@ class CoCosNet(nn.Module):
             window=options.upsample_window,
             dilation=options.upsample_dilation,
             search_radius=options.search_radius,
+            residual_matching=options.residual_matching,
             gru_iters=options.gru_iters,
             gru_hidden_nc=options.gru_hidden_nc,
             gru_input_nc=options.gru_input_nc,
@@ -188,6 +190,10 @@ class CoCosNet(nn.Module):
         with ``generator`` (``latest_net_G.pth``) and optionally ``discriminator``
         (``latest_net_D.pth``). ``options``: other ``CoCosNetOptions`` fields (the widths are
         read from the tensors). See ``models.public_checkpoints``."""
+        # Imported here, not with the package: `python -m models.public_checkpoints` would otherwise
+        # find itself imported before it runs (runpy warns so on every start).
+        from .public_checkpoints import load_public, read_public
+
         unknown = sorted(set(options) - {f.name for f in fields(CoCosNetOptions)})
         if unknown:
             raise TypeError(f"options: unknown CoCosNetOptions fields {unknown}")

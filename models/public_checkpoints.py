@@ -21,18 +21,19 @@ raw files directly with ``CoCosNet.from_public``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .cocosnet import CoCosNet, CoCosNetOptions
+import cli
 
+PROG = "python -m models.public_checkpoints"
 CONVERTED_FORMAT = "cocosnet_ops/public-cocosnet-v2"
 PUBLIC_FILES = {
     "correspondence": "latest_net_Corr.pth",
@@ -79,8 +80,8 @@ def _load_file(path: str | os.PathLike, argument: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # RuntimeError, EOFError, UnpicklingError... depending on the damage
         raise ValueError(
-            f"{where}: cannot be read as a PyTorch checkpoint (corrupted or truncated?): "
-            f"{type(err).__name__}: {err}"
+            f"{where}: cannot be read as tensors, so not a checkpoint in the public CoCosNet v2 format "
+            f"(corrupt or truncated?): {cli.short_reason(err)}"
         ) from err
 
 
@@ -249,7 +250,7 @@ def convert(
     return ConvertedCheckpoint(state, options, skipped)
 
 
-def _fit(model: CoCosNet, converted: ConvertedCheckpoint) -> ConvertedCheckpoint:
+def _fit(model: nn.Module, converted: ConvertedCheckpoint) -> ConvertedCheckpoint:
     """``converted`` less the GRU's tensors when the model has no GRU (``reference_mode``)."""
     if model.correspondence.update is not None:
         return converted
@@ -262,9 +263,10 @@ def _fit(model: CoCosNet, converted: ConvertedCheckpoint) -> ConvertedCheckpoint
     )
 
 
-def check(model: CoCosNet, converted: ConvertedCheckpoint) -> None:
-    """Raise ``CheckpointMismatchError`` listing every converted tensor the model lacks, every tensor
-    of the converted networks the checkpoint lacks, and every shape that differs."""
+def check(model: nn.Module, converted: ConvertedCheckpoint) -> None:
+    """Raise ``CheckpointMismatchError`` listing every converted tensor ``model`` (a ``CoCosNet``)
+    lacks, every tensor of the converted networks the checkpoint lacks, and every shape that
+    differs."""
     converted = _fit(model, converted)
     networks = {name.split(".", 1)[0] for name in converted.state_dict}
     expected = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in networks}
@@ -282,9 +284,9 @@ def check(model: CoCosNet, converted: ConvertedCheckpoint) -> None:
         )
 
 
-def load_public(model: CoCosNet, converted: ConvertedCheckpoint) -> dict[str, str]:
-    """Check, then copy the converted tensors into ``model``; returns the public tensors skipped
-    (by name, with the reason)."""
+def load_public(model: nn.Module, converted: ConvertedCheckpoint) -> dict[str, str]:
+    """Check, then copy the converted tensors into ``model`` (a ``CoCosNet``); returns the public
+    tensors skipped (by name, with the reason)."""
     check(model, converted)
     converted = _fit(model, converted)
     for network in {name.split(".", 1)[0] for name in converted.state_dict}:
@@ -295,53 +297,41 @@ def load_public(model: CoCosNet, converted: ConvertedCheckpoint) -> dict[str, st
     return converted.skipped
 
 
-def load_public_model(
-    corr: StateSource,
-    generator: StateSource | None = None,
-    discriminator: StateSource | None = None,
-    **options,
-) -> CoCosNet:
-    """A ``CoCosNet`` in eval mode with the public weights: ``corr`` is either a file written by
+def read_public(
+    corr: StateSource, generator: StateSource | None = None, discriminator: StateSource | None = None
+) -> ConvertedCheckpoint:
+    """The checkpoint ``CoCosNet.from_public`` loads: ``corr`` is either a file written by
     ``python -m models.public_checkpoints`` (then alone) or the public ``latest_net_Corr.pth``,
-    with ``generator`` its ``latest_net_G.pth`` and optionally ``discriminator`` its
-    ``latest_net_D.pth`` (paths or state dicts). ``options`` set other ``CoCosNetOptions``
-    fields; those the tensors fix are inferred."""
-    unknown = sorted(set(options) - {f.name for f in fields(CoCosNetOptions)})
-    if unknown:
-        raise TypeError(f"options: unknown CoCosNetOptions fields {unknown}")
+    converted with ``generator`` its ``latest_net_G.pth`` and optionally ``discriminator`` its
+    ``latest_net_D.pth`` (paths or state dicts)."""
     data = corr if isinstance(corr, Mapping) else _load_file(corr, "corr")
     if isinstance(data, Mapping) and data.get("format") == CONVERTED_FORMAT:
         if generator is not None or discriminator is not None:
             raise ValueError(
                 "generator/discriminator: a converted checkpoint holds every network; pass it alone"
             )
-        converted = ConvertedCheckpoint(
-            dict(data["state_dict"]), dict(data["options"]), dict(data["skipped"])
-        )
-    else:
-        if generator is None:
-            raise ValueError("generator: the public latest_net_G.pth goes with its latest_net_Corr.pth")
-        converted = convert(corr, generator, discriminator)
-    model = CoCosNet(CoCosNetOptions(**{**converted.options, **options}))
-    load_public(model, converted)
-    return model.eval()
+        return ConvertedCheckpoint(dict(data["state_dict"]), dict(data["options"]), dict(data["skipped"]))
+    if generator is None:
+        raise ValueError("generator: the public latest_net_G.pth goes with its latest_net_Corr.pth")
+    return convert(corr, generator, discriminator)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--corr", required=True, help="the public latest_net_Corr.pth")
     parser.add_argument("--G", required=True, help="the public latest_net_G.pth")
     parser.add_argument("--D", help="the public latest_net_D.pth (only needed to fine-tune)")
-    parser.add_argument("--out", required=True, help="where to write the converted checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the converted checkpoint")
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(f"--out: {args.out} is a folder; expected the converted checkpoint's file name")
     try:
+        # Every public tensor must map to one of ours; the fit to the model is checked where the
+        # model is built, by CoCosNet.from_public (this module does not depend on the model's).
         converted = convert(args.corr, args.G, args.D)
-        with torch.device("meta"):  # names and shapes only
-            model = CoCosNet(CoCosNetOptions(**converted.options))
-        check(model, converted)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except ValueError as err:  # a file that is not the public format; the message names it
+        parser.error(str(err))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     converted.save(args.out)
     print(f"wrote {len(converted.state_dict)} tensors to {args.out} (options {converted.options})")
     for name, reason in converted.skipped.items():
@@ -350,4 +340,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

@@ -1,4 +1,5 @@
-"""The README's API example runs as written and computes what it says."""
+"""The README's API example runs as written and computes what it says; the README stays short
+and its links, and those of docs/, lead somewhere."""
 
 import re
 from pathlib import Path
@@ -8,6 +9,8 @@ import torch
 from cocosnet_ops import reference
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = README.parent / "docs"
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def test_readme_api_example_runs():
@@ -41,3 +44,30 @@ def test_readme_api_example_runs():
     torch.testing.assert_close(
         ns["scores"], reference.patch_scores(query, key, ns["nnf"]), rtol=1e-5, atol=1e-5
     )
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives the page's headings: lower case, punctuation dropped, spaces to -."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_relative_links_lead_to_existing_files_and_sections():
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    assert {p.name for p in pages} >= {"README.md", "benchmarks.md", "training.md", "ops.md"}
+    broken = []
+    for page in pages:
+        for target in MARKDOWN_LINK.findall(page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in heading_anchors(path)):
+                broken.append(f"{page.relative_to(README.parent)}: {target}")
+    assert not broken, broken
+
+
+def test_readme_is_for_a_newcomer():
+    """One screen of what and why, the commands, the API, headline tables, links: the details
+    live in docs/."""
+    assert len(README.read_text().splitlines()) < 250

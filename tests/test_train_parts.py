@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 
 import train
+from models import CoCosNetOptions
 from training import checkpoint, visuals
-from training.config import ConfigError, load_config
+from training.config import MODEL_EXCLUDED, RULES, TRAIN_DEFAULTS, TRAIN_TYPES, ConfigError, load_config
 from training.distributed import ResumableSampler
 
 
@@ -27,6 +30,46 @@ def test_set_overrides_parse_yaml_values_and_name_bad_keys(tmp_path):
         load_config(None, ["model.not_a_key=1"])
     with pytest.raises(ConfigError, match="--config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_every_setting_has_a_type_and_every_number_a_range():
+    """So that a setting added later is checked too: the train section's types cover its
+    defaults, and every number of the train and model sections has a range in RULES."""
+    assert TRAIN_TYPES.keys() == TRAIN_DEFAULTS.keys()
+    numbers = (int, float, int | None)
+    model = typing.get_type_hints(CoCosNetOptions)
+    unbounded = [f"train.{k}" for k, t in TRAIN_TYPES.items() if t in numbers and f"train.{k}" not in RULES]
+    unbounded += [f"model.{k}" for k, t in model.items()
+                  if t in numbers and k not in MODEL_EXCLUDED and f"model.{k}" not in RULES]
+    assert not unbounded
+    assert load_config(None)["train"] == TRAIN_DEFAULTS
+
+
+def test_settings_are_checked_against_their_declared_types_and_ranges():
+    for override, message in [
+        ("model.k=abc", "model.k: expected an int, got 'abc'"),
+        ("model.k=0", "model.k: expected an int >= 1, got 0"),
+        ("model.k=2.5", "model.k: expected an int, got 2.5"),
+        ("model.temperature=0", "model.temperature: expected a number > 0, got 0"),
+        ("model.reference_mode=maybe", "model.reference_mode: expected true or false, got 'maybe'"),
+        ("model.search_radius=-1", "model.search_radius: expected an int >= 0, got -1"),
+        ("model.loss_weights=3", "model.loss_weights: expected a mapping or null, got 3"),
+        ("model.gru_input_nc=8", "model.gru_input_nc: expected more than 2 * model.k = 32, got 8"),
+        ("train.seed=-1", "train.seed: expected an int >= 0, got -1"),
+        ("train.lr=.nan", "train.lr: expected a number, got nan"),
+        ("train.max_steps=many", "train.max_steps: expected an int or null, got 'many'"),
+        ("train.vgg_weights=3", "train.vgg_weights: expected a string or null, got 3"),
+        ("data.train.size=[32, 32]", "data.train.size: expected an int, got [32, 32]"),
+        ("data.name=imagenet", "data.name: expected one of ('synthetic', 'deepfashionhd', 'folder')"),
+        ("data.test={root: 3}", "data.test: unknown keys ['root']"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            load_config(None, [override])
+        assert str(error.value).startswith(message), (override, str(error.value))
+    folder = load_config(None, ["data={name: folder, train: {root: a, label_nc: 3, size: [64, 32]}}"])
+    assert folder["data"]["train"]["size"] == [64, 32]  # the folder dataset takes (H, W)
+    with pytest.raises(ConfigError, match="data.train.size: expected an int or a list of 2 ints, got 'big'"):
+        load_config(None, ["data={name: folder, train: {root: a, label_nc: 3, size: big}}"])
 
 
 def test_dtype_and_compile_backend_are_checked():

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cli import UsageError, require_file, short_reason
 from models import CoCosNet, CoCosNetOptions, LossWeights
 
 FORMAT_VERSION = 1
@@ -34,6 +35,15 @@ FROZEN_PREFIX = "vgg."
 # after its first bytes, so that a test can kill the process with a partial file on disk.
 PAUSE_MID_WRITE_ENV = "COCOSNET_TEST_PAUSE_MID_WRITE"
 PAUSE_MID_WRITE_SECONDS = 60.0
+
+
+class CheckpointError(UsageError):
+    """A file given as a checkpoint that is not one train.py wrote (or not one of this model); the
+    message names the file."""
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A file that torch.load reads but train.py did not write (converted public weights, say)."""
 
 
 def checkpoint_path(folder: str | os.PathLike, step: int) -> Path:
@@ -112,17 +122,22 @@ def prune(folder: str | os.PathLike, keep: int) -> None:
             old.unlink(missing_ok=True)
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's contents on the CPU; ValueError naming the file if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no file at {path}")
+def load(path: str | os.PathLike, argument: str = "checkpoint") -> dict[str, Any]:
+    """A checkpoint's contents on the CPU. A missing file is a :class:`cli.MissingFileError`, one
+    that cannot be read (corrupt, truncated) a :class:`CheckpointError`, one that torch reads but
+    train.py did not write a :class:`ForeignCheckpointError`; each names ``argument`` and the file."""
+    path = require_file(Path(path), argument)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"checkpoint: {path} cannot be read ({error})") from error
+    except Exception as error:  # EOFError, RuntimeError, UnpicklingError, ... depending on the damage
+        raise CheckpointError(
+            f"{argument}: {path} cannot be read, it is not a checkpoint of this project (corrupt or "
+            f"truncated?): {short_reason(error)}"
+        ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint: {path} is not a train.py checkpoint (format {FORMAT_VERSION})")
+        raise ForeignCheckpointError(
+            f"{argument}: {path} is not a checkpoint of this project (train.py format {FORMAT_VERSION})"
+        )
     return state
 
 
@@ -131,12 +146,19 @@ def trainable_state(model: CoCosNet) -> dict[str, torch.Tensor]:
     return {name: t for name, t in model.state_dict().items() if not name.startswith(FROZEN_PREFIX)}
 
 
-def load_trainable_state(model: CoCosNet, state: dict[str, torch.Tensor]) -> None:
-    result = model.load_state_dict(state, strict=False)
+def load_trainable_state(model: CoCosNet, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy a checkpoint's trained tensors into ``model``; a :class:`CheckpointError` naming
+    ``source`` when they are another model's (other options)."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that differ
+        message = f"{source}: a model of other options than this one ({short_reason(error)})"
+        raise CheckpointError(message) from error
     missing = [name for name in result.missing_keys if not name.startswith(FROZEN_PREFIX)]
     if missing or result.unexpected_keys:
-        raise ValueError(
-            f"checkpoint: model mismatch; missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        raise CheckpointError(
+            f"{source}: a model of other options than this one; missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
         )
 
 
@@ -158,7 +180,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     state = load(path)
     options = dataclasses.replace(options_from_dict(state["options"]), vgg_weights=None)
     model = CoCosNet(options)
-    load_trainable_state(model, state["model"])
+    load_trainable_state(model, state["model"], str(path))
     return model.to(device).eval()
 
 

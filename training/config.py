@@ -2,26 +2,41 @@
 
 A configuration has three sections:
 
-- ``data``: ``name`` and the options of ``data.build_dataset(name, "train", **train)``.
+- ``data``: ``name`` and the options of ``data.build_dataset(name, "train", **train)`` (and of the
+  held-out split, ``test``, which ``test.py`` reads).
 - ``model``: fields of :class:`models.CoCosNetOptions`; ``loss_weights`` holds those of
   :class:`models.LossWeights`. ``label_nc`` defaults to the dataset's.
 - ``train``: everything else (see :data:`TRAIN_DEFAULTS`).
+
+Every value is checked before use against its declared type (the dataclass fields' annotations,
+:data:`TRAIN_TYPES`, the dataset constructor's annotations) and range (:data:`RULES`); a value
+that cannot work is a :class:`ConfigError` naming it (``model.k: expected an int >= 1, got 0``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch._dynamo
 import yaml
 
+import data as datasets
+from cli import UsageError, short_reason
 from models import CoCosNetOptions, LossWeights
+from models.cocosnet import GENERATORS
+from models.correspondence import GRU_MODES
+from models.losses import GAN_MODES
+from models.normalization import PARAM_FREE_NORMS
 
 # The public CoCosNet v2 recipe: TTUR (G at lr / 2, D at 2 lr, Adam betas (0, 0.9)), Adam eps 1e-3
 # for the generator side, lr 1e-4 on DeepFashionHD, constant for ``constant_epochs`` epochs and
@@ -55,10 +70,84 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "visual_label": "auto",  # how grids draw labels: pose, segmentation, or auto (from data.name)
     "device": "auto",  # auto (cuda when available), cpu, cuda
 }
+# The declared type of each train setting.
+TRAIN_TYPES: dict[str, Any] = {
+    "batch_size": int,
+    "num_workers": int,
+    "lr": float,
+    "ttur": bool,
+    "betas": tuple[float, float],
+    "generator_eps": float,
+    "constant_epochs": int,
+    "decay_epochs": int,
+    "max_steps": int | None,
+    "dense_warmup_steps": int,
+    "amp": str,
+    "compile": bool,
+    "compile_backend": str,
+    "dtype": str,
+    "seed": int,
+    "vgg_weights": str | None,
+    "checkpoint_every": int,
+    "keep_checkpoints": int,
+    "log_every": int,
+    "image_every": int,
+    "grid_samples": int,
+    "visual_label": str,
+    "device": str,
+}
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DTYPES = ("float32", "float64")
 VISUAL_LABELS = ("auto", "pose", "segmentation")
+DEVICES = ("auto", "cpu", "cuda")
 SECTIONS = ("data", "model", "train")
+# model fields that come from elsewhere: vgg_weights from train.vgg_weights.
+MODEL_EXCLUDED = ("vgg_weights",)
+
+
+def compile_backends() -> list[str]:
+    """The names torch.compile accepts as a backend (debugging ones such as aot_eager included)."""
+    return torch._dynamo.list_backends(exclude_tags=())
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a setting accepts beyond its type: numbers from ``minimum`` on (above it when
+    ``strict``), or one of ``choices`` (a sequence, or a function giving one)."""
+
+    minimum: float | None = None
+    strict: bool = False
+    choices: Sequence[str] | Callable[[], Sequence[str]] = ()
+
+
+AT_LEAST_0, AT_LEAST_1, ABOVE_0 = Rule(0), Rule(1), Rule(0, strict=True)
+# The ranges of the settings, by full name (every number of model.loss_weights: AT_LEAST_0).
+RULES: dict[str, Rule] = {
+    **{f"train.{key}": AT_LEAST_1 for key in ("batch_size", "checkpoint_every", "log_every", "image_every",
+                                                "grid_samples")},
+    **{f"train.{key}": AT_LEAST_0 for key in ("num_workers", "keep_checkpoints", "constant_epochs",
+                                                "decay_epochs", "dense_warmup_steps", "max_steps", "seed")},
+    "train.lr": ABOVE_0,
+    "train.generator_eps": ABOVE_0,
+    "train.amp": Rule(choices=AMP_MODES),
+    "train.dtype": Rule(choices=DTYPES),
+    "train.compile_backend": Rule(choices=compile_backends),
+    "train.visual_label": Rule(choices=VISUAL_LABELS),
+    "train.device": Rule(choices=DEVICES),
+    **{f"model.{key}": AT_LEAST_1 for key in (
+        "label_nc", "spade_nc", "nef", "match_nc", "k", "patch_size", "upsample_matches", "upsample_window",
+        "upsample_dilation", "gru_hidden_nc", "gru_input_nc", "correspondence_samples", "ngf",
+        "pix2pixhd_ngf", "ndf", "num_D", "n_layers_D")},
+    **{f"model.{key}": AT_LEAST_0 for key in (
+        "patch_match_iters", "search_radius", "gru_iters", "n_local_enhancers", "n_blocks_global",
+        "n_blocks_local")},
+    "model.gru_max_delta": ABOVE_0,
+    "model.temperature": ABOVE_0,
+    "model.norm": Rule(choices=PARAM_FREE_NORMS),
+    "model.gru_mode": Rule(choices=GRU_MODES),
+    "model.generator": Rule(choices=GENERATORS),
+    "model.gan_mode": Rule(choices=GAN_MODES),
+}
 
 
 class _Loader(yaml.SafeLoader):
@@ -72,12 +161,19 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration that cannot train: the message names the key and what was expected."""
+
+
+def parse_yaml(text: str, source: str = "YAML") -> Any:
+    """``text`` parsed as YAML; a :class:`ConfigError` naming ``source`` where it is not YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or short_reason(error)
+        raise ConfigError(f"{source}: not valid YAML ({problem}{where})") from error
 
 
 def default_config() -> dict[str, Any]:
@@ -96,7 +192,11 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config: no file at {path}")
-        loaded = parse_yaml(path.read_text()) or {}
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--config: cannot read {path} ({short_reason(error)})") from error
+        loaded = parse_yaml(text, f"--config {path}") or {}
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"--config: {path} must hold a mapping with sections {SECTIONS}")
         _merge(config, loaded, str(path))
@@ -111,7 +211,7 @@ def load_config(
         inner = nested
         for part in parts[:-1]:
             inner = inner.setdefault(part, {})
-        inner[parts[-1]] = parse_yaml(value)
+        inner[parts[-1]] = parse_yaml(value, f"--set {item}")
         _merge(config, nested, f"--set {item}")
     validate(config)
     return config
@@ -136,65 +236,166 @@ def _deep_update(target: dict[str, Any], update: Mapping[str, Any]) -> None:
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigError` naming the first key that cannot work."""
+    """Raise :class:`ConfigError` naming the first setting that cannot work: an unknown key, a
+    value of another type than declared, out of its range, or at odds with another setting."""
     train = config["train"]
-    unknown = set(train) - set(TRAIN_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"train: unknown keys {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
-    for key in ("batch_size", "checkpoint_every", "log_every", "image_every", "grid_samples"):
-        if not isinstance(train[key], int) or train[key] < 1:
-            raise ConfigError(f"train.{key}: expected a positive int, got {train[key]!r}")
-    for key in ("num_workers", "keep_checkpoints", "constant_epochs", "decay_epochs", "dense_warmup_steps"):
-        if not isinstance(train[key], int) or train[key] < 0:
-            raise ConfigError(f"train.{key}: expected an int >= 0, got {train[key]!r}")
+    _check_keys("train", train, TRAIN_TYPES)
+    for key, annotation in TRAIN_TYPES.items():
+        check_setting(f"train.{key}", train[key], annotation)
     if train["constant_epochs"] + train["decay_epochs"] < 1:
         raise ConfigError("train.constant_epochs + train.decay_epochs: expected at least one epoch")
-    if train["max_steps"] is not None and (not isinstance(train["max_steps"], int) or train["max_steps"] < 0):
-        raise ConfigError(f"train.max_steps: expected an int >= 0 or null, got {train['max_steps']!r}")
-    if not isinstance(train["lr"], (int, float)) or not train["lr"] > 0:
-        raise ConfigError(f"train.lr: expected a positive number, got {train['lr']!r}")
-    betas = train["betas"]
-    if not (isinstance(betas, Sequence) and len(betas) == 2 and all(0 <= float(b) < 1 for b in betas)):
-        raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {betas!r}")
-    if train["amp"] not in AMP_MODES:
-        raise ConfigError(f"train.amp: expected one of {AMP_MODES}, got {train['amp']!r}")
-    if train["dtype"] not in DTYPES:
-        raise ConfigError(f"train.dtype: expected one of {DTYPES}, got {train['dtype']!r}")
+    if not all(0 <= b < 1 for b in train["betas"]):
+        raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {train['betas']!r}")
     if train["dtype"] != "float32" and train["amp"] in ("bf16", "fp16"):
         raise ConfigError(
             f"train.amp: {train['amp']} is half precision; with train.dtype {train['dtype']} use none or auto"
         )
-    backends = compile_backends()
-    if train["compile_backend"] not in backends:
+    _validate_data(config["data"])
+    _validate_model(config["model"])
+
+
+def _validate_data(data: Mapping[str, Any]) -> None:
+    """The dataset's name, and its options against the constructor's parameters (types from their
+    annotations; the constructor checks the ranges when it runs)."""
+    _check_keys("data", data, {"name": str, **{split: Mapping for split in datasets.SPLITS}})
+    name = data.get("name")
+    if not isinstance(name, str) or name.lower() not in datasets.DATASETS:
+        raise ConfigError(f"data.name: expected one of {datasets.DATASETS}, got {name!r}")
+    dataset = datasets.dataset_class(name)
+    hints = typing.get_type_hints(dataset.__init__)
+    signature = inspect.signature(dataset).parameters
+    parameters = {key: hints.get(key, Any) for key in signature if key != "split"}
+    for split in datasets.SPLITS:
+        options = data.get(split)
+        if options is None:
+            continue
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"data.{split}: expected a mapping of dataset options, got {options!r}")
+        _check_keys(f"data.{split}", options, parameters)
+        for key, value in options.items():
+            check_setting(f"data.{split}.{key}", value, parameters[key])
+    required = [key for key in parameters if signature[key].default is inspect.Parameter.empty]
+    missing = [key for key in required if key not in (data.get("train") or {})]
+    if missing:
+        raise ConfigError(f"data.train: the {name} dataset needs {', '.join(missing)}")
+
+
+def _validate_model(model: Mapping[str, Any]) -> None:
+    """The model options against the fields of CoCosNetOptions and LossWeights, then the ones that
+    depend on each other (with the defaults of those not set)."""
+    hints = typing.get_type_hints(CoCosNetOptions)
+    fields = {key: hints[key] for key in hints if key not in MODEL_EXCLUDED}
+    fields["loss_weights"] = Mapping | None
+    _check_keys("model", model, fields)
+    for key, value in model.items():
+        check_setting(f"model.{key}", value, fields[key])
+    weights = model.get("loss_weights") or {}
+    weight_types = typing.get_type_hints(LossWeights)
+    _check_keys("model.loss_weights", weights, weight_types)
+    for key, value in weights.items():
+        check_setting(f"model.loss_weights.{key}", value, weight_types[key], AT_LEAST_0)
+
+    defaults = {f.name: f.default for f in dataclasses.fields(CoCosNetOptions) if f.name in fields}
+    options = defaults | dict(model)
+    k, iters = options["k"], options["patch_match_iters"]
+    if options["patch_size"] % 2 == 0:
+        raise ConfigError(f"model.patch_size: expected an odd int, got {options['patch_size']}")
+    if options["reference_mode"]:
+        return
+    if options["upsample_matches"] > k:
         raise ConfigError(
-            f"train.compile_backend: expected one of {backends}, got {train['compile_backend']!r}"
+            f"model.upsample_matches: expected at most model.k = {k}, got {options['upsample_matches']}"
         )
-    if train["visual_label"] not in VISUAL_LABELS:
+    if options["gru_iters"] > 0 and options["gru_input_nc"] <= 2 * k:
         raise ConfigError(
-            f"train.visual_label: expected one of {VISUAL_LABELS}, got {train['visual_label']!r}"
+            f"model.gru_input_nc: expected more than 2 * model.k = {2 * k}, got {options['gru_input_nc']}"
         )
-    if train["device"] not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device: expected auto, cpu or cuda, got {train['device']!r}")
-    data = config["data"]
-    if not isinstance(data.get("name"), str):
-        raise ConfigError(f"data.name: expected a dataset name, got {data.get('name')!r}")
-    if not isinstance(data.get("train", {}), Mapping):
-        raise ConfigError(f"data.train: expected a mapping of dataset options, got {data.get('train')!r}")
-    option_names = {f.name for f in dataclasses.fields(CoCosNetOptions)} - {"vgg_weights"}
-    unknown = set(config["model"]) - option_names
-    if unknown:
-        raise ConfigError(f"model: unknown keys {sorted(unknown)}; known: {sorted(option_names)}")
-    weight_names = {f.name for f in dataclasses.fields(LossWeights)}
-    unknown = set(config["model"].get("loss_weights") or {}) - weight_names
-    if unknown:
+    if options["gru_mode"] == "interleaved" and options["gru_iters"] > iters:
         raise ConfigError(
-            f"model.loss_weights: unknown keys {sorted(unknown)}; known: {sorted(weight_names)}"
+            f"model.gru_iters: the interleaved GRU follows PatchMatch iterations, so expected at most "
+            f"model.patch_match_iters = {iters}, got {options['gru_iters']}"
         )
 
 
-def compile_backends() -> list[str]:
-    """The names torch.compile accepts as a backend (debugging ones such as aot_eager included)."""
-    return torch._dynamo.list_backends(exclude_tags=())
+def _check_keys(section: str, values: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise ConfigError(f"{section}: unknown keys {sorted(map(str, unknown))}; known: {sorted(known)}")
+
+
+def check_setting(name: str, value: Any, annotation: Any, rule: Rule | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is of the type ``annotation`` and within the
+    setting's rule (``rule``, else ``RULES[name]``)."""
+    if not _accepts(annotation, value):
+        raise ConfigError(f"{name}: expected {_describe(annotation)}, got {value!r}")
+    rule = rule or RULES.get(name)
+    if rule is None or value is None:
+        return
+    if rule.minimum is not None and (value < rule.minimum or (rule.strict and value == rule.minimum)):
+        bound = f"{'>' if rule.strict else '>='} {rule.minimum}"
+        raise ConfigError(f"{name}: expected {_describe(annotation, with_none=False)} {bound}, got {value!r}")
+    choices = tuple(rule.choices() if callable(rule.choices) else rule.choices)
+    if choices and value not in choices:
+        raise ConfigError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+# How the types of the settings read in a message: (one value, several values).
+_TYPE_NAMES: dict[Any, tuple[str, str]] = {
+    bool: ("true or false", "booleans"),
+    int: ("an int", "ints"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    os.PathLike: ("a path", "paths"),
+    type(None): ("null", "nulls"),
+}
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` (as YAML gives it) is of the type ``annotation``; a list stands for a tuple."""
+    if _is_union(annotation):
+        return any(_accepts(member, value) for member in typing.get_args(annotation))
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is os.PathLike:
+        return isinstance(value, (str, os.PathLike))
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(
+            map(_accepts, items, value)
+        )
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any, with_none: bool = True, plural: bool = False) -> str:
+    """How the type ``annotation`` reads in a message: "an int", "a list of 2 numbers", ..."""
+    if _is_union(annotation):
+        members = typing.get_args(annotation)
+        # A path in YAML is a string: "a string or a path" would say no more than "a path".
+        shown = [m for m in members if not (m is str and os.PathLike in members)]
+        shown = [m for m in shown if with_none or m is not type(None)]
+        return " or ".join(_describe(m, plural=plural) for m in shown)
+    if annotation in _TYPE_NAMES:
+        return _TYPE_NAMES[annotation][plural]
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        if len(set(items)) == 1:
+            return f"a list of {len(items)} {_describe(items[0], plural=True)}"
+        return f"a list of ({', '.join(_describe(item) for item in items)})"
+    if annotation is Mapping:
+        return "mappings" if plural else "a mapping"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def uses_vgg(config: Mapping[str, Any]) -> bool:

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
+from training.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -37,7 +39,7 @@ def setup(device: str = "auto") -> Context:
     """Join the ``torchrun`` process group if there is one, and choose this process's device."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for, but torch sees no GPU")
+        raise ConfigError("train.device (--device): cuda was asked for, but torch sees no GPU here")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
