@@ -280,6 +280,7 @@ def patch_match(
     jump: Sequence[int] | None = None,
     random_search: bool = True,
     seed: int | Tensor = 0,
+    max_radius: int | None = None,
     *,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -298,6 +299,19 @@ def patch_match(
     with ``torch.randint``): the op reads a tensor seed when it runs, so a seed drawn inside a
     ``torch.compile`` region stays in the graph instead of breaking it (a CPU tensor avoids a
     device sync).
+
+    ``max_radius`` (an int in [0, 2**30], needs ``init``) makes the search refine its init
+    instead of searching the whole key map: a candidate counts for a pixel only when it lies
+    within Chebyshev distance ``max_radius`` (in key pixels) of at least one of that pixel's
+    init candidates. Propagated and random-search candidates outside are skipped, and the
+    random-search radii start at ``max_radius`` when that is below half the key map's larger
+    side. The init candidates themselves always count; so do the random ones that top up a
+    pixel with fewer than ``k`` distinct init candidates, until better ones inside the bound
+    replace them. A pixel without any valid init candidate has nothing to be near and searches
+    unbounded (so holes in ``init`` fill in from their neighbours). ``max_radius=0`` gives the
+    top-``k`` of the init candidates; a radius at least the key map's larger side gives the
+    unbounded search. None (the default): no bound. The kernels keep a sorted copy of ``init``
+    and bisect it for every candidate.
 
     ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
     Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
@@ -323,6 +337,10 @@ def patch_match(
         steps = [_check_int("jump", s, 1, MAX_STEP) for s in jump]
         if iters > 0 and not steps:
             raise ValueError("jump: expected at least one step when iters > 0")
+    if max_radius is not None:
+        max_radius = _check_int("max_radius", max_radius, 0, MAX_STEP)
+        if init is None:
+            raise ValueError("max_radius: bounds the search around the init candidates, so needs init")
     if init is not None:
         _check_index_map("init", init, query, key_pixels, candidates=True)
     chosen = _choose_backend(backend, query.device, "patch_match")
@@ -331,9 +349,11 @@ def patch_match(
     init = init.contiguous() if init is not None else None
     if isinstance(seed, Tensor):
         return _patch_match_tensor_seed(
-            query, key, k, iters, init, patch_size, steps, random_search, seed, chosen
+            query, key, k, iters, init, patch_size, steps, random_search, seed, chosen, max_radius
         )
-    return _patch_match_int_seed(query, key, k, iters, init, patch_size, steps, random_search, seed, chosen)
+    return _patch_match_int_seed(
+        query, key, k, iters, init, patch_size, steps, random_search, seed, chosen, max_radius
+    )
 
 
 def _patch_match_int_seed(
@@ -347,10 +367,12 @@ def _patch_match_int_seed(
     random_search: bool,
     seed: int,
     backend: str,
+    max_radius: int | None = None,
 ) -> tuple[Tensor, Tensor]:
+    args = (query, key, k, iters, init, patch_size, jumps, random_search, seed, max_radius)
     if backend == "torch":
-        return reference.patch_match(query, key, k, iters, init, patch_size, jumps, random_search, seed)
-    return _kernels(backend).patch_match(query, key, k, iters, init, patch_size, jumps, random_search, seed)
+        return reference.patch_match(*args)
+    return _kernels(backend).patch_match(*args)
 
 
 def _check_seed_tensor(seed: Tensor) -> None:
@@ -372,17 +394,20 @@ def _patch_match_tensor_seed(
     random_search: bool,
     seed: Tensor,
     backend: str,
+    max_radius: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``patch_match`` with its seed in a tensor. An opaque op to torch.compile, so reading the
     seed here happens when the compiled graph runs, not while it is traced."""
     value = int(seed.reshape(()))
     if not 0 <= value <= MAX_SEED:
         raise ValueError(f"seed: expected a value in [0, {MAX_SEED}], got {value}")
-    return _patch_match_int_seed(query, key, k, iters, init, patch_size, jumps, random_search, value, backend)
+    return _patch_match_int_seed(
+        query, key, k, iters, init, patch_size, jumps, random_search, value, backend, max_radius
+    )
 
 
 @_patch_match_tensor_seed.register_fake
-def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, backend):
+def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, backend, max_radius=None):
     B, _, Hq, Wq = query.shape
     return query.new_empty((B, k, Hq, Wq), dtype=torch.int32), query.new_empty((B, k, Hq, Wq))
 
@@ -658,7 +683,7 @@ def _register_compiled_ops() -> None:
         return query.new_empty((B, k, Hq, Wq), dtype=torch.int32), query.new_empty((B, k, Hq, Wq))
 
     @torch.library.register_fake(lib + "patch_match")
-    def _(query, key, k, iters, init, patch_size, jumps, random_search, seed):
+    def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, max_radius=None):
         return nnf_like(query, k)
 
     @torch.library.register_fake(lib + "evaluate_candidates")

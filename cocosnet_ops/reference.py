@@ -83,9 +83,12 @@ def default_jumps(query_height: int, query_width: int, iters: int) -> list[int]:
     return steps
 
 
-def search_radii(key_height: int, key_width: int) -> list[int]:
-    """Random-search radii: half the key map's larger side, halving down to 1."""
+def search_radii(key_height: int, key_width: int, max_radius: int | None = None) -> list[int]:
+    """Random-search radii: half the key map's larger side (or ``max_radius`` when smaller),
+    halving down to 1."""
     radius = max(key_height, key_width) // 2
+    if max_radius is not None:
+        radius = min(radius, max_radius)
     radii = []
     while radius >= 1 and len(radii) < MAX_RADII:
         radii.append(radius)
@@ -215,6 +218,30 @@ def _initial_topk(
     return select_topk(chosen, patch_scores(fq, fk, chosen, patch_size), k)
 
 
+class _SearchWindow:
+    """What ``max_radius`` lets each pixel's search reach: key pixels within Chebyshev distance
+    ``radius`` of at least one of its valid init candidates (B, M, Hq, Wq). A pixel without one
+    is unbounded."""
+
+    def __init__(self, init: Tensor, key_width: int, radius: int) -> None:
+        init = init.long()
+        self.valid = init >= 0
+        self.init_y, self.init_x = init // key_width, init % key_width
+        self.unbounded = ~self.valid.any(1, keepdim=True)
+        self.radius = radius
+
+    def allows(self, ky: Tensor, kx: Tensor) -> Tensor:
+        """Whether each candidate at (ky, kx) (B, N, Hq, Wq) is within reach."""
+        near = self.unbounded.expand_as(ky).clone()
+        for m in range(self.valid.shape[1]):
+            near |= (
+                self.valid[:, m : m + 1]
+                & ((ky - self.init_y[:, m : m + 1]).abs() <= self.radius)
+                & ((kx - self.init_x[:, m : m + 1]).abs() <= self.radius)
+            )
+        return near
+
+
 def _neighbour(t: Tensor, dy: int, dx: int, fill: int) -> Tensor:
     """t[..., y + dy, x + dx], ``fill`` where that falls outside the map."""
     H, W = t.shape[-2:]
@@ -250,6 +277,7 @@ def patch_match(
     jump: Sequence[int] | None = None,
     random_search: bool = True,
     seed: int = 0,
+    max_radius: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Approximate top-k key pixels by (patch) inner product for every query pixel.
 
@@ -258,13 +286,20 @@ def patch_match(
     neighbours at distance ``jump[t]``, shifted back by that distance in key pixels; and, with
     random search, one uniform draw in a square of radius r around each of its best
     ``SEARCH_ANCHORS`` matches for every r in ``search_radii``.
+
+    ``max_radius`` (needs ``init``) drops the neighbours' and random-search candidates that lie
+    farther than it (Chebyshev, in key pixels) from every valid init candidate of the pixel, and
+    caps the random-search radii at it; pixels without a valid init candidate are unbounded.
     """
     B, _, Hq, Wq = fq.shape
     Hk, Wk = fk.shape[-2:]
     key_pixels = Hk * Wk
     sentinel = key_pixels
     steps = list(jump) if jump is not None else default_jumps(Hq, Wq, iters)
-    radii = search_radii(Hk, Wk) if random_search else []
+    if max_radius is not None and init is None:
+        raise ValueError("max_radius: bounds the search around the init candidates, so needs init")
+    radii = search_radii(Hk, Wk, max_radius) if random_search else []
+    window = _SearchWindow(init, Wk, max_radius) if max_radius is not None else None
     pixel = _pixel_ids(B, Hq, Wq, fq.device)
     nnf, _ = _initial_topk(fq, fk, init, k, patch_size, seed)
     for it in range(iters):
@@ -276,6 +311,8 @@ def patch_match(
             ny = _neighbour(ky, dy, dx, -(10**9)) - shift_y
             nx = _neighbour(kx, dy, dx, -(10**9)) - shift_x
             inside = (ny >= 0) & (ny < Hk) & (nx >= 0) & (nx < Wk)
+            if window is not None:
+                inside &= window.allows(ny, nx)
             cands.append(torch.where(inside, ny * Wk + nx, torch.full_like(ny, sentinel)))
         anchors = min(k, SEARCH_ANCHORS)
         for a in range(anchors):
@@ -285,7 +322,10 @@ def patch_match(
                 ox = counter_random(seed, STREAM_SEARCH_X | it, pixel, draw) % (2 * r + 1) - r
                 sy = (ky[:, a : a + 1] + oy).clamp(0, Hk - 1)
                 sx = (kx[:, a : a + 1] + ox).clamp(0, Wk - 1)
-                cands.append(sy * Wk + sx)
+                drawn = sy * Wk + sx
+                if window is not None:
+                    drawn = torch.where(window.allows(sy, sx), drawn, torch.full_like(drawn, sentinel))
+                cands.append(drawn)
         cand = torch.cat(cands, 1)
         valid = cand < sentinel
         score = patch_scores(fq, fk, torch.where(valid, cand, torch.zeros_like(cand)), patch_size)

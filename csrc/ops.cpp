@@ -14,7 +14,7 @@ PyMODINIT_FUNC PyInit__C(void) {
 TORCH_LIBRARY(cocosnet_ops, m) {
   m.def(
       "patch_match(Tensor query, Tensor key, int k, int iters, Tensor? init, int patch_size, int[] jumps, "
-      "bool random_search, int seed) -> (Tensor, Tensor)");
+      "bool random_search, int seed, int? max_radius=None) -> (Tensor, Tensor)");
   m.def("evaluate_candidates(Tensor query, Tensor key, Tensor candidates, int k, int patch_size) -> (Tensor, Tensor)");
   m.def(
       "nnf_upsample(Tensor nnf, int[] coarse_key_size, int[] key_size, int[] query_size, int window, int dilation) "

@@ -380,21 +380,81 @@ HOST_DEVICE void initial_topk(List& list, const Score& scorer, const int* candid
 
 // ------------------------------------------------------------------------------ PatchMatch
 
-// The random-search radii for a key map: halving from half its larger side down to 1, at most
-// kMaxRadii of them, written to `radii`; returns their number.
-HOST_DEVICE int search_radii(MapSize ks, int* radii) {
+// The random-search radii for a key map: halving from half its larger side (or from
+// `max_radius` when that is smaller and not negative) down to 1, at most kMaxRadii of them,
+// written to `radii`; returns their number.
+HOST_DEVICE int search_radii(MapSize ks, int* radii, int max_radius = -1) {
   int count = 0;
-  for (int r = (ks.height > ks.width ? ks.height : ks.width) / 2; r >= 1 && count < kMaxRadii; r /= 2)
-    radii[count++] = r;
+  int first = (ks.height > ks.width ? ks.height : ks.width) / 2;
+  if (max_radius >= 0 && max_radius < first) first = max_radius;
+  for (int r = first; r >= 1 && count < kMaxRadii; r /= 2) radii[count++] = r;
   return count;
 }
+
+// Where max_radius lets one pixel's search go: the key pixels within Chebyshev distance `radius`
+// of at least one of its init candidates. It reads them where they lie (on the GPU: global
+// memory, not registers), sorted ascending: flat indices order by row, then column, so the
+// candidates in the rows around a key pixel are one run, found by bisection.
+struct SearchWindow {
+  const int* init;  // this pixel's init candidates, ascending; entries outside [0, key pixels) are none
+  int count;
+  int radius;  // < 0: unbounded
+  MapSize ks;
+  FastDivider by_width;  // ks.width
+
+  HOST_DEVICE bool allows(int ky, int kx) const {
+    if (radius < 0) return true;
+    const int x0 = kx > radius ? kx - radius : 0, x1 = kx < ks.width - radius ? kx + radius : ks.width - 1;
+    const int y0 = ky > radius ? ky - radius : 0, y1 = ky < ks.height - radius ? ky + radius : ks.height - 1;
+    // Every entry in rows y0..y1 and columns x0..x1 lies in flat order between (y0, x0) and
+    // (y1, x1); the run between them holds entries of other columns too.
+    const int last = y1 * ks.width + x1;
+    for (int m = first_at_least(y0 * ks.width + x0); m < count && init[m] <= last; ++m) {
+      const int ex = init[m] - by_width.quotient(init[m]) * ks.width;
+      if (ex >= x0 && ex <= x1) return true;
+    }
+    return false;
+  }
+
+  // The position of the first entry >= value (count when none), by bisection. The answer lies
+  // in [first, first + length]; the rounds depend on count only, so they branch alike for every
+  // value (no mispredictions on a CPU, no divergence on a GPU).
+  HOST_DEVICE int first_at_least(int value) const {
+    int first = 0, length = count;
+    while (length > 1) {
+      const int half = length / 2;
+      first = init[first + half - 1] < value ? first + half : first;
+      length -= half;
+    }
+    return first + (length == 1 && init[first] < value);
+  }
+};
+
+// The bound max_radius puts on a whole batch's search: every pixel's init candidates,
+// (B, Hq, Wq, count), each pixel's sorted ascending, and the radius (< 0: no bound).
+struct SearchBound {
+  const int* init;
+  int count;
+  int max_radius;
+
+  // The window of pixel `pixel` (numbered over the batch). A pixel without a valid init
+  // candidate has nothing to be near: it searches unbounded, so holes in the init fill in from
+  // their neighbours' matches.
+  HOST_DEVICE SearchWindow window(int64_t pixel, MapSize ks) const {
+    SearchWindow w{init + pixel * count, count, -1, ks, FastDivider(ks.width)};
+    if (max_radius < 0) return w;
+    const int first_valid = w.first_at_least(0);
+    if (first_valid < count && w.init[first_valid] < ks.pixels()) w.radius = max_radius;
+    return w;
+  }
+};
 
 // Most candidates one PatchMatch iteration proposes for a pixel (see step_candidates).
 HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMaxRadii; }
 
 // The candidates one double-buffered PatchMatch iteration proposes for a pixel, passed in order
-// to `visit` (at most max_step_candidates(k) of them). `previous` holds the whole NNF of this
-// batch item before the iteration, laid out (Hq, Wq, k), best first.
+// to `visit` (at most max_step_candidates(k) of them) as (flat index, row, column). `previous`
+// holds the whole NNF of this batch item before the iteration, laid out (Hq, Wq, k), best first.
 //  * propagation: the k matches of each neighbour at distance `step` along the axes, shifted
 //    back by that distance in key pixels (dropped when outside the key map);
 //  * random search: for each of the best kSearchAnchors matches and each radius, one uniform
@@ -417,7 +477,7 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
     for (int i = 0; i < k; ++i) {
       const int row = by_width.quotient(theirs[i]);
       const int ky = row - shift_y, kx = theirs[i] - row * ks.width - shift_x;
-      if (ks.contains(ky, kx)) visit(ky * ks.width + kx);
+      if (ks.contains(ky, kx)) visit(ky * ks.width + kx, ky, kx);
     }
   }
   const int* own = previous + static_cast<int64_t>(qy * qs.width + qx) * k;
@@ -431,31 +491,39 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
       const uint32_t draw = static_cast<uint32_t>(a * kMaxRadii + level);
       const int oy = static_cast<int>(pcg_hash(stream_y ^ draw) % (2 * r + 1)) - r;
       const int ox = static_cast<int>(pcg_hash(stream_x ^ draw) % (2 * r + 1)) - r;
-      visit(clamp_int(ay + oy, 0, ks.height - 1) * ks.width + clamp_int(ax + ox, 0, ks.width - 1));
+      const int ky = clamp_int(ay + oy, 0, ks.height - 1), kx = clamp_int(ax + ox, 0, ks.width - 1);
+      visit(ky * ks.width + kx, ky, kx);
     }
   }
 }
 
 // One double-buffered PatchMatch iteration for one pixel: its previous matches (`previous`,
 // `previous_score`: this batch item's NNF before the iteration, (Hq, Wq, k)) compete with the
-// step candidates. The result goes to `list`, whose storage must not alias `previous`. With
-// `scratch` (room for max_step_candidates(k)) the candidates are listed first, so the CPU can
-// prefetch their key rows; without it (the GPU, which hides latency with other threads) each is
-// offered as it is proposed. The order of the offers, and so the result, is the same.
+// step candidates inside `window`. The result goes to `list`, whose storage must not alias
+// `previous`. With `scratch` (room for max_step_candidates(k)) the candidates are listed first,
+// so the CPU can prefetch their key rows; without it (the GPU, which hides latency with other
+// threads) each is offered as it is proposed. The result is the same: the CPU leaves out of its
+// list the candidates already among the previous matches, which an offer skips while they are
+// listed and could not bring back once displaced (the list only improves), and so scans the
+// window for fewer.
 template <typename T, typename Score, typename List>
 HOST_DEVICE void patch_match_step(List& list, int* scratch, const Score& scorer, const int* previous,
-                                  const T* previous_score, int step, const int* radii, int num_radii, uint32_t seed,
-                                  int iteration, uint32_t pixel) {
+                                  const T* previous_score, int step, const int* radii, int num_radii,
+                                  const SearchWindow& window, uint32_t seed, int iteration, uint32_t pixel) {
   const int64_t own = scorer.qy * scorer.qs.width + scorer.qx;
   list.assign(previous + own * list.k, previous_score + own * list.k);
   if (scratch == nullptr) {
     for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii,
-                            seed, iteration, pixel, [&](int candidate) { offer(list, scorer, candidate); });
+                            seed, iteration, pixel, [&](int candidate, int ky, int kx) {
+                              if (window.allows(ky, kx)) offer(list, scorer, candidate);
+                            });
     return;
   }
   int count = 0;
   for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii, seed,
-                          iteration, pixel, [&](int candidate) { scratch[count++] = candidate; });
+                          iteration, pixel, [&](int candidate, int ky, int kx) {
+                            if (!list.contains(candidate) && window.allows(ky, kx)) scratch[count++] = candidate;
+                          });
   offer_all(list, scorer, scratch, count, 1);
 }
 

@@ -6,7 +6,7 @@ backends must agree bitwise. Marked cuda: skipped without a GPU."""
 import pytest
 import torch
 from kernel_cases import SEARCH_CASES as BASE_SEARCH_CASES
-from kernel_cases import integer_features, unit_features
+from kernel_cases import check_within_bound, init_with_holes, integer_features, unit_features
 
 import cocosnet_ops
 from cocosnet_ops import reference
@@ -46,6 +46,32 @@ def test_patch_match_with_init_and_jumps_equals_cpu():
         out = cocosnet_ops.patch_match(fq.to(CUDA), fk.to(CUDA), k=5, iters=3, init=init.to(CUDA), **extra)
         cpu = cocosnet_ops.patch_match(fq, fk, k=5, iters=3, init=init, backend="cpu", **extra)
         assert torch.equal(out[0].cpu(), cpu[0]) and torch.equal(out[1].cpu(), cpu[1])
+
+
+@pytest.mark.parametrize("max_radius", [0, 1, 3])
+@pytest.mark.parametrize("case", SEARCH_CASES)
+def test_bounded_patch_match_equals_cpu_and_reference(case, max_radius):
+    """max_radius: the window is read from the init list in global memory, per candidate."""
+    B, C, Hq, Wq, Hk, Wk, k, iters, patch_size, random_search, seed = case
+    g = torch.Generator().manual_seed(hash(case) % 2**31 + max_radius)
+    fq, fk = integer_features(g, B, C, Hq, Wq), integer_features(g, B, C, Hk, Wk)
+    init = init_with_holes(g, B, 40, Hq, Wq, Hk * Wk)
+    args = dict(k=k, iters=iters, patch_size=patch_size, random_search=random_search, seed=seed)
+
+    def search(backend, radius):
+        device = CUDA if backend == "cuda" else torch.device("cpu")
+        out = cocosnet_ops.patch_match(fq.to(device), fk.to(device), init=init.to(device), max_radius=radius,
+                                       backend=backend, **args)
+        return out[0].cpu(), out[1].cpu()
+
+    nnf, scores = search("cuda", max_radius)
+    cpu_nnf, cpu_scores = search("cpu", max_radius)
+    assert torch.equal(nnf, cpu_nnf) and torch.equal(scores, cpu_scores)
+    check_within_bound(nnf, init, Wk, max_radius, k)
+    if Hq * Wq * Hk * Wk <= 40_000:
+        assert torch.equal(nnf, search("torch", max_radius)[0])
+    unbounded, wide = search("cuda", None), search("cuda", max(Hk, Wk))
+    assert torch.equal(wide[0], unbounded[0]) and torch.equal(wide[1], unbounded[1])
 
 
 def test_patch_match_float64_equals_cpu():
@@ -128,6 +154,7 @@ def test_opcheck_search_ops():
     coarse = torch.randint(0, 12, (2, 2, 3, 4), generator=g, dtype=torch.int32).to(CUDA)
     ops = torch.ops.cocosnet_ops
     torch.library.opcheck(ops.patch_match.default, (fq, fk, 4, 2, cand, 3, [2, 1], True, 3))
+    torch.library.opcheck(ops.patch_match.default, (fq, fk, 4, 2, cand, 1, [2, 1], True, 3, 2))
     torch.library.opcheck(ops.evaluate_candidates.default, (fq, fk, cand, 4, 1))
     torch.library.opcheck(ops.nnf_upsample.default, (coarse, [3, 4], [7, 11], [9, 10], 3, 1))
 
@@ -138,7 +165,7 @@ def test_compiled_search_matches_eager():
 
     def search(query, key):
         nnf, scores = cocosnet_ops.patch_match(query, key, k=8, iters=3)
-        return nnf, scores
+        return cocosnet_ops.patch_match(query, key, k=8, iters=2, init=nnf, max_radius=2)
 
     compiled = torch.compile(search, fullgraph=True)
     out, eager = compiled(fq, fk), search(fq, fk)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kernel_cases import SEARCH_CASES, integer_features, unit_features
+from kernel_cases import SEARCH_CASES, check_within_bound, init_with_holes, integer_features, unit_features
 
 import cocosnet_ops
 from cocosnet_ops import reference
@@ -30,6 +30,35 @@ def test_patch_match_with_init_equals_reference():
         out = cocosnet_ops.patch_match(fq, fk, k=5, iters=3, init=init, backend="cpu", **backend_args)
         ref = cocosnet_ops.patch_match(fq, fk, k=5, iters=3, init=init, backend="torch", **backend_args)
         assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+@pytest.mark.parametrize("max_radius", [0, 1, 3])
+@pytest.mark.parametrize("case", SEARCH_CASES)
+def test_bounded_patch_match_equals_reference(case, max_radius):
+    B, C, Hq, Wq, Hk, Wk, k, iters, patch_size, random_search, seed = case
+    g = torch.Generator().manual_seed(hash(case) % 2**31)
+    fq, fk = integer_features(g, B, C, Hq, Wq), integer_features(g, B, C, Hk, Wk)
+    init = init_with_holes(g, B, 3, Hq, Wq, Hk * Wk)
+    args = dict(k=k, iters=iters, init=init, patch_size=patch_size, random_search=random_search, seed=seed,
+                max_radius=max_radius)
+    nnf, scores = cocosnet_ops.patch_match(fq, fk, backend="cpu", **args)
+    ref_nnf, ref_scores = cocosnet_ops.patch_match(fq, fk, backend="torch", **args)
+    assert torch.equal(nnf, ref_nnf)
+    assert torch.equal(scores, ref_scores)
+    check_within_bound(nnf, init, Wk, max_radius, k)
+
+
+def test_coarse_to_fine_bounded_search_equals_reference():
+    """The intended use: a coarser level's NNF upsampled into windows, refined within 2 pixels."""
+    g = torch.Generator().manual_seed(8)
+    fq, fk = integer_features(g, 2, 8, 16, 12), integer_features(g, 2, 8, 14, 18)
+    coarse = torch.randint(0, 7 * 9, (2, 4, 8, 6), generator=g, dtype=torch.int32)
+    init = cocosnet_ops.nnf_upsample(coarse, (14, 18), (16, 12))  # 4 * 16 candidates per pixel
+    args = dict(k=6, iters=4, init=init, patch_size=3, seed=1, max_radius=2)
+    nnf, scores = cocosnet_ops.patch_match(fq, fk, backend="cpu", **args)
+    ref_nnf, ref_scores = cocosnet_ops.patch_match(fq, fk, backend="torch", **args)
+    assert torch.equal(nnf, ref_nnf) and torch.equal(scores, ref_scores)
+    check_within_bound(nnf, init, 18, 2, 6)
 
 
 @pytest.mark.parametrize("channels", [5, 16])
@@ -183,6 +212,7 @@ def opcheck_cases():
     return [
         (ops.patch_match.default, (fq, fk, 4, 3, None, 1, [2, 1], True, 0)),
         (ops.patch_match.default, (fq, fk, 3, 2, nnf, 3, [1], False, 5)),
+        (ops.patch_match.default, (fq, fk, 3, 2, nnf, 1, [2, 1], True, 5, 1)),
         (ops.evaluate_candidates.default, (fq, fk, nnf, 3, 1)),
         (ops.nnf_upsample.default, (nnf, [5, 7], [10, 14], [12, 10], 4, 2)),
         (ops.exact_knn.default, (fq, fk, 4)),
@@ -198,7 +228,7 @@ def opcheck_cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(12))
 def test_opcheck(case):
     op, args = opcheck_cases()[case]
     torch.library.opcheck(op, args)
@@ -219,3 +249,21 @@ def test_torch_compile_fullgraph_matches_eager():
     q = fq.clone().requires_grad_()
     compiled(q, fk, v).sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_torch_compile_fullgraph_with_max_radius_matches_eager():
+    """max_radius through torch.compile, with an int seed and with a tensor seed (its own op)."""
+    g = torch.Generator().manual_seed(6)
+    fq, fk = unit_features(g, 1, 8, 12, 10), unit_features(g, 1, 8, 9, 11)
+    init = init_with_holes(g, 1, 5, 12, 10, 9 * 11)
+
+    def search(query, key, init, seed):
+        return cocosnet_ops.patch_match(query, key, k=4, iters=3, init=init, seed=seed, max_radius=2)
+
+    compiled = torch.compile(search, fullgraph=True, backend="aot_eager")
+    want = search(fq, fk, init, 3)
+    for seed in (3, torch.tensor(3)):
+        got = compiled(fq, fk, init, seed)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        eager = search(fq, fk, init, seed)
+        assert torch.equal(eager[0], want[0]) and torch.equal(eager[1], want[1])

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_cases import check_within_bound
 
 import cocosnet_ops as co
 from cocosnet_ops import reference as ref
@@ -62,6 +63,7 @@ def search_cases(draw, max_side=10, integer=None):
         seed=draw(st.one_of(st.just(0), st.integers(0, 2**32 - 1))),
         jump=draw(st.one_of(st.none(), st.lists(st.integers(1, 12), min_size=1, max_size=4))),
         init=None,
+        max_radius=None,
     )
     if draw(st.booleans()):
         m = draw(st.integers(0, 12))
@@ -70,10 +72,33 @@ def search_cases(draw, max_side=10, integer=None):
     return case
 
 
+@st.composite
+def bounded_search_cases(draw, max_side=10, integer=None, radius=None):
+    """search_cases with init candidates (holes included, sometimes all holes) and a max_radius:
+    drawn small (0 to 3, where the bound matters) unless ``radius`` maps the case to one."""
+    case = draw(search_cases(max_side, integer))
+    if case.init is None or case.init.shape[1] == 0:
+        b, _, hq, wq = case.fq.shape
+        m, seed = draw(st.integers(1, 12)), draw(st.integers(0, 2**16))
+        hole_rate = draw(st.sampled_from([0, 0.3, 1]))
+        case.init = _distinct_candidates(b, m, hq, wq, case.fk.shape[2] * case.fk.shape[3], seed, hole_rate)
+    case.max_radius = draw(st.integers(0, 3)) if radius is None else radius(case)
+    return case
+
+
 def _run_patch_match(case, backend):
     return co.patch_match(case.fq, case.fk, k=case.k, iters=case.iters, init=case.init,
                           patch_size=case.patch_size, jump=case.jump, random_search=case.random_search,
-                          seed=case.seed, backend=backend)
+                          seed=case.seed, max_radius=case.max_radius, backend=backend)
+
+
+def _unbounded(case):
+    return SimpleNamespace(**{**vars(case), "max_radius": None})
+
+
+def _key_map_side(case):
+    """A radius no two key pixels are farther apart than: the bound then allows everything."""
+    return max(case.fk.shape[2:])
 
 
 # ----------------------------------------------------------------------------- checks
@@ -175,6 +200,81 @@ def test_patch_match_cpu_equals_reference_on_integer_features(case):
     torch_ = _run_patch_match(case, "torch")
     assert torch.equal(cpu[0], torch_[0])
     torch.testing.assert_close(cpu[1], torch_[1])
+
+
+# ----------------------------------------------------------------------------- patch_match, max_radius
+
+
+@SETTINGS
+@given(case=bounded_search_cases())
+def test_bounded_patch_match_stays_near_its_init(case, backend):
+    nnf, scores = _run_patch_match(case, backend)
+    check_topk(nnf, scores, case.fq, case.fk, case.k, case.patch_size)
+    check_within_bound(nnf, case.init, case.fk.shape[3], case.max_radius, case.k)
+
+
+@SETTINGS
+@given(case=bounded_search_cases(radius=lambda case: _key_map_side(case) + 1))
+def test_a_radius_past_the_key_map_is_the_unbounded_search(case, backend):
+    """Every key pixel is then near every init candidate and the random-search radii start where
+    they do unbounded: bitwise the search without max_radius."""
+    bounded, unbounded = _run_patch_match(case, backend), _run_patch_match(_unbounded(case), backend)
+    assert torch.equal(bounded[0], unbounded[0]) and torch.equal(bounded[1], unbounded[1])
+
+
+@SETTINGS
+@given(case=search_cases())
+def test_max_radius_none_is_the_search_without_it(case, backend):
+    """None is the default: passing it changes nothing, bitwise."""
+    without = co.patch_match(case.fq, case.fk, k=case.k, iters=case.iters, init=case.init,
+                             patch_size=case.patch_size, jump=case.jump, random_search=case.random_search,
+                             seed=case.seed, backend=backend)
+    explicit = _run_patch_match(case, backend)
+    assert torch.equal(without[0], explicit[0]) and torch.equal(without[1], explicit[1])
+
+
+@SETTINGS
+@given(case=bounded_search_cases(radius=lambda case: 0))
+def test_max_radius_0_is_the_top_k_of_the_init(case, backend):
+    """Only the init candidates themselves are allowed, so the iterations change nothing for a
+    pixel with a valid one: its result is the start's, the top-k of its init topped up."""
+    start = _run_patch_match(SimpleNamespace(**{**vars(case), "iters": 0}), backend)
+    nnf, scores = _run_patch_match(case, backend)
+    has_init = (case.init >= 0).any(1, keepdim=True).expand_as(nnf)
+    assert torch.equal(nnf[has_init], start[0][has_init])
+    assert torch.equal(scores[has_init], start[1][has_init])
+
+
+@needs_cpu
+@SETTINGS
+@given(case=bounded_search_cases(integer=True))
+def test_bounded_patch_match_cpu_equals_reference_on_integer_features(case):
+    cpu = _run_patch_match(case, "cpu")
+    torch_ = _run_patch_match(case, "torch")
+    assert torch.equal(cpu[0], torch_[0])
+    torch.testing.assert_close(cpu[1], torch_[1])
+
+
+@FEW
+@given(case=bounded_search_cases(max_side=16))
+def test_bounded_patch_match_does_not_depend_on_thread_count_or_batch_position(case, backend):
+    one, two = _at_thread_counts(lambda: _run_patch_match(case, backend))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    alone = SimpleNamespace(**{**vars(case), "fq": case.fq[-1:], "fk": case.fk[-1:], "init": case.init[-1:]})
+    last = _run_patch_match(alone, backend)
+    assert torch.equal(one[0][-1:], last[0]) and torch.equal(one[1][-1:], last[1])
+
+
+def test_a_pixel_without_init_is_unbounded_and_fills_in_from_its_neighbours(backend):
+    """Query = key with distinct features: every pixel's best match is itself. The init is that
+    identity except for a hole; max_radius=0 keeps every other pixel on its init, and the hole,
+    unbounded, takes its upper neighbour's match shifted back down: itself."""
+    fq = _features(1, 8, 6, 7, 3, False)
+    init = torch.arange(42, dtype=torch.int32).view(1, 1, 6, 7).clone()
+    init[0, 0, 3, 4] = -1
+    nnf, _ = co.patch_match(fq, fq, k=1, iters=1, init=init, jump=[1], random_search=False, max_radius=0,
+                            backend=backend)
+    assert torch.equal(nnf, torch.arange(42, dtype=torch.int32).view(1, 1, 6, 7))
 
 
 def test_different_seeds_explore_differently(backend):

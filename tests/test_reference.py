@@ -324,6 +324,23 @@ def test_patch_match_recall_on_translated_map(backend):
     assert hit.float().mean() > 5 * (cold[0, 0] == knn[0, 0]).float().mean()
 
 
+@pytest.mark.parametrize(("max_radius", "reaches"), [(1, False), (2, True)])
+def test_max_radius_bounds_what_the_search_can_find(max_radius, reaches, backend):
+    """The translated map again, now with the identity as init: every true match lies at
+    Chebyshev distance 2 from it. Bounded to 1 the search never reaches one, bounded to 2 it
+    finds them. (k=1: with more, random top-ups outside the bound could hit one by chance.)"""
+    h = 16
+    big = _feats((1, 8, h + 6, h + 6), 0).float()
+    fq, fk = big[..., 3 : 3 + h, 3 : 3 + h].contiguous(), big[..., 1 : 1 + h, 5 : 5 + h].contiguous()
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(h), indexing="ij")
+    inside = (y + 2 < h) & (x - 2 >= 0)
+    truth = ((y + 2) * h + x - 2).int()
+    identity = torch.arange(h * h, dtype=torch.int32).view(1, 1, h, h)
+    nnf, _ = co.patch_match(fq, fk, k=1, iters=8, init=identity, max_radius=max_radius, backend=backend)
+    found = (nnf[0, 0] == truth)[inside].float().mean()
+    assert found >= 0.95 if reaches else found == 0
+
+
 def test_patch_match_iters0_is_init_plus_random_fill():
     """Without iterations the result is the init's top-k (all of it here, as k = M)."""
     fq, fk = _feats((1, 3, 3, 3), 0), _feats((1, 3, 4, 4), 1)
@@ -359,6 +376,13 @@ def test_default_jumps(size, iters, expected):
 )
 def test_search_radii(size, expected):
     assert ref.search_radii(*size) == expected
+
+
+@pytest.mark.parametrize(
+    ("max_radius", "expected"), [(0, []), (1, [1]), (3, [3, 1]), (8, [8, 4, 2, 1]), (2**30, [8, 4, 2, 1])]
+)
+def test_search_radii_start_at_max_radius(max_radius, expected):
+    assert ref.search_radii(16, 16, max_radius) == expected
 
 
 def test_search_radii_are_capped():

@@ -15,10 +15,12 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from kernel_cases import integer_features, unit_features  # noqa: E402
+from kernel_cases import check_within_bound, init_with_holes, integer_features, unit_features  # noqa: E402
 
 import cocosnet_ops  # noqa: E402
 from cocosnet_ops import ops, reference  # noqa: E402
@@ -84,6 +86,72 @@ def test_patch_match_with_init_jumps_and_float64_equals_reference():
         assert got[1].dtype == torch.float64
         assert_equal(got[0], want[0])
         assert_equal(got[1], want[1])
+
+
+BOUNDED_CASES = [
+    # (search case, init candidates per pixel, max_radius)
+    (SEARCH_CASES[1], 3, 1),
+    (SEARCH_CASES[2], 40, 2),  # the window reads its init list in more than one chunk
+    (SEARCH_CASES[3], 5, 0),
+    (SEARCH_CASES[4], 2, 1),
+]
+
+
+@pytest.mark.parametrize(("case", "init_candidates", "max_radius"), BOUNDED_CASES, ids=str)
+def test_bounded_patch_match_equals_cpu_and_reference(case, init_candidates, max_radius):
+    B, C, Hq, Wq, Hk, Wk, k, iters, patch_size, random_search, seed = case
+    g = torch.Generator().manual_seed(sum(case[:10]) + max_radius)
+    fq, fk = integer_features(g, B, C, Hq, Wq), integer_features(g, B, C, Hk, Wk)
+    init = init_with_holes(g, B, init_candidates, Hq, Wq, Hk * Wk)
+    args = dict(k=k, iters=iters, patch_size=patch_size, random_search=random_search, seed=seed,
+                max_radius=max_radius)
+    nnf, scores = cocosnet_ops.patch_match(*on_device(fq, fk), init=init.to(DEVICE), backend="triton", **args)
+    want = cocosnet_ops.patch_match(fq, fk, init=init, backend="torch", **args)
+    assert_equal(nnf, want[0])
+    assert_equal(scores, want[1])
+    check_within_bound(nnf.cpu(), init, Wk, max_radius, k)
+    if cocosnet_ops.HAS_COMPILED:
+        assert_equal(nnf, cocosnet_ops.patch_match(fq, fk, init=init, backend="cpu", **args)[0])
+
+
+@st.composite
+def bounded_cases(draw):
+    B, C = draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    Hq, Wq, Hk, Wk = (draw(st.integers(1, 8)) for _ in range(4))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    fq, fk = integer_features(g, B, C, Hq, Wq), integer_features(g, B, C, Hk, Wk)
+    init = init_with_holes(g, B, draw(st.integers(0, 6)), Hq, Wq, Hk * Wk, draw(st.sampled_from([0, 0.3, 1])))
+    args = dict(
+        k=draw(st.integers(1, min(6, Hk * Wk))),
+        iters=draw(st.integers(0, 3)),
+        patch_size=draw(st.sampled_from([1, 3])),
+        random_search=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        max_radius=draw(st.integers(0, 3)),
+    )
+    return fq, fk, init, args
+
+
+@settings(max_examples=max(2, settings().max_examples // 5))
+@given(case=bounded_cases())
+def test_bounded_patch_match_properties(case):
+    """Hypothesis: the matches stay within max_radius of the init and equal the reference's."""
+    fq, fk, init, args = case
+    nnf, scores = cocosnet_ops.patch_match(*on_device(fq, fk), init=init.to(DEVICE), backend="triton", **args)
+    want = cocosnet_ops.patch_match(fq, fk, init=init, backend="torch", **args)
+    assert_equal(nnf, want[0])
+    assert_equal(scores, want[1])
+    check_within_bound(nnf.cpu(), init, fk.shape[3], args["max_radius"], args["k"])
+
+
+def test_a_radius_past_the_key_map_is_the_unbounded_search():
+    g = torch.Generator().manual_seed(12)
+    fq, fk = on_device(unit_features(g, 2, 6, 7, 6), unit_features(g, 2, 6, 6, 9))
+    init = init_with_holes(g, 2, 4, 7, 6, 6 * 9).to(DEVICE)
+    args = dict(k=4, iters=2, init=init, patch_size=3, seed=4, backend="triton")
+    bounded = cocosnet_ops.patch_match(fq, fk, max_radius=9, **args)
+    unbounded = cocosnet_ops.patch_match(fq, fk, **args)
+    assert torch.equal(bounded[0], unbounded[0]) and torch.equal(bounded[1], unbounded[1])
 
 
 @pytest.mark.parametrize("candidates", [1, 5, 40])
@@ -252,6 +320,7 @@ def opcheck_cases():
     return {
         "patch_match": (tops.patch_match.default, (fq, fk, 4, 3, None, 1, [2, 1], True, 0)),
         "patch_match_init": (tops.patch_match.default, (fq, fk, 3, 2, nnf, 3, [1], False, 5)),
+        "patch_match_bounded": (tops.patch_match.default, (fq, fk, 3, 2, nnf, 1, [2, 1], True, 5, 1)),
         "evaluate_candidates": (tops.evaluate_candidates.default, (fq, fk, nnf, 3, 1)),
         "bilinear_scores": (tops.bilinear_scores.default, (fq, fk, coords, 3)),
         "weighted_gather": (tops.weighted_gather.default, (*grads(fq, fk, v), nnf, 0.1)),
@@ -269,6 +338,7 @@ def opcheck_cases():
     [
         "patch_match",
         "patch_match_init",
+        "patch_match_bounded",
         "evaluate_candidates",
         "bilinear_scores",
         "weighted_gather",
@@ -289,6 +359,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
     def warp(query, key, value):
         nnf, scores = cocosnet_ops.patch_match(query, key, k=4, iters=3, backend="triton")
+        nnf, scores = cocosnet_ops.patch_match(query, key, 4, 2, nnf, max_radius=1, backend="triton")
         width = key.shape[-1]
         coords = torch.stack([nnf % width, nnf // width], dim=-1).to(query.dtype) + 0.25
         moved = cocosnet_ops.bilinear_scores(query, key, coords, backend="triton")

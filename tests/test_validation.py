@@ -39,6 +39,10 @@ def _int_map(value, shape=(B, 2, HQ, WQ)):
     return torch.full(shape, value, dtype=torch.int32)
 
 
+def _bounded(backend, x, max_radius):
+    return co.patch_match(x.fq, x.fk, k=2, init=x.nnf, max_radius=max_radius, backend=backend)
+
+
 META = torch.device("meta")
 
 # (id, call(backend, inputs), expected exception type, argument the message must start with)
@@ -104,6 +108,13 @@ CASES = [
      ValueError, "init"),
     ("pm-init-meta", lambda b, x: co.patch_match(x.fq, x.fk, k=2, init=x.nnf.to(META), backend=b),
      ValueError, "init"),
+    ("pm-max-radius-neg", lambda b, x: _bounded(b, x, -1), ValueError, "max_radius"),
+    ("pm-max-radius-huge", lambda b, x: _bounded(b, x, 2**31), ValueError, "max_radius"),
+    ("pm-max-radius-float", lambda b, x: _bounded(b, x, 2.0), TypeError, "max_radius"),
+    ("pm-max-radius-bool", lambda b, x: _bounded(b, x, True), TypeError, "max_radius"),
+    ("pm-max-radius-tensor", lambda b, x: _bounded(b, x, torch.tensor(2)), TypeError, "max_radius"),
+    ("pm-max-radius-no-init", lambda b, x: co.patch_match(x.fq, x.fk, k=2, max_radius=2, backend=b),
+     ValueError, "max_radius"),
     # ---------------------------------------------------------------- evaluate_candidates
     ("ec-cand-int64", lambda b, x: co.evaluate_candidates(x.fq, x.fk, x.nnf.long(), 2, backend=b), TypeError,
      "candidates"),
@@ -326,6 +337,12 @@ DIRECT_CASES = [
      "jump"),
     ("pm-init-too-big", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, _int_map(KEY_PIXELS), 1, [1], True, 0),
      ValueError, "candidates"),
+    ("pm-max-radius-neg", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, x.nnf, 1, [1], True, 0, -1), ValueError,
+     "max_radius"),
+    ("pm-max-radius-2**31", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, x.nnf, 1, [1], True, 0, 2**31),
+     ValueError, "max_radius"),
+    ("pm-max-radius-no-init", lambda x: OPS.patch_match(x.fq, x.fk, 2, 1, None, 1, [1], True, 0, 2),
+     ValueError, "max_radius"),
     ("ec-patch-huge", lambda x: OPS.evaluate_candidates(x.fq, x.fk, x.nnf, 2, 2**33 + 1), ValueError,
      "patch_size"),
     ("up-window-huge", lambda x: OPS.nnf_upsample(x.coarse, [2, 3], [4, 6], [4, 6], 2**20, 1), ValueError,
@@ -826,6 +843,7 @@ def test_numpy_scalars_are_accepted(backend, inp):
     got = co.patch_match(inp.fq, inp.fk, k=np.int64(2), iters=np.int32(1), seed=np.uint32(3), backend=backend)
     want = co.patch_match(inp.fq, inp.fk, k=2, iters=1, seed=3, backend=backend)
     assert torch.equal(got[0], want[0])
+    assert torch.equal(_bounded(backend, inp, np.int64(1))[0], _bounded(backend, inp, 1)[0])
     got = co.exact_knn(inp.fq, inp.fk, np.int64(2), backend=backend)
     assert torch.equal(got[0], co.exact_knn(inp.fq, inp.fk, 2, backend=backend)[0])
     out = co.weighted_gather(inp.fq, inp.fk, inp.v, inp.nnf, np.float32(0.5), backend=backend)

@@ -56,6 +56,8 @@ def run_ops(dtype: torch.dtype, B: int, C: int, query: tuple, key: tuple, k: int
     coords = torch.rand(B, k, *query, 2, dtype=dtype)
     grad_out = torch.randn(B, 3, *query, dtype=dtype)
     triton_ops.patch_match(fq, fk, k, 2, nnf, patch_size, [2, 1], True, seed)
+    # Bounded by max_radius: the variant that reads each pixel's sorted init candidates.
+    triton_ops.patch_match(fq, fk, k, 2, torch.cat([nnf] * 6, 1), patch_size, [2, 1], True, seed, 1)
     triton_ops.bilinear_scores(fq, fk, coords, patch_size)
     triton_ops.weighted_gather(fq, fk, value, nnf, 0.1)
     triton_ops.bilinear_weighted_gather(fq, fk, value, coords, 0.1)

@@ -76,12 +76,20 @@ def patch_match(
     jumps: list[int],
     random_search: bool,
     seed: int,
+    max_radius: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     B, C, Hq, Wq = query.shape
     Hk, Wk = key.shape[2:]
     key_cl = _channels_last(key)
     index, score = _initial_topk(query, key_cl, init, k, patch_size, seed)
-    radii = search_radii(Hk, Wk) if random_search else []
+    radii = search_radii(Hk, Wk, max_radius) if random_search else []
+    # The kernel bisects each pixel's init candidates, sorted. It needs none unbounded: without
+    # max_radius, without init candidates, or with a radius that spans the key map (every key
+    # pixel lies that near every candidate, and the random-search radii start as unbounded).
+    spans_key_map = max_radius is not None and max_radius >= max(Hk, Wk) - 1
+    bounded = max_radius is not None and not spans_key_map and init is not None and init.shape[1] > 0
+    window = init.sort(1).values if bounded else index.new_empty((B, 0, Hq, Wq))
+    M = window.shape[1]
     CB, KB = _pow2(C), _pow2(k)
     BLOCK = _block(B * Hq * Wq, max(CB, KB))
     grid = (triton.cdiv(B * Hq * Wq, BLOCK),)
@@ -89,10 +97,11 @@ def patch_match(
     for it in range(iters):
         step = jumps[min(it, len(jumps) - 1)] if jumps else 1
         _launch(search.patch_match_step_kernel)[grid](
-            query, key_cl, index, score, next_index, next_score, B, C, Hq, Wq, Hk, Wk, k,
+            query, key_cl, index, score, next_index, next_score, window, M, max_radius if bounded else 0,
+            B, C, Hq, Wq, Hk, Wk, k,
             step, scale_shift(step, Hk, Hq), scale_shift(step, Wk, Wq), min(k, SEARCH_ANCHORS),
             radii[0] if radii else 0, len(radii), seed, STREAM_SEARCH_Y | it, STREAM_SEARCH_X | it,
-            RADIUS=patch_size // 2, BLOCK=BLOCK, CB=CB, KB=KB,
+            RADIUS=patch_size // 2, BLOCK=BLOCK, CB=CB, KB=KB, BOUNDED=bounded, STEPS=M.bit_length(),
         )
         index, next_index = next_index, index
         score, next_score = next_score, score
@@ -127,7 +136,7 @@ def _nnf_like(query: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 @patch_match.register_fake
-def _(query, key, k, iters, init, patch_size, jumps, random_search, seed):
+def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, max_radius=None):
     return _nnf_like(query, k)
 
 

@@ -160,6 +160,62 @@ def _store_sorted(out_index, out_score, top_index, top_score, slots, list_start,
     tl.store(out_score + offsets, top_score, mask=mask)
 
 
+# ----------------------------------------------------------------------------- search window
+
+
+@triton.jit
+def _first_at_least(init, init_first, M, P, value, asked, STEPS: tl.constexpr):
+    """SearchWindow::first_at_least for each pixel where ``asked``: the position of the first of
+    its M init candidates (sorted ascending, entry m at ``init_first + m * P``) that is >= value,
+    M when none. STEPS bisection rounds, STEPS >= log2(M + 1)."""
+    low = tl.zeros_like(value)
+    high = low + M
+    for _ in range(STEPS):
+        middle = (low + high) // 2
+        open = asked & (low < high)
+        entry = tl.load(init + init_first + middle.to(tl.int64) * P, mask=open, other=0)
+        right = open & (entry < value)
+        low = tl.where(right, middle + 1, low)
+        high = tl.where(open & (right == 0), middle, high)
+    return low
+
+
+@triton.jit
+def _has_init(init, init_first, pixel_ok, M, P, key_pixels, STEPS: tl.constexpr):
+    """Whether each pixel has a valid init candidate, one in [0, key_pixels)."""
+    first = _first_at_least(init, init_first, M, P, tl.zeros_like(init_first).to(tl.int32), pixel_ok, STEPS)
+    found = pixel_ok & (first < M)
+    entry = tl.load(init + init_first + first.to(tl.int64) * P, mask=found, other=key_pixels)
+    return found & (entry < key_pixels)
+
+
+@triton.jit
+def _in_window(init, init_first, bounded, asked, ky, kx, max_radius, M, P, Hk, Wk, STEPS: tl.constexpr):
+    """SearchWindow::allows for the candidates (ky, kx) where ``asked``: those within Chebyshev
+    distance ``max_radius`` of a valid init candidate of their pixel (sorted ascending), every
+    one where the pixel is not ``bounded``. The entries from (y0, x0) to (y1, x1) of the square
+    around the candidate are those in its rows: a run found by bisection, scanned for one in its
+    columns."""
+    x0 = tl.maximum(kx - max_radius, 0)
+    x1 = tl.minimum(kx + max_radius, Wk - 1)
+    y0 = tl.maximum(ky - max_radius, 0)
+    y1 = tl.minimum(ky + max_radius, Hk - 1)
+    last = y1 * Wk + x1
+    searching = asked & bounded
+    m = _first_at_least(init, init_first, M, P, y0 * Wk + x0, searching, STEPS)
+    near = tl.zeros_like(ky) != 0
+    open = searching & (m < M)
+    while tl.max(open.to(tl.int32), axis=0) > 0:
+        entry = tl.load(init + init_first + m.to(tl.int64) * P, mask=open, other=0)
+        open = open & (entry <= last)
+        column = entry - (entry // Wk) * Wk
+        hit = open & (column >= x0) & (column <= x1)
+        near = near | hit
+        m += 1
+        open = open & (hit == 0) & (m < M)
+    return asked & ((bounded == 0) | near)
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -244,19 +300,26 @@ def initial_topk_kernel(
     _store_sorted(out_index, out_score, top_index, top_score, slots, b * k * P + p, pixel_ok, k, P)
 
 
-@triton.jit(do_not_specialize=["seed", "radius0"])
+@triton.jit(do_not_specialize=["seed", "radius0", "max_radius"])
 def patch_match_step_kernel(
-    query, key, prev_index, prev_score, out_index, out_score, B, C, Hq, Wq, Hk, Wk, k,
+    query, key, prev_index, prev_score, out_index, out_score, init, M, max_radius, B, C, Hq, Wq, Hk, Wk, k,
     step, shift_y, shift_x, anchors, radius0, num_radii, seed, stream_y, stream_x,
     RADIUS: tl.constexpr, BLOCK: tl.constexpr, CB: tl.constexpr, KB: tl.constexpr,
+    BOUNDED: tl.constexpr, STEPS: tl.constexpr,
 ):
     """One double-buffered PatchMatch iteration (patch_match_step): each pixel's previous k
     matches compete with its four neighbours' matches at distance ``step``, shifted back by
     (shift_y, shift_x) key pixels, and with one random draw per anchor (its best ``anchors``
-    matches) and radius ``radius0 >> level``, clamped to the key map."""
+    matches) and radius ``radius0 >> level``, clamped to the key map. BOUNDED (max_radius):
+    candidates farther than ``max_radius`` from every valid entry of the pixel's M init
+    candidates ``init`` (B, M, Hq, Wq), sorted ascending along M, are dropped, unless it has
+    none. STEPS: bisection rounds over M entries."""
     pixel_ok, b, p, qy, qx, chan, chan_ok, q_batch, q_offsets = _pixels(B, C, Hq, Wq, BLOCK, CB)
     P = Hq * Wq
     k_batch = b * Hk * Wk
+    if BOUNDED:
+        init_first = b * M * P + p
+        bounded = _has_init(init, init_first, pixel_ok, M, P, Hk * Wk, STEPS)
     q_tile = tl.load(query + q_offsets, mask=pixel_ok[:, None] & chan_ok[None, :], other=0.0)
     list_batch = b * k * P
     slots = tl.arange(0, KB)
@@ -284,6 +347,8 @@ def patch_match_step_kernel(
             ky = row - back_y
             kx = theirs - row * Wk - back_x
             ok = neighbour_ok & (ky >= 0) & (ky < Hk) & (kx >= 0) & (kx < Wk)
+            if BOUNDED:
+                ok = _in_window(init, init_first, bounded, ok, ky, kx, max_radius, M, P, Hk, Wk, STEPS)
             c = tl.where(ok, ky * Wk + kx, 0)
             s = _scores(query, key, q_tile, q_batch, k_batch, qy, qx, c, ok, C, Hq, Wq, Hk, Wk, chan, chan_ok,
                         RADIUS, BLOCK)
@@ -308,10 +373,13 @@ def patch_match_step_kernel(
             cy = tl.minimum(tl.maximum(ay + oy, 0), Hk - 1)
             cx = tl.minimum(tl.maximum(ax + ox, 0), Wk - 1)
             c = cy * Wk + cx
-            s = _scores(query, key, q_tile, q_batch, k_batch, qy, qx, c, pixel_ok, C, Hq, Wq, Hk, Wk, chan,
+            ok = pixel_ok
+            if BOUNDED:
+                ok = _in_window(init, init_first, bounded, ok, cy, cx, max_radius, M, P, Hk, Wk, STEPS)
+            s = _scores(query, key, q_tile, q_batch, k_batch, qy, qx, c, ok, C, Hq, Wq, Hk, Wk, chan,
                         chan_ok, RADIUS, BLOCK)
             top_index, top_score, worst_index, worst_score, worst_slot, taken = _offer(
-                top_index, top_score, worst_index, worst_score, worst_slot, slots, c, s, pixel_ok, KB
+                top_index, top_score, worst_index, worst_score, worst_slot, slots, c, s, ok, KB
             )
 
     _store_sorted(out_index, out_score, top_index, top_score, slots, list_batch + p, pixel_ok, k, P)

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "../patch_match.h"
 
 namespace cocosnet_ops {
@@ -109,6 +111,13 @@ inline void check_iteration_args(int64_t iters, at::IntArrayRef jumps, int64_t s
   for (int64_t step : jumps) check_int_in("jump", step, 1, kMaxStep);
 }
 
+// max_radius (None: unbounded) bounds the search around the init candidates, so it needs them.
+inline void check_max_radius(const c10::optional<int64_t>& max_radius, const c10::optional<at::Tensor>& init) {
+  if (!max_radius.has_value()) return;
+  check_int_in("max_radius", *max_radius, 0, kMaxStep);
+  TORCH_CHECK_VALUE(init.has_value(), "max_radius: bounds the search around the init candidates, so needs init");
+}
+
 // The propagation step of iteration `it`: the last given step repeats; none means 1.
 inline int jump_step(at::IntArrayRef jumps, int64_t it) {
   return jumps.empty() ? 1 : static_cast<int>(jumps[std::min<size_t>(it, jumps.size() - 1)]);
@@ -131,6 +140,23 @@ inline at::Tensor candidates_by_pixel(const c10::optional<at::Tensor>& candidate
     TORCH_CHECK_VALUE(c.max().item<int>() < key_pixels, "candidates: entries must be < ", key_pixels,
                       " (or < 0 for none)");
   return c.permute({0, 2, 3, 1}).contiguous();
+}
+
+// The bound of a search (max_radius, after check_max_radius) and the storage it reads: the
+// candidates of candidates_by_pixel, each pixel's sorted. A radius that spans the key map bounds nothing (every
+// key pixel lies that near every init candidate, and the random-search radii start as they
+// would unbounded): such a search is the unbounded one, without the window's cost.
+struct BoundedInit {
+  at::Tensor sorted;
+  SearchBound bound;
+};
+
+inline BoundedInit search_bound(const at::Tensor& candidates_by_pixel, const c10::optional<int64_t>& max_radius,
+                                MapSize ks) {
+  if (!max_radius.has_value() || *max_radius >= std::max(ks.height, ks.width) - 1)
+    return {at::Tensor(), {nullptr, 0, -1}};
+  at::Tensor sorted = std::get<0>(candidates_by_pixel.sort(-1));
+  return {sorted, {sorted.data_ptr<int>(), static_cast<int>(sorted.size(3)), static_cast<int>(*max_radius)}};
 }
 
 // The search state: (B, Hq, Wq, K) indices and scores, ready for the public (B, K, Hq, Wq).

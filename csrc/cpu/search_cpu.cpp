@@ -52,12 +52,12 @@ std::tuple<at::Tensor, at::Tensor> evaluate_candidates_cpu(const at::Tensor& que
 template <typename T>
 void search_iterations(const at::Tensor& query_cl, const at::Tensor& key_cl, at::Tensor& index, at::Tensor& score,
                        int k, int iters, int patch_size, at::IntArrayRef jumps, bool random_search,
-                       uint32_t seed) {
+                       const SearchBound& bound, uint32_t seed) {
   const int B = query_cl.size(0), C = query_cl.size(3);
   const MapSize qs{static_cast<int>(query_cl.size(1)), static_cast<int>(query_cl.size(2))};
   const MapSize ks{static_cast<int>(key_cl.size(1)), static_cast<int>(key_cl.size(2))};
   int radii[kMaxRadii];
-  const int num_radii = random_search ? search_radii(ks, radii) : 0;
+  const int num_radii = random_search ? search_radii(ks, radii, bound.max_radius) : 0;
   at::Tensor next_index = at::empty_like(index), next_score = at::empty_like(score);
   const T* q = query_cl.data_ptr<T>();
   const T* kf = key_cl.data_ptr<T>();
@@ -76,7 +76,7 @@ void search_iterations(const at::Tensor& query_cl, const at::Tensor& key_cl, at:
                                p / qs.width, p % qs.width, patch_size / 2};
         TopK<T> list{out_index + pixel * k, out_score + pixel * k, k, 0};
         patch_match_step(list, candidates.data(), scorer, previous + batch_nnf, previous_score + batch_nnf, step,
-                         radii, num_radii, seed, it, static_cast<uint32_t>(p));
+                         radii, num_radii, bound.window(pixel, ks), seed, it, static_cast<uint32_t>(p));
       }
     });
     std::swap(index, next_index);
@@ -87,17 +87,19 @@ void search_iterations(const at::Tensor& query_cl, const at::Tensor& key_cl, at:
 std::tuple<at::Tensor, at::Tensor> patch_match_cpu(const at::Tensor& query, const at::Tensor& key, int64_t k,
                                                    int64_t iters, const c10::optional<at::Tensor>& init,
                                                    int64_t patch_size, at::IntArrayRef jumps, bool random_search,
-                                                   int64_t seed) {
+                                                   int64_t seed, c10::optional<int64_t> max_radius) {
   check_search_args(query, key, k, patch_size);
   check_iteration_args(iters, jumps, seed);
+  check_max_radius(max_radius, init);
   const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key);
   const at::Tensor cand = candidates_by_pixel(init, query, key.size(2) * key.size(3));
   at::Tensor index = at::empty({query.size(0), query.size(2), query.size(3), k}, query.options().dtype(at::kInt));
   at::Tensor score = at::empty({query.size(0), query.size(2), query.size(3), k}, query.options());
+  const BoundedInit bounded = search_bound(cand, max_radius, map_size(key));
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "patch_match_cpu", [&] {
     initial_search<scalar_t>(query_cl, key_cl, cand, index, score, k, patch_size, static_cast<uint32_t>(seed));
     search_iterations<scalar_t>(query_cl, key_cl, index, score, k, iters, patch_size, jumps, random_search,
-                                static_cast<uint32_t>(seed));
+                                bounded.bound, static_cast<uint32_t>(seed));
   });
   return to_nnf(index, score);
 }

@@ -51,10 +51,11 @@ Error launch_initial_search(const SearchArgs<T>& args, const int* candidates, in
                             void* stream);
 
 // One double-buffered PatchMatch iteration: reads (previous_index, previous_score), writes
-// (index, score), all (B, Hq, Wq, k).
+// (index, score), all (B, Hq, Wq, k). `bound` (max_radius) reads its init candidates on the device.
 template <typename T>
-Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, int step, int iteration,
-                         const int* previous_index, const T* previous_score, int* index, T* score, void* stream);
+Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step,
+                         int iteration, const int* previous_index, const T* previous_score, int* index, T* score,
+                         void* stream);
 
 // nnf_upsample: `coarse` (B, K, coarse query pixels) -> `out` (B, K * window^2, query pixels).
 Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize coarse_query, MapSize query,

@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, int KMax>
 __global__ void __launch_bounds__(kThreads)
-    search_step_kernel(SearchArgs<T> args, Radii radii, int step, int iteration,
+    search_step_kernel(SearchArgs<T> args, Radii radii, SearchBound bound, int step, int iteration,
                        const int* __restrict__ previous_index, const T* __restrict__ previous_score,
                        int* __restrict__ index, T* __restrict__ score) {
   int64_t pixel;
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
   RegisterTopK<T, KMax> list(args.k);
   const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
   patch_match_step(list, static_cast<int*>(nullptr), scorer, previous_index + batch_nnf, previous_score + batch_nnf,
-                   step, radii.value, radii.count, args.seed, iteration,
+                   step, radii.value, radii.count, bound.window(pixel, args.ks), args.seed, iteration,
                    static_cast<uint32_t>(pixel % args.qs.pixels()));
   if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
@@ -148,10 +148,10 @@ Error initial_search(const SearchArgs<T>& args, const int* candidates, int count
 }
 
 template <typename T, int KMax>
-Error search_step(const SearchArgs<T>& args, const Radii& radii, int step, int iteration, const int* previous_index,
-                  const T* previous_score, int* index, T* score, cudaStream_t stream) {
+Error search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step, int iteration,
+                  const int* previous_index, const T* previous_score, int* index, T* score, cudaStream_t stream) {
   search_step_kernel<T, KMax><<<blocks_for(args.pixels() * kLanes), kThreads, 0, stream>>>(
-      args, radii, step, iteration, previous_index, previous_score, index, score);
+      args, radii, bound, step, iteration, previous_index, previous_score, index, score);
   return launch_error();
 }
 
@@ -172,18 +172,20 @@ Error launch_initial_search(const SearchArgs<T>& args, const int* candidates, in
 }
 
 template <typename T>
-Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, int step, int iteration,
-                         const int* previous_index, const T* previous_score, int* index, T* score, void* stream) {
+Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step,
+                         int iteration, const int* previous_index, const T* previous_score, int* index, T* score,
+                         void* stream) {
   if (args.pixels() == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
   if (args.k <= 8)
-    return search_step<T, 8>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+    return search_step<T, 8>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
   if (args.k <= 16)
-    return search_step<T, 16>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+    return search_step<T, 16>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
   if (args.k <= 32)
-    return search_step<T, 32>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+    return search_step<T, 32>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
   if (args.k <= kMaxK)
-    return search_step<T, kMaxK>(args, radii, step, iteration, previous_index, previous_score, index, score, s);
+    return search_step<T, kMaxK>(args, radii, bound, step, iteration, previous_index, previous_score, index, score,
+                                 s);
   return kTooManyMatches;
 }
 
@@ -208,10 +210,10 @@ Error launch_bilinear_scores(const T* query, const T* key, const T* coords, T* s
 
 template Error launch_initial_search<float>(const SearchArgs<float>&, const int*, int, int*, float*, void*);
 template Error launch_initial_search<double>(const SearchArgs<double>&, const int*, int, int*, double*, void*);
-template Error launch_search_step<float>(const SearchArgs<float>&, const Radii&, int, int, const int*, const float*,
-                                         int*, float*, void*);
-template Error launch_search_step<double>(const SearchArgs<double>&, const Radii&, int, int, const int*,
-                                          const double*, int*, double*, void*);
+template Error launch_search_step<float>(const SearchArgs<float>&, const Radii&, const SearchBound&, int, int,
+                                         const int*, const float*, int*, float*, void*);
+template Error launch_search_step<double>(const SearchArgs<double>&, const Radii&, const SearchBound&, int, int,
+                                          const int*, const double*, int*, double*, void*);
 template Error launch_bilinear_scores<float>(const float*, const float*, const float*, float*, int, int, int, MapSize,
                                              MapSize, int, void*);
 template Error launch_bilinear_scores<double>(const double*, const double*, const double*, double*, int, int, int,

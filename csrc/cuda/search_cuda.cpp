@@ -61,22 +61,24 @@ std::tuple<at::Tensor, at::Tensor> evaluate_candidates_cuda(const at::Tensor& qu
 std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& query, const at::Tensor& key, int64_t k,
                                                     int64_t iters, const c10::optional<at::Tensor>& init,
                                                     int64_t patch_size, at::IntArrayRef jumps, bool random_search,
-                                                    int64_t seed) {
+                                                    int64_t seed, c10::optional<int64_t> max_radius) {
   check_search_args_cuda(query, key, k, patch_size);
   check_iteration_args(iters, jumps, seed);
+  check_max_radius(max_radius, init);
   if (init.has_value()) check_same_device(*init, query, "init");
   const c10::DeviceGuard guard(query.device());
   const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key);
   const at::Tensor cand = candidates_by_pixel(init, query, key.size(2) * key.size(3));
   auto [index, score] = initial_state(query_cl, key_cl, cand, k, patch_size, seed, "patch_match");
   cuda::Radii radii{};
-  radii.count = random_search ? search_radii(map_size(key), radii.value) : 0;
+  const BoundedInit bounded = search_bound(cand, max_radius, map_size(key));
+  radii.count = random_search ? search_radii(map_size(key), radii.value, bounded.bound.max_radius) : 0;
   at::Tensor next_index = at::empty_like(index), next_score = at::empty_like(score);
   void* stream = current_stream(query);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "patch_match", [&] {
     const cuda::SearchArgs<scalar_t> args = search_args<scalar_t>(query_cl, key_cl, k, patch_size, seed);
     for (int64_t it = 0; it < iters; ++it) {
-      check_launch(cuda::launch_search_step(args, radii, jump_step(jumps, it), static_cast<int>(it),
+      check_launch(cuda::launch_search_step(args, radii, bounded.bound, jump_step(jumps, it), static_cast<int>(it),
                                             index.data_ptr<int>(), score.data_ptr<scalar_t>(),
                                             next_index.data_ptr<int>(), next_score.data_ptr<scalar_t>(), stream),
                    "patch_match");
