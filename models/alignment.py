@@ -12,6 +12,7 @@ from .blocks import ResidualBlock, SPADEResBlock
 from .normalization import conv_norm_layer, l2_normalize
 
 NUM_LEVELS = 4
+MATCHING_LEVELS = ("own", "residual")
 
 
 def matching_features(x: Tensor) -> Tensor:
@@ -100,9 +101,10 @@ class DomainAlignment(nn.Module):
     """The label branch (``label_nc`` inputs) and the image branch (``3 + label_nc`` inputs), each
     followed by 1x1 projections to ``match_nc`` channels per level.
 
-    ``residual_matching``: each finer level's matching features are its projection plus the
-    coarser level's matching features upsampled (bilinear), so that a finer level's scores
-    start from the coarser level's, interpolated, and its own features only add detail."""
+    ``matching_levels``: how a finer level's matching features involve the coarser levels'.
+    ``"own"``: not at all (the paper's). ``"residual"``: its projection plus the coarser level's
+    matching features upsampled (bilinear), so that its scores start from the coarser level's,
+    interpolated, and its own features add detail."""
 
     def __init__(
         self,
@@ -112,10 +114,12 @@ class DomainAlignment(nn.Module):
         norm: str = "pono",
         spade_nc: int = 128,
         image_nc: int = 3,
-        residual_matching: bool = False,
+        matching_levels: str = "own",
     ) -> None:
         super().__init__()
-        self.residual_matching = residual_matching
+        if matching_levels not in MATCHING_LEVELS:
+            raise ValueError(f"matching_levels: expected one of {MATCHING_LEVELS}, got {matching_levels!r}")
+        self.matching_levels = matching_levels
         self.label_unet = AlignmentUNet(label_nc, nef, norm, spade_nc)
         self.image_unet = AlignmentUNet(image_nc + label_nc, nef, norm, spade_nc)
         widths = self.label_unet.out_channels
@@ -139,7 +143,7 @@ class DomainAlignment(nn.Module):
         levels: list[Tensor] = []
         for projection, level in zip(projections, features, strict=True):
             projected = projection(level)
-            if self.residual_matching and levels:
+            if levels and self.matching_levels == "residual":
                 projected = projected + F.interpolate(levels[-1], size=projected.shape[-2:], mode="bilinear")
             levels.append(matching_features(projected))
         return levels

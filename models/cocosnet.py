@@ -59,8 +59,9 @@ class CoCosNetOptions:
     upsample_window: int = 4
     upsample_dilation: int = 2
     search_radius: int | None = None
-    # Each finer level's matching features add the coarser level's, upsampled (see DomainAlignment).
-    residual_matching: bool = False
+    # How a finer level's matching features involve the coarser levels' (own, or residual: plus
+    # the coarser level's, upsampled; see DomainAlignment).
+    matching_levels: str = "own"
     gru_iters: int = 3
     # "interleaved": a GRU step after each of the last gru_iters PatchMatch iterations (the
     # paper's order); "after": all PatchMatch iterations, then the GRU steps.
@@ -154,7 +155,7 @@ class CoCosNet(nn.Module):
             window=options.upsample_window,
             dilation=options.upsample_dilation,
             search_radius=options.search_radius,
-            residual_matching=options.residual_matching,
+            matching_levels=options.matching_levels,
             gru_iters=options.gru_iters,
             gru_hidden_nc=options.gru_hidden_nc,
             gru_input_nc=options.gru_input_nc,

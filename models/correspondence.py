@@ -108,7 +108,7 @@ class Correspondence(nn.Module):
         gru_mode: str = "interleaved",
         search_radius: int | None = None,
         dense_levels: int = 1,
-        residual_matching: bool = False,
+        matching_levels: str = "own",
     ) -> None:
         super().__init__()
         if not 1 <= upsample_matches <= k:
@@ -123,7 +123,7 @@ class Correspondence(nn.Module):
         if search_radius is not None and search_radius < 0:
             raise ValueError(f"search_radius: expected None or an int >= 0, got {search_radius}")
         self.alignment = DomainAlignment(
-            label_nc, nef, match_nc, norm, spade_nc, residual_matching=residual_matching
+            label_nc, nef, match_nc, norm, spade_nc, matching_levels=matching_levels
         )
         self.search_radius = search_radius
         self.dense_levels = dense_levels  # checked by the setter

@@ -161,6 +161,31 @@ def cycle_loss(cycle_warp: Tensor, exemplar: Tensor) -> Tensor:
     return _weighted_l1(cycle_warp, _pool_to(exemplar, cycle_warp.shape[-2:]), None)
 
 
+def level_truth(
+    exemplar_coords: Tensor, valid: Tensor, query_size: Sequence[int], key_size: Sequence[int],
+    exemplar_size: Sequence[int],
+) -> tuple[Tensor, Tensor]:
+    """The true correspondence at one level: per block of target pixels (one query pixel of the
+    level), the mean true exemplar point in that level's key pixels (B, 2, h, w), and whether every
+    pixel of the block is valid (B, h, w) as 0/1. ``exemplar_coords`` (B, 2, H, W), ``valid`` (B,
+    1, H, W) as in :func:`correspondence_loss`."""
+    factor = exemplar_coords.shape[-1] // query_size[1]
+    mean = F.avg_pool2d(exemplar_coords.float(), factor)
+    scale = torch.tensor([key_size[1] / exemplar_size[1], key_size[0] / exemplar_size[0]])
+    block_truth = (mean + 0.5) * scale.to(mean.device).view(1, 2, 1, 1) - 0.5
+    block_valid = (F.avg_pool2d(valid.float(), factor)[:, 0] == 1).float()
+    return block_truth, block_valid
+
+
+def _draw_valid_pixels(block_valid: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """``samples`` flat query pixels per sample (B, samples) drawn among the valid blocks (with
+    replacement, so every sample gets as many whatever its valid count), and which samples have
+    any valid block (B,)."""
+    flat = block_valid.flatten(1) > 0
+    has_valid = flat.any(1)
+    return torch.multinomial(flat.float() + ~has_valid[:, None], samples, replacement=True), has_valid
+
+
 def correspondence_loss(
     query_levels: Sequence[Tensor],
     key_levels: Sequence[Tensor],
@@ -179,23 +204,16 @@ def correspondence_loss(
     ``temperature``, as the warps weigh them); the target distribution puts the bilinear weights
     of the block's mean true point on its four nearest key pixels. Samples without a valid block
     add nothing."""
-    height, width = exemplar_coords.shape[-2:]
     total = 0.0
     for query, key in zip(query_levels, key_levels, strict=True):
-        batch, channels, hq, wq = query.shape
+        channels = query.shape[1]
         hk, wk = key.shape[-2:]
-        factor = height // hq
-        block_valid = F.avg_pool2d(valid.float(), factor).flatten(1) == 1  # (B, hq * wq)
-        truth = F.avg_pool2d(exemplar_coords.float(), factor).flatten(2)  # (B, 2, hq * wq)
-        has_valid = block_valid.any(1)
-        # Drawn with replacement: every sample gets `samples` pixels whatever its valid count.
-        picked = torch.multinomial(block_valid.float() + ~has_valid[:, None], samples, replacement=True)
+        truth, block_valid = level_truth(exemplar_coords, valid, query.shape[-2:], (hk, wk), exemplar_size)
+        picked, has_valid = _draw_valid_pixels(block_valid, samples)
         q = torch.gather(query.flatten(2), 2, picked[:, None].expand(-1, channels, -1))  # (B, C, n)
         logits = torch.bmm(q.transpose(1, 2).float(), key.flatten(2).float()) / temperature
-        xy = torch.gather(truth, 2, picked[:, None].expand(-1, 2, -1))  # exemplar pixels (B, 2, n)
-        # Exemplar pixel -> key pixel coordinates of this level (pixel centres at integers).
-        kx = ((xy[:, 0] + 0.5) * (wk / exemplar_size[1]) - 0.5).clamp(0, wk - 1)
-        ky = ((xy[:, 1] + 0.5) * (hk / exemplar_size[0]) - 0.5).clamp(0, hk - 1)
+        xy = torch.gather(truth.flatten(2), 2, picked[:, None].expand(-1, 2, -1))  # key pixels (B, 2, n)
+        kx, ky = xy[:, 0].clamp(0, wk - 1), xy[:, 1].clamp(0, hk - 1)
         target = torch.zeros_like(logits)
         # The top-left of the four pixels, at most one before the last so that its neighbours exist.
         x0 = kx.floor().clamp(max=wk - 2).clamp(min=0)

@@ -276,6 +276,30 @@ def test_dense_levels_warp_every_level_by_the_exact_softmax(same_matches):
             corr.dense_levels = bad
 
 
+def test_residual_matching_levels_carry_the_coarser_level():
+    """matching_levels="residual": a finer level's matching features are its own projection plus
+    the coarser level's features upsampled, centred and normalised."""
+    corr = tiny_correspondence(matching_levels="residual").double().eval()  # no power iteration per call
+    batch = {name: t.double() for name, t in make_batch((64, 48), (48, 64)).items()}
+    with torch.no_grad():
+        features = corr.alignment(batch["label"], batch["exemplar"], batch["exemplar_label"])
+        label_features = corr.alignment.label_features(batch["label"])
+    for level in range(1, 4):
+        projected = corr.alignment.query_proj[level](label_features[level])
+        coarser = F.interpolate(features.query[level - 1], size=projected.shape[-2:], mode="bilinear")
+        summed = projected + coarser
+        centred = summed - summed.mean(1, keepdim=True)
+        torch.testing.assert_close(features.query[level], centred / centred.norm(dim=1, keepdim=True))
+    own = tiny_correspondence().double().eval()
+    own.load_state_dict(corr.state_dict())
+    with torch.no_grad():
+        plain = own.alignment(batch["label"], batch["exemplar"], batch["exemplar_label"])
+    torch.testing.assert_close(plain.query[0], features.query[0])  # the coarsest level is its own
+    assert not torch.allclose(plain.query[1], features.query[1])
+    with pytest.raises(ValueError, match="matching_levels"):
+        tiny_correspondence(matching_levels="pyramid")
+
+
 def test_matching_features_are_centred_and_unit_norm():
     corr = tiny_correspondence()
     batch = make_batch((64, 64), (64, 64))

@@ -17,6 +17,7 @@ from torch import Tensor
 import cocosnet_ops
 from cocosnet_ops.nnf import nnf_to_coords
 from models import CoCosNet, Translation
+from models.losses import level_truth
 
 
 @dataclass
@@ -26,17 +27,22 @@ class HeldOutScores:
     exemplar coordinate to the softmax-weighted mean of the K matched coordinates / to the best
     one, over the valid pixels (visible in both images; NaN without ``exemplar_coords``).
 
-    Per level, coarsest first, over the blocks of the level whose pixels are all valid, in
-    full-resolution pixels: ``epe_levels``, the best match's error (where a level loses what a
-    coarser one found); ``oracle_levels``, the error of the best candidate the search started
-    from (the window ``nnf_upsample`` built from the coarser level's matches; NaN at the densely
-    warped levels), so that what the window allows and what the features pick are told apart;
-    ``window_share_levels``, the share of the final K candidates that are window candidates
-    (1: the search kept to the window). ``contrast_levels``: per level, the mean of the best minus
-    the worst of the K candidates' scores (cosine similarities), over the valid blocks (all
-    pixels without the truth); near 0 when the features no longer tell the candidates apart, so
-    that the warp is their plain average. ``epe_identity``: the error of matching every pixel to
-    the same position in the exemplar, the figure a correspondence has to beat."""
+    Per level, coarsest first, over the same pixels at every level (every valid one), in
+    full-resolution pixels, each pixel placed by its block's match at that level plus its offset
+    inside the block (how ``nnf_upsample`` carries a match to the next level):
+    ``epe_levels``, the error of the best match, so that a level that refines the coarser one
+    has a lower error; ``oracle_levels``, the error of the best candidate the level's search
+    started from (the window ``nnf_upsample`` built from the coarser level's matches; NaN at the
+    densely warped levels), so that what the window allows and what the features pick are told
+    apart; ``window_share_levels``, the share of the final K candidates that are window candidates
+    (1: the search kept to the window); ``contrast_levels``, the best minus the worst of the K
+    candidates' scores (cosine similarities), near 0 when the features no longer tell the
+    candidates apart, so that the warp is their plain average (over all pixels without the truth).
+    ``epe_block_levels``: the best match's error over only the blocks of each level whose pixels
+    are all valid, against the block's mean true point (coarse levels are then scored on the
+    interiors of the figures only, so the levels are not compared on the same pixels).
+    ``epe_identity``: the error of matching every pixel to the same position in the exemplar, the
+    figure a correspondence has to beat."""
 
     warp_l1: float
     epe_softmax: float
@@ -47,6 +53,7 @@ class HeldOutScores:
     contrast_levels: tuple[float, ...] = ()
     oracle_levels: tuple[float, ...] = ()
     window_share_levels: tuple[float, ...] = ()
+    epe_block_levels: tuple[float, ...] = ()
 
 
 def candidate_scores(translation: Translation, level: int = -1) -> tuple[Tensor, Tensor]:
@@ -122,53 +129,73 @@ def evaluate(
                     add(f"contrast_count{level}", contrast.shape[0])
                     continue
                 key_size = tuple(translation.features.key[level].shape[-2:])
-                query_size = tuple(contrast.shape[-2:])
-                block_truth, block_valid = level_truth(truth, valid, query_size, key_size, exemplar_size)
+                _, best = _weighted_and_best(coords, scores, temperature)  # (B, 2, h, w)
+                placed = place_pixels(best[:, None], key_size, exemplar_size, truth.shape[-2:])[:, 0]
+                add(f"epe{level}", float(((placed - truth).norm(dim=1) * valid).sum()))
+                per_pixel = F.interpolate(contrast[:, None], size=truth.shape[-2:], mode="nearest")[:, 0]
+                add(f"contrast{level}", float((per_pixel * valid).sum()))
+                add(f"contrast_count{level}", float(valid.sum()))
+                block_truth, block_valid = level_truth(
+                    truth, valid[:, None], tuple(contrast.shape[-2:]), key_size, exemplar_size
+                )
                 px = exemplar_size[1] / key_size[1]  # full-resolution pixels per key pixel
-                blocks = float(block_valid.sum())
-                add(f"contrast{level}", float((contrast * block_valid).sum()))
-                add(f"contrast_count{level}", blocks)
-                _, best = _weighted_and_best(coords, scores, temperature)
-                add(f"epe{level}", float(((best - block_truth).norm(dim=1) * block_valid).sum()) * px)
-                add(f"blocks{level}", blocks)
+                block_error = (best - block_truth).norm(dim=1) * block_valid
+                add(f"block_epe{level}", float(block_error.sum()) * px)
+                add(f"blocks{level}", float(block_valid.sum()))
                 init = translation.inits[level]
                 if init is None:
                     continue
                 start = nnf_to_coords(init.clamp_min(0), key_size).permute(0, 1, 4, 2, 3)  # (B, M, 2, h, w)
-                distance = (start - block_truth[:, None]).norm(dim=2).masked_fill(init < 0, float("inf"))
-                add(f"oracle{level}", float((distance.amin(1) * block_valid).sum()) * px)
+                placed_starts = place_pixels(start, key_size, exemplar_size, truth.shape[-2:])
+                distance = (placed_starts - truth[:, None]).norm(dim=2)
+                absent = F.interpolate((init < 0).float(), size=truth.shape[-2:], mode="nearest") > 0
+                oracle = distance.masked_fill(absent, float("inf")).amin(1)
+                add(f"oracle{level}", float((oracle * valid).sum()))
                 nnf = translation.nnfs[level]
-                in_window = (nnf[:, :, None] == init[:, None]).any(2).float().mean(1)  # (B, h, w)
-                add(f"share{level}", float((in_window * block_valid).sum()))
+                in_window = (nnf[:, :, None] == init[:, None]).any(2).float().mean(1, keepdim=True)
+                share = F.interpolate(in_window, size=truth.shape[-2:], mode="nearest")[:, 0]
+                add(f"share{level}", float((share * valid).sum()))
     finally:
         model.train(was_training)
 
     def mean(name: str, count: str) -> float:
-        return sums.get(name, 0.0) / sums[count] if sums.get(count) else float("nan")
+        """NaN where nothing was measured (no truth, or no window at a dense level)."""
+        return sums[name] / sums[count] if name in sums and sums.get(count) else float("nan")
 
     return HeldOutScores(
         warp_l1=mean("l1", "pixels"),
         epe_softmax=mean("epe_softmax", "valid"),
         epe_best=mean("epe_best", "valid"),
         samples=int(sums.get("samples", 0)),
-        epe_levels=tuple(mean(f"epe{level}", f"blocks{level}") for level in range(levels)),
+        epe_levels=tuple(mean(f"epe{level}", "valid") for level in range(levels)),
         epe_identity=mean("identity", "valid"),
         contrast_levels=tuple(mean(f"contrast{level}", f"contrast_count{level}") for level in range(levels)),
-        oracle_levels=tuple(mean(f"oracle{level}", f"blocks{level}") for level in range(levels)),
-        window_share_levels=tuple(mean(f"share{level}", f"blocks{level}") for level in range(levels)),
+        oracle_levels=tuple(mean(f"oracle{level}", "valid") for level in range(levels)),
+        window_share_levels=tuple(mean(f"share{level}", "valid") for level in range(levels)),
+        epe_block_levels=tuple(mean(f"block_epe{level}", f"blocks{level}") for level in range(levels)),
     )
 
 
-def level_truth(
-    truth: Tensor, valid: Tensor, query_size: tuple[int, int], key_size: tuple[int, int],
-    exemplar_size: tuple[int, int],
-) -> tuple[Tensor, Tensor]:
-    """The true correspondence at one level: per block of full-resolution target pixels (one query
-    pixel of the level), the mean true exemplar point in that level's key pixels (B, 2, h, w), and
-    whether every pixel of the block is valid (B, h, w) as 0/1."""
-    factor = truth.shape[-1] // query_size[1]
-    mean = F.avg_pool2d(truth, factor)
-    scale = torch.tensor([key_size[1] / exemplar_size[1], key_size[0] / exemplar_size[0]])
-    block_truth = (mean + 0.5) * scale.to(truth.device).view(1, 2, 1, 1) - 0.5
-    block_valid = (F.avg_pool2d(valid[:, None].float(), factor)[:, 0] == 1).float()
-    return block_truth, block_valid
+def place_pixels(
+    points: Tensor, key_size: tuple[int, int], exemplar_size: tuple[int, int], image_size: tuple[int, int]
+) -> Tensor:
+    """Where a level's matches put every full-resolution target pixel: ``points`` (B, M, 2, h, w)
+    in the level's key pixels, one per block of target pixels, as exemplar pixels (B, M, 2, H, W),
+    each pixel shifted from its block's point by its own offset from the block's centre (scaled
+    to the exemplar), as ``nnf_upsample`` carries a match to the next level."""
+    batch, count, _, h, w = points.shape
+    height, width = image_size
+    device = points.device
+    scale = torch.tensor([exemplar_size[1] / key_size[1], exemplar_size[0] / key_size[0]], device=device)
+    full = (points + 0.5) * scale.view(1, 1, 2, 1, 1) - 0.5
+    full = F.interpolate(full.flatten(1, 2), size=(height, width), mode="nearest")
+    full = full.view(batch, count, 2, height, width)
+    y = torch.arange(height, device=device, dtype=torch.float32)
+    x = torch.arange(width, device=device, dtype=torch.float32)
+    centre_y = (torch.div(y, height // h, rounding_mode="floor") + 0.5) * (height // h) - 0.5
+    centre_x = (torch.div(x, width // w, rounding_mode="floor") + 0.5) * (width // w) - 0.5
+    ratio = torch.tensor([exemplar_size[1] / width, exemplar_size[0] / height], device=device)
+    offset_x = (x - centre_x).view(1, -1).expand(height, -1)
+    offset_y = (y - centre_y).view(-1, 1).expand(-1, width)
+    offset = torch.stack([offset_x, offset_y])
+    return full + (offset * ratio.view(2, 1, 1))[None, None]
