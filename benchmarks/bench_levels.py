@@ -12,9 +12,9 @@ softmax-weighted error, the warp L1, and the error of matching every pixel to it
 (the figure to beat). One CSV row per variant and seed; a plot of the per-level errors (mean and
 spread over the seeds); a markdown table.
 
-    python benchmarks/bench_levels.py --set-name levels --steps 600 --seeds 0 1 2 --jobs 2 \
+    python benchmarks/bench_levels.py --set-name levels --steps 300 --seeds 0 1 2 --jobs 2 \
         --out benchmarks/results/levels.csv
-    python benchmarks/bench_levels.py --set-name gru --steps 600 --seeds 0 1 2 --jobs 2 \
+    python benchmarks/bench_levels.py --set-name gru --steps 300 --seeds 0 1 2 --jobs 2 \
         --out benchmarks/results/gru.csv
 
 Runs train in their own processes (``--jobs`` at a time, one thread each) into ``--runs``; a
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import os
 import statistics
@@ -79,7 +80,6 @@ VARIANT_SETS: dict[str, dict[str, tuple[str, ...]]] = {
         "correspondence loss": (*TODAY, *CORRESPONDENCE, *GRU_OFF),
         "bounded search + correspondence loss": (*TODAY, *BOUNDED, *CORRESPONDENCE, *GRU_OFF),
         "recipe: bounded + correspondence loss + residual levels": (*RECIPE, *GRU_OFF),
-        "recipe + dense warm-up (100 steps)": (*RECIPE, "train.dense_warmup_steps=100", *GRU_OFF),
     },
     "gru": {
         "recipe, gru off": (*RECIPE, *GRU_OFF),
@@ -108,6 +108,13 @@ def train_run(folder: Path, steps: int, seed: int, overrides: Sequence[str]) -> 
     with open(folder.with_suffix(".log"), "w") as log:
         subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     return done, time.perf_counter() - start
+
+
+def run_folder(runs: Path, overrides: Sequence[str], seed: int) -> Path:
+    """Named by what it trains, so a variant in two sets (the recipe, GRU off) trains once; its
+    config.yaml says which settings those are."""
+    digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:12]
+    return runs / f"{digest}_seed{seed}"
 
 
 def measure(final: Path, batches: list) -> dict[str, str]:
@@ -206,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     known = VARIANT_SETS[args.set_name]
     variants = {name: known[name] for name in args.variants or known}
     runs = [(name, seed) for seed in args.seeds for name in variants]
-    folders = {run: args.runs / args.set_name / f"{run[0].replace(' ', '_')}_seed{run[1]}" for run in runs}
+    folders = {run: run_folder(args.runs, [*variants[run[0]], *args.overrides], run[1]) for run in runs}
     for folder in folders.values():
         folder.parent.mkdir(parents=True, exist_ok=True)
 
