@@ -1,5 +1,5 @@
 """Exact top-K search on CPU: ``exact_knn`` against faiss ``IndexFlatIP``, the exact index a user
-would reach for instead, and the hierarchical ``patch_match`` path that replaces exact search.
+would reach for instead, and ``cocosnet_ops.match``, the approximate search that replaces both.
 
 Reproduce the README table (side 256 dominates: about 3 minutes on 2 cores):
 
@@ -19,9 +19,9 @@ Methods, on square maps of side S (N = S * S pixels), batch 1, K matches:
 * ``faiss_flat_ip``: ``faiss.IndexFlatIP(C)``, ``add`` of the N key rows and ``search`` of the N
   query rows for K, on the same features as contiguous float32 (N, C) arrays (layout changes
   not timed);
-* ``patch_match_hierarchical``: exact kNN at 1 / 2**levels, then ``nnf_upsample`` +
-  ``patch_match`` (``--iters`` iterations, random search) per finer level, as in
-  ``bench_recall.py``; its recall@1 against ``exact_knn`` is reported beside its time.
+* ``match``: ``cocosnet_ops.match(query, key, K)`` with its default settings; its recall@1
+  against ``exact_knn`` is reported beside its time (``bench_match.py`` compares it on more
+  data and with faiss's HNSW index too).
 
 Inputs: ``bench_recall.py``'s *smooth* pair (C = 32, L2-normalised per pixel): smooth random
 features and a smoothly deformed, noisy copy, so that PatchMatch has the spatial coherence of
@@ -42,23 +42,28 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_recall import hierarchical_search, processor_name, recall, smooth_pair, write_csv
+from bench_recall import processor_name, recall, smooth_pair, write_csv
 from torch import Tensor
 
 import cocosnet_ops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cli  # noqa: E402
 
 try:
     import faiss
 except ImportError:
     faiss = None
 
-METHODS = ("exact_knn", "faiss_flat_ip", "patch_match_hierarchical")
+METHODS = ("exact_knn", "faiss_flat_ip", "match")
 COLUMNS = (
     "method",
     "side",
@@ -106,17 +111,13 @@ def searches(
     return {
         "exact_knn": lambda: cocosnet_ops.exact_knn(query, key, k),
         "faiss_flat_ip": faiss_as_nnf,
-        "patch_match_hierarchical": lambda: hierarchical_search(
-            query, key, k, args.iters, True, args.levels, {}
-        ),
+        "match": lambda: cocosnet_ops.match(query, key, k),
     }
 
 
 def measure_side(args: argparse.Namespace, side: int, processor: str) -> list[dict]:
     query, key = smooth_pair(side)
     available = [m for m in args.methods if m != "faiss_flat_ip" or faiss is not None]
-    if "patch_match_hierarchical" in available and (side // 2**args.levels) ** 2 < args.k:
-        available.remove("patch_match_hierarchical")
     run = searches(args, query, key)
     results = {method: run[method]() for method in available}  # warm-up round, kept for quality
     times: dict[str, list[float]] = {method: [] for method in available}
@@ -138,9 +139,7 @@ def measure_side(args: argparse.Namespace, side: int, processor: str) -> list[di
             "processor": processor,
         }
         if method not in available:
-            row["status"] = (
-                FAISS_MISSING if method == "faiss_flat_ip" else "skipped (coarsest level < k pixels)"
-            )
+            row["status"] = FAISS_MISSING
             rows.append(row)
             continue
         found = results[method]
@@ -223,20 +222,18 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sides", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round")
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sides", type=cli.int_at_least(1), nargs="+", default=[64, 128, 256])
+    parser.add_argument("--k", type=cli.int_at_least(1), default=16)
+    parser.add_argument("--threads", type=cli.int_at_least(1), default=2)
+    parser.add_argument(
+        "--repeats", type=cli.int_at_least(1), default=5, help="timed rounds after one warm-up round"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--iters", type=int, default=5, help="patch_match iterations per level")
-    parser.add_argument("--levels", type=int, default=2, help="hierarchical: coarsest level 1 / 2**LEVELS")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/knn.csv"))
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1 or args.levels < 1 or args.iters < 0:
-        parser.error("--repeats and --threads must be >= 1, --levels >= 1, --iters >= 0")
-    if any(side % 2**args.levels or side * side < args.k for side in args.sides):
-        parser.error("every side must be a multiple of 2**levels with at least k pixels")
+    if any(side * side < args.k for side in args.sides):
+        parser.error("every side must have at least k pixels")
     return args
 
 
@@ -266,4 +263,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,18 +1,13 @@
-"""Recall of patch_match against exact kNN, versus iterations, random search and hierarchical init.
+"""Recall of ``cocosnet_ops.match`` against exact kNN, versus iterations, for its ways to search.
 
-Reproduce the README tables (the 5-iteration rows of the hierarchical search and the timings;
-about 4 minutes on 2 idle cores with the compiled cpu backend; the reference backend is far
-slower):
+Reproduce the README tables (about 5 minutes on 2 idle cores with the compiled cpu backend; the
+reference backend is far slower):
 
-    python benchmarks/bench_recall.py --side 256 --inits hierarchical neighbours --upsample 4x1 \
-        --random-search on --min-iters 5 --speed-side 512 --speed-repeats 3 \
+    python benchmarks/bench_recall.py --side 256 --min-iters 5 --speed-side 512 --speed-repeats 3 \
         --out benchmarks/results/recall.csv
 
-The whole sweep (iterations 0..5, every init, both upsampling settings, random search on and
-off) drops ``--inits``, ``--upsample``, ``--random-search`` and ``--min-iters``. ``--speed-side
-512`` also times ``patch_match`` (random init) and each hierarchical search with each
-``--upsample`` setting,
-``--iters`` iterations, at side 512 on the smooth pair (C = 32), interleaved, into
+The whole sweep (iterations 0..5) drops ``--min-iters``. ``--speed-side 512`` also times every
+search with ``--iters`` iterations at side 512 on the smooth pair (C = 32), interleaved, into
 ``recall_speed.csv``. Development size (about a minute, on either backend):
 
     python benchmarks/bench_recall.py --side 64 --out benchmarks/results/recall_64.csv
@@ -28,18 +23,16 @@ Definitions, per query pixel, averaged over the map:
   not occluded (mean and median; exact kNN's own EPE, the floor the features allow, is
   reported too).
 
-Exact top-K comes from ``cocosnet_ops.exact_knn``, run on bands of query rows so that its
-memory stays bounded on every backend.
+Exact top-K comes from ``cocosnet_ops.exact_knn``. The searches are ``cocosnet_ops.match`` with
+``exact=False`` (so small development sides search too) and ``iters`` iterations per level:
 
-Search configurations: init "random" (``patch_match`` from random candidates) or
-"hierarchical" (features average-pooled by 2**levels and renormalised, exact kNN there, then
-per finer level ``nnf_upsample`` with each ``--upsample`` setting (window x dilation; default
-4x1, the chosen one, and 4x2, the op's defaults) feeding ``patch_match(init=...)``, each level
-running the same number of iterations) or "neighbours" (the hierarchical search, then
-``NEIGHBOUR_ROUNDS`` rounds of ``evaluate_candidates`` over each pixel's matches and those of
-its ``QUERY_NEIGHBOURS`` nearest query pixels, found by the same hierarchical search of the
-query map against itself), each with and without random search (``--random-search``);
-iterations swept 0..--iters, each run from scratch with seed 0.
+* "random": ``coarse=None, neighbours=None``: ``patch_match`` from random candidates;
+* "coarse-to-fine": ``neighbours=None``: exact kNN at the coarse level ``match`` chooses, then
+  ``nnf_upsample`` + ``patch_match`` at every finer level;
+* "self neighbours": ``neighbours="self"``: then 4 rounds of ``share_matches`` with the query
+  pixels the query map's search against itself finds;
+* "shared neighbours": ``match``'s defaults: the rounds with the query pixels that list the
+  same key pixels.
 
 Data (query and key maps of side S, L2-normalised per pixel; C = 32 but for the hard pairs):
 
@@ -52,7 +45,8 @@ Data (query and key maps of side S, L2-normalised per pixel; C = 32 but for the 
   (0.04 S, -0.03 S) with ``cv2.warpAffine``, so key = A(query) for a known affine A. Each
   image becomes features by a fixed random (seed 0) 3x3 convolution bank with 32 outputs over
   its RGB at three Gaussian blur scales (sigma 1, 2, 4 px), then tanh, per-channel
-  standardisation over the image, and L2 normalisation per pixel;
+  standardisation over the image, and L2 normalisation per pixel (``photo_demo.py``'s
+  ``affine_transform`` and ``features``, the one place they are defined);
 * hard: five pairs in one batch (scikit-image's astronaut, coffee, chelsea and rocket photos
   and its brick texture, each centre-cropped and resized to S x S). The query is the image; the
   key is the same under a random perspective map (each corner moved by up to 0.12 S, borders
@@ -70,6 +64,7 @@ import csv
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,19 +73,23 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from photo_demo import affine_transform as photo_transform
+from photo_demo import features as photo_features
 from torch import Tensor
 
 import cocosnet_ops
 from cocosnet_ops import nnf as nnf_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cli  # noqa: E402
 
 COLUMNS = (
     "dataset",
     "side",
     "k",
     "pairs",
-    "init",
-    "upsample",
-    "random_search",
+    "search",
     "iters",
     "recall_at_1",
     "recall_at_k",
@@ -99,7 +98,13 @@ COLUMNS = (
     "seconds",
 )
 DATASETS = ("smooth", "photo", "hard")
-INITS = ("random", "hierarchical", "neighbours")
+# match's settings of every search (besides k and iters).
+SEARCHES = {
+    "random": {"coarse": None, "neighbours": None},
+    "coarse-to-fine": {"neighbours": None},
+    "self neighbours": {"neighbours": "self"},
+    "shared neighbours": {},
+}
 SPEED_COLUMNS = (
     "method",
     "side",
@@ -116,18 +121,6 @@ CHANNELS = 32
 SCORE_TOLERANCE = 1e-6
 SMOOTH_FEATURE_SIGMA = 2.0
 SMOOTH_NOISE_LEVEL = 0.3
-PHOTO_ROTATION_DEG = 10.0
-PHOTO_SCALE = 1.1
-PHOTO_SHIFT = (0.04, -0.03)
-PHOTO_BLUR_SIGMAS = (1.0, 2.0, 4.0)
-# nnf_upsample settings of the hierarchical search: window 4, dilation 1 spreads the same 16
-# candidates per coarse match as the op's defaults (4, 2), but densely (README).
-UPSAMPLE = {"window": 4, "dilation": 1}
-# The "neighbours" search: after the hierarchical one, the matches of each query pixel's 8
-# nearest query pixels (the query map's own hierarchical kNN field) compete with its own, 3
-# times, so that each round reaches the neighbours' neighbours (README).
-QUERY_NEIGHBOURS = 8
-NEIGHBOUR_ROUNDS = 3
 # Hard pairs: photos and a repeated texture shipped with scikit-image, one pair per image,
 # occluded by discs of stochastic textures.
 HARD_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "brick")
@@ -195,24 +188,6 @@ def smooth_pair(side: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     key = F.grid_sample(canvas, grid.unsqueeze(0), mode="bilinear", align_corners=True)
     key = key + SMOOTH_NOISE_LEVEL * torch.randn(key.shape, generator=generator)
     return F.normalize(query, dim=1), F.normalize(key, dim=1)
-
-
-def photo_transform(side: int) -> np.ndarray:
-    """The 2x3 affine map A from query pixel (x, y) to its key pixel."""
-    matrix = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), PHOTO_ROTATION_DEG, PHOTO_SCALE)
-    matrix[:, 2] += np.array(PHOTO_SHIFT) * side
-    return matrix
-
-
-def photo_features(image: np.ndarray) -> Tensor:
-    """(1, C, H, W) features of an RGB float image (see the module docstring)."""
-    blurred = [cv2.GaussianBlur(image, (0, 0), sigma) for sigma in PHOTO_BLUR_SIGMAS]
-    stack = torch.from_numpy(np.concatenate(blurred, axis=2)).permute(2, 0, 1).unsqueeze(0)
-    bank = torch.randn(CHANNELS, stack.shape[1], 3, 3, generator=torch.Generator().manual_seed(0))
-    features = torch.tanh(F.conv2d(stack, bank, padding=1))
-    mean = features.mean(dim=(2, 3), keepdim=True)
-    std = features.std(dim=(2, 3), keepdim=True)
-    return F.normalize((features - mean) / std, dim=1)
 
 
 def photo_pair(side: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -323,76 +298,11 @@ def hard_pairs(
     return torch.cat(queries), torch.cat(keys), torch.stack(true_points)
 
 
-# ----------------------------------------------------------------------------- search
+# ----------------------------------------------------------------------------- measurement
 
 
-def exact_in_bands(query: Tensor, key: Tensor, k: int, max_pairs: int = 2**27) -> tuple[Tensor, Tensor]:
-    """``exact_knn`` over bands of query rows, each scoring at most ``max_pairs`` pairs."""
-    B, _, Hk, Wk = key.shape
-    rows = max(1, max_pairs // (B * query.shape[3] * Hk * Wk))
-    bands = [
-        cocosnet_ops.exact_knn(query[:, :, r : r + rows], key, k) for r in range(0, query.shape[2], rows)
-    ]
-    return torch.cat([b[0] for b in bands], dim=2), torch.cat([b[1] for b in bands], dim=2)
-
-
-def pooled(features: Tensor, factor: int) -> Tensor:
-    return features if factor == 1 else F.normalize(F.avg_pool2d(features, factor), dim=1)
-
-
-def hierarchical_search(
-    query: Tensor,
-    key: Tensor,
-    k: int,
-    iters: int,
-    random_search: bool,
-    levels: int,
-    upsample_options: dict[str, int] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Exact kNN at 1 / 2**levels, then upsample + patch_match level by level to full size.
-
-    ``upsample_options`` (window, dilation) go to ``nnf_upsample``; None: ``UPSAMPLE`` (window
-    4, dilation 1), the best measured on the hard pairs; empty: the op's defaults."""
-    options = UPSAMPLE if upsample_options is None else upsample_options
-    factor = 2**levels
-    nnf, scores = exact_in_bands(pooled(query, factor), pooled(key, factor), k)
-    while factor > 1:
-        factor //= 2
-        fq, fk = pooled(query, factor), pooled(key, factor)
-        init = cocosnet_ops.nnf_upsample(nnf, fk.shape[2:], fq.shape[2:], **options)
-        nnf, scores = cocosnet_ops.patch_match(fq, fk, k, iters, init=init, random_search=random_search)
-    return nnf, scores
-
-
-def neighbours_search(
-    query: Tensor,
-    key: Tensor,
-    k: int,
-    iters: int,
-    random_search: bool,
-    levels: int,
-    upsample_options: dict[str, int] | None = None,
-    query_neighbours: int = QUERY_NEIGHBOURS,
-    rounds: int = NEIGHBOUR_ROUNDS,
-) -> tuple[Tensor, Tensor]:
-    """``hierarchical_search``, then ``rounds`` rounds in which every query pixel also scores the
-    matches of its ``query_neighbours`` nearest query pixels (``nnf.neighbour_matches``; the
-    neighbours come from the same hierarchical search of the query map against itself, its
-    first match, the pixel itself, dropped)."""
-    nnf, scores = hierarchical_search(query, key, k, iters, random_search, levels, upsample_options)
-    if rounds == 0:
-        return nnf, scores
-    self_nnf, _ = hierarchical_search(
-        query, query, query_neighbours + 1, iters, random_search, levels, upsample_options
-    )
-    neighbours = self_nnf[:, 1:]
-    for _ in range(rounds):
-        candidates = torch.cat([nnf, nnf_utils.neighbour_matches(nnf, neighbours)], dim=1)
-        nnf, scores = cocosnet_ops.evaluate_candidates(query, key, candidates, k)
-    return nnf, scores
-
-
-SEARCHES = {"hierarchical": hierarchical_search, "neighbours": neighbours_search}
+def search(query: Tensor, key: Tensor, k: int, iters: int, name: str) -> tuple[Tensor, Tensor]:
+    return cocosnet_ops.match(query, key, k, iters=iters, exact=False, **SEARCHES[name])
 
 
 def recall(found: tuple[Tensor, Tensor], exact: tuple[Tensor, Tensor]) -> tuple[float, float]:
@@ -421,19 +331,6 @@ def end_point_errors(nnf: Tensor, key_size: tuple[int, int], true_xy: Tensor | N
     return {"epe_px": errors.mean().item(), "epe_median_px": errors.median().item()}
 
 
-def upsample_label(options: dict[str, int]) -> str:
-    return f"{options['window']}x{options['dilation']}"
-
-
-def parse_upsample(text: str) -> dict[str, int]:
-    """'WINDOWxDILATION' (e.g. 4x1) -> nnf_upsample options."""
-    try:
-        window, dilation = (int(part) for part in text.split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WINDOWxDILATION such as 4x1, got {text!r}") from None
-    return {"window": window, "dilation": dilation}
-
-
 def dataset_pair(name: str, side: int) -> tuple[Tensor, Tensor, Tensor | None]:
     """Query and key features of a dataset and the true key points (None: not known)."""
     if name == "smooth":
@@ -444,31 +341,18 @@ def dataset_pair(name: str, side: int) -> tuple[Tensor, Tensor, Tensor | None]:
     return hard_pairs(side)
 
 
-def search_configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, int] | None]]:
-    """(init, nnf_upsample options or None) of every search to run."""
-    configurations: list[tuple[str, dict[str, int] | None]] = []
-    for init in args.inits:
-        if init == "random":
-            configurations.append((init, None))
-        else:
-            configurations.extend((init, options) for options in args.upsample)
-    return configurations
-
-
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for dataset in args.datasets:
         query, key, true_xy = dataset_pair(dataset, args.side)
         key_size = (key.shape[2], key.shape[3])
         start = time.perf_counter()
-        exact = exact_in_bands(query, key, args.k)
+        exact = cocosnet_ops.exact_knn(query, key, args.k)
         base = {"dataset": dataset, "side": args.side, "k": args.k, "pairs": query.shape[0]}
         rows.append(
             {
                 **base,
-                "init": "exact",
-                "upsample": "",
-                "random_search": "",
+                "search": "exact",
                 "iters": "",
                 "recall_at_1": 1.0,
                 "recall_at_k": 1.0,
@@ -477,53 +361,38 @@ def run(args: argparse.Namespace) -> list[dict]:
             }
         )
         print(format_progress(rows[-1]), flush=True)
-        for init, options in search_configurations(args):
-            for random_search in args.random_search:
-                for iters in range(args.min_iters, args.iters + 1):
-                    start = time.perf_counter()
-                    if init in SEARCHES:
-                        found = SEARCHES[init](query, key, args.k, iters, random_search, args.levels, options)
-                    else:
-                        found = cocosnet_ops.patch_match(
-                            query, key, args.k, iters, random_search=random_search
-                        )
-                    seconds = time.perf_counter() - start
-                    recall_at_1, recall_at_k = recall(found, exact)
-                    rows.append(
-                        {
-                            **base,
-                            "init": init,
-                            "upsample": upsample_label(options) if options else "",
-                            "random_search": random_search,
-                            "iters": iters,
-                            "recall_at_1": recall_at_1,
-                            "recall_at_k": recall_at_k,
-                            **end_point_errors(found[0], key_size, true_xy),
-                            "seconds": seconds,
-                        }
-                    )
-                    print(format_progress(rows[-1]), flush=True)
+        for name in args.searches:
+            for iters in range(args.min_iters, args.iters + 1):
+                start = time.perf_counter()
+                found = search(query, key, args.k, iters, name)
+                seconds = time.perf_counter() - start
+                recall_at_1, recall_at_k = recall(found, exact)
+                rows.append(
+                    {
+                        **base,
+                        "search": name,
+                        "iters": iters,
+                        "recall_at_1": recall_at_1,
+                        "recall_at_k": recall_at_k,
+                        **end_point_errors(found[0], key_size, true_xy),
+                        "seconds": seconds,
+                    }
+                )
+                print(format_progress(rows[-1]), flush=True)
     return rows
 
 
 def time_searches(args: argparse.Namespace) -> list[dict]:
-    """Seconds of ``patch_match`` (random init) and of the hierarchical search with each
-    ``--upsample`` setting, ``--iters`` iterations with random search, on the smooth pair at
-    side ``--speed-side``: one warm-up round, then ``--speed-repeats`` rounds each timing every
-    method once, so that all see the same load."""
+    """Seconds of every search with ``--iters`` iterations on the smooth pair at side
+    ``--speed-side``: one warm-up round, then ``--speed-repeats`` rounds each timing every
+    search once, so that all see the same load."""
     side = args.speed_side
     query, key = smooth_pair(side)
-    methods = {"patch_match": lambda: cocosnet_ops.patch_match(query, key, args.k, args.iters)}
-    for init in args.inits:
-        for options in args.upsample if init in SEARCHES else ():
-            methods[f"{search_label(init, upsample_label(options))}"] = lambda init=init, options=options: (
-                SEARCHES[init](query, key, args.k, args.iters, True, args.levels, options)
-            )
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    times: dict[str, list[float]] = {name: [] for name in args.searches}
     for round_index in range(args.speed_repeats + 1):
-        for name, method in methods.items():
+        for name in args.searches:
             start = time.perf_counter()
-            method()
+            search(query, key, args.k, args.iters, name)
             if round_index:
                 times[name].append(time.perf_counter() - start)
     processor = processor_name()
@@ -552,11 +421,10 @@ def format_epe(row: dict) -> str:
 
 
 def format_progress(row: dict) -> str:
-    search = "" if row["init"] == "exact" else f", random search {row['random_search']}, iters {row['iters']}"
-    upsample = f" (upsample {row['upsample']})" if row["upsample"] else ""
+    iters = "" if row["search"] == "exact" else f", iters {row['iters']}"
     epe = f", EPE mean / median {format_epe(row)} px" if row["epe_px"] != "" else ""
     return (
-        f"{row['dataset']} {row['init']}{upsample}{search}: recall@1 {row['recall_at_1']:.4f}, "
+        f"{row['dataset']} {row['search']}{iters}: recall@1 {row['recall_at_1']:.4f}, "
         f"recall@{row['k']} {row['recall_at_k']:.4f}{epe} ({row['seconds']:.1f} s)"
     )
 
@@ -573,19 +441,13 @@ def write_csv(rows: list[dict], path: Path, columns: Sequence[str] = COLUMNS) ->
             writer.writerow({c: round(v, 6) if isinstance(v, float) else v for c, v in row.items()})
 
 
-def searches(rows: list[dict]) -> dict[tuple[str, str, str, bool], list[dict]]:
-    """Rows of each (dataset, init, upsample, random_search), ordered by iterations."""
-    groups: dict[tuple[str, str, str, bool], list[dict]] = {}
+def searches(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Rows of each (dataset, search), ordered by iterations."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        if row["init"] != "exact":
-            key = (row["dataset"], row["init"], row["upsample"], row["random_search"])
-            groups.setdefault(key, []).append(row)
+        if row["search"] != "exact":
+            groups.setdefault((row["dataset"], row["search"]), []).append(row)
     return {key: sorted(group, key=lambda r: r["iters"]) for key, group in groups.items()}
-
-
-def search_label(init: str, upsample: str) -> str:
-    name = "hierarchical + query neighbours" if init == "neighbours" else init
-    return f"{name} (upsample {upsample})" if upsample else name
 
 
 def write_plot(rows: list[dict], path: Path) -> None:
@@ -595,25 +457,13 @@ def write_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({r["dataset"] for r in rows}, key=DATASETS.index)
-    groups = searches(rows)
-    colours = {}
-    for _, init, upsample, _ in groups:
-        colours.setdefault((init, upsample), f"C{len(colours)}")
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 8), squeeze=False)
-    for (dataset, init, upsample, random_search), group in groups.items():
+    for (dataset, name), group in searches(rows).items():
         column = datasets.index(dataset)
-        label = f"{search_label(init, upsample)} init, random search {'on' if random_search else 'off'}"
-        style = "-" if random_search else "--"
         iters = [r["iters"] for r in group]
         for row_index, metric in enumerate(("recall_at_1", "recall_at_k")):
-            ax = axes[row_index, column]
-            ax.plot(
-                iters,
-                [r[metric] for r in group],
-                style,
-                color=colours[init, upsample],
-                marker="o",
-                label=label,
+            axes[row_index, column].plot(
+                iters, [r[metric] for r in group], "-o", color=f"C{list(SEARCHES).index(name)}", label=name
             )
     k = rows[0]["k"]
     for column, dataset in enumerate(datasets):
@@ -634,25 +484,25 @@ def markdown_table(rows: list[dict]) -> str:
     iters = [r["iters"] for r in next(iter(groups.values()))]
     k = rows[0]["k"]
     header = (
-        "| data | init | random search | "
+        "| data | search | "
         + " | ".join(f"recall@1, {i} it" for i in iters)
         + f" | recall@{k}, {iters[-1]} it | EPE mean / median (px), {iters[-1]} it"
         + f" | seconds, {iters[-1]} it |"
     )
-    lines = [header, "|---|---|---|" + "---:|" * (len(iters) + 3)]
+    lines = [header, "|---|---|" + "---:|" * (len(iters) + 3)]
     for row in rows:
-        if row["init"] == "exact":
+        if row["search"] == "exact":
             lines.append(
-                f"| {row['dataset']} | exact kNN | | "
+                f"| {row['dataset']} | exact kNN | "
                 + " | " * len(iters)
                 + f"1 | {format_epe(row)} | {row['seconds']:.2f} |"
             )
-    for (dataset, init, upsample, random_search), group in groups.items():
+    for (dataset, name), group in groups.items():
         last = group[-1]
         recalls = " | ".join(f"{r['recall_at_1']:.3f}" for r in group)
         lines.append(
-            f"| {dataset} | {search_label(init, upsample)} | {'on' if random_search else 'off'} | {recalls} "
-            f"| {last['recall_at_k']:.3f} | {format_epe(last)} | {last['seconds']:.2f} |"
+            f"| {dataset} | {name} | {recalls} | {last['recall_at_k']:.3f} | {format_epe(last)} "
+            f"| {last['seconds']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -671,43 +521,31 @@ def speed_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--side", type=int, default=256)
-    parser.add_argument("--iters", type=int, default=5, help="sweep patch_match iterations MIN_ITERS..ITERS")
-    parser.add_argument("--min-iters", type=int, default=0)
-    parser.add_argument("--k", type=int, default=16)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", type=cli.int_at_least(1), default=256)
+    parser.add_argument(
+        "--iters", type=cli.int_at_least(0), default=5, help="sweep patch_match iterations MIN_ITERS..ITERS"
+    )
+    parser.add_argument("--min-iters", type=cli.int_at_least(0), default=0)
+    parser.add_argument("--k", type=cli.int_at_least(1), default=16)
     parser.add_argument(
         "--datasets", nargs="*", choices=DATASETS, default=list(DATASETS), help="none: only --speed-side"
     )
-    parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
+    parser.add_argument("--searches", nargs="+", choices=list(SEARCHES), default=list(SEARCHES))
     parser.add_argument(
-        "--random-search", nargs="+", choices=("on", "off"), default=["on", "off"], help="sweep random search"
+        "--speed-side",
+        type=cli.int_at_least(0),
+        default=0,
+        help="also time the searches at this side on the smooth pair",
     )
-    parser.add_argument(
-        "--levels", type=int, default=2, help="hierarchical init: coarsest level 1 / 2**LEVELS"
-    )
-    parser.add_argument(
-        "--upsample",
-        nargs="+",
-        type=parse_upsample,
-        default=[UPSAMPLE, {"window": 4, "dilation": 2}],
-        help="nnf_upsample settings of the hierarchical init, WINDOWxDILATION each (default: 4x1 4x2)",
-    )
-    parser.add_argument(
-        "--speed-side", type=int, default=0, help="also time the searches at this side on the smooth pair"
-    )
-    parser.add_argument("--speed-repeats", type=int, default=5)
+    parser.add_argument("--speed-repeats", type=cli.int_at_least(1), default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recall.csv"))
     args = parser.parse_args(argv)
-    args.random_search = [choice == "on" for choice in args.random_search]
-    if not 0 <= args.min_iters <= args.iters or args.levels < 1 or args.speed_repeats < 1:
-        parser.error("need 0 <= --min-iters <= --iters, --levels >= 1 and --speed-repeats >= 1")
-    for option in ("window", "dilation"):
-        if any(options[option] < (1 if option == "window" else 0) for options in args.upsample):
-            parser.error("--upsample: window must be >= 1 and dilation >= 0")
+    if args.min_iters > args.iters:
+        parser.error(f"--min-iters: expected at most --iters ({args.iters}), got {args.min_iters}")
     for side in (args.side, args.speed_side or args.side):
-        if side % 2**args.levels or (side // 2**args.levels) ** 2 < args.k:
-            parser.error("sides must be multiples of 2**levels with at least k pixels at that level")
+        if (side // 2) ** 2 < args.k:
+            parser.error("sides must leave at least k pixels at half resolution")
     return args
 
 
@@ -731,4 +569,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -8,6 +8,7 @@
 """
 
 from . import nnf
+from .match import match
 from .ops import (
     BACKENDS,
     HAS_COMPILED,
@@ -19,6 +20,7 @@ from .ops import (
     exact_knn,
     nnf_upsample,
     patch_match,
+    share_matches,
     weighted_gather,
 )
 
@@ -31,9 +33,11 @@ __all__ = [
     "dense_warp",
     "evaluate_candidates",
     "exact_knn",
+    "match",
     "nnf",
     "nnf_upsample",
     "patch_match",
+    "share_matches",
     "weighted_gather",
 ]
 __version__ = "0.1.0"

@@ -40,6 +40,7 @@ _CUDA_KERNEL_OPS = frozenset(
     for op in (
         "patch_match",
         "evaluate_candidates",
+        "share_matches",
         "nnf_upsample",
         "exact_knn",
         "weighted_gather",
@@ -442,6 +443,75 @@ def evaluate_candidates(
     return _kernels(chosen).evaluate_candidates(query, key, candidates, k, patch_size)
 
 
+def share_matches(
+    query: Tensor,
+    key: Tensor,
+    nnf: Tensor,
+    scores: Tensor,
+    neighbours: Tensor,
+    top: int | None = None,
+    patch_size: int = 1,
+    *,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Let every query pixel's matches compete with those of other query pixels, its neighbours.
+
+    ``nnf`` and ``scores`` (B, K, Hq, Wq) are the matches and scores of a search (any of the
+    search ops); ``neighbours`` int32 (B, M, Hq, Wq) names M query pixels per pixel as flat
+    query indices ``row * Wq + col`` (entries < 0 mean none). Returns ``(nnf, scores)``: the
+    best K distinct of each pixel's own matches, which keep the scores given, and the first
+    ``top`` (default K) matches of each of its neighbours, scored afresh. The same as
+    ``evaluate_candidates(query, key, torch.cat([nnf, cocosnet_ops.nnf.neighbour_matches(nnf,
+    neighbours, top)], 1), K, patch_size)`` when ``scores`` are what this backend scores ``nnf``,
+    without building the candidates or rescoring ``nnf``. Not differentiable.
+
+    ``backend``: None chooses by device (the compiled kernels where built, else ``"torch"``,
+    the pure-PyTorch reference); one of ``BACKENDS`` forces it, or raises ValueError where it
+    cannot run.
+    """
+    _check_pair(query, key)
+    key_pixels = key.shape[2] * key.shape[3]
+    _check_index_map("nnf", nnf, query, key_pixels)
+    if not isinstance(scores, Tensor) or not scores.dtype.is_floating_point:
+        raise TypeError(f"scores: expected a floating-point tensor, got {_type_name(scores)}")
+    if scores.shape != nnf.shape or scores.device != nnf.device:
+        raise ValueError(
+            f"scores: expected shape {tuple(nnf.shape)} on {nnf.device} like nnf, got "
+            f"{tuple(scores.shape)} on {scores.device}"
+        )
+    _check_neighbours(neighbours, query)
+    k = nnf.shape[1]
+    top = k if top is None else _check_int("top", top, 1, k)
+    patch_size = _check_patch_size(patch_size)
+    chosen = _choose_backend(backend, query.device, "share_matches")
+    _check_cuda_k(k, chosen)
+    query, key = _search_input(query), _search_input(key)
+    scores = scores.detach().to(query.dtype).contiguous()
+    if chosen == "torch":
+        return reference.share_matches(query, key, nnf, scores, neighbours, top, patch_size)
+    return _ops.share_matches(query, key, nnf.contiguous(), scores, neighbours.contiguous(), top, patch_size)
+
+
+def _check_neighbours(neighbours: object, query: Tensor) -> None:
+    """int32 (B, M, Hq, Wq) flat query indices, < 0 for none."""
+    if not isinstance(neighbours, Tensor):
+        raise TypeError(f"neighbours: expected a torch.Tensor, got {_type_name(neighbours)}")
+    if neighbours.dtype != torch.int32:
+        raise TypeError(
+            f"neighbours: expected dtype torch.int32 (flat query indices), got {neighbours.dtype}"
+        )
+    B, _, Hq, Wq = query.shape
+    if neighbours.dim() != 4 or neighbours.shape[0] != B or neighbours.shape[2:] != query.shape[2:]:
+        raise ValueError(f"neighbours: expected shape (B={B}, M, {Hq}, {Wq}), got {tuple(neighbours.shape)}")
+    if neighbours.device != query.device:
+        raise ValueError(f"neighbours: expected device {query.device}, got {neighbours.device}")
+    if _inspectable(neighbours) and neighbours.numel():
+        message = f"neighbours: entries must be flat query indices < {Hq * Wq} (or < 0 for none)"
+        inside = neighbours < Hq * Wq
+        if not _assert_on_device(neighbours, inside.all(), message) and not bool(inside.all()):
+            raise ValueError(f"{message}, got values up to {int(neighbours.max())}")
+
+
 def _check_size(name: str, size: object) -> tuple[int, int]:
     if isinstance(size, torch.Size):
         size = tuple(size)
@@ -689,6 +759,10 @@ def _register_compiled_ops() -> None:
     @torch.library.register_fake(lib + "evaluate_candidates")
     def _(query, key, candidates, k, patch_size):
         return nnf_like(query, k)
+
+    @torch.library.register_fake(lib + "share_matches")
+    def _(query, key, nnf, scores, neighbours, top, patch_size):
+        return nnf_like(query, nnf.shape[1])
 
     @torch.library.register_fake(lib + "exact_knn")
     def _(query, key, k):

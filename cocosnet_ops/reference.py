@@ -267,6 +267,45 @@ def evaluate_candidates(
     return nnf.int(), scores
 
 
+def share_matches(
+    fq: Tensor, fk: Tensor, nnf: Tensor, scores: Tensor, neighbours: Tensor, top: int, patch_size: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Top-k distinct of each pixel's own matches ``nnf`` (B, k, Hq, Wq), kept with their
+    ``scores`` (the first of a repeated entry counts), and the first ``top`` matches of every
+    query pixel ``neighbours`` (B, M, Hq, Wq) names (entries outside the query map are none),
+    scored afresh; a pixel with fewer than k distinct is topped up by ``fill_sequence`` (seed 0).
+    """
+    B, k, Hq, Wq = nnf.shape
+    M, pixels = neighbours.shape[1], Hq * Wq
+    own = nnf.long()
+    earlier = torch.ones(k, k, dtype=torch.bool, device=fq.device).tril(-1).view(1, k, k, 1, 1)
+    own = torch.where(((own.unsqueeze(2) == own.unsqueeze(1)) & earlier).any(2), -1, own)
+    valid = (neighbours >= 0) & (neighbours < pixels)
+    index = neighbours.long().clamp(0, pixels - 1).view(B, M, 1, pixels).expand(B, M, top, pixels)
+    shared = nnf.long()[:, :top].reshape(B, 1, top, pixels).expand(B, M, top, pixels).gather(3, index)
+    shared = torch.where(valid.view(B, M, 1, pixels), shared, -1).reshape(B, M * top, Hq, Wq)
+    # A neighbour's copy of an own entry is that entry: it keeps the given score.
+    shared = torch.where((shared.unsqueeze(2) == own.unsqueeze(1)).any(2), -1, shared)
+    given = torch.where(own >= 0, torch.nan_to_num(scores, nan=float("-inf")), float("-inf"))
+    fresh = torch.where(shared >= 0, patch_scores(fq, fk, shared.clamp(min=0), patch_size), float("-inf"))
+    sentinel = fk.shape[2] * fk.shape[3]
+    cand = torch.cat([own, shared], 1)
+    chosen, _ = select_topk(torch.where(cand >= 0, cand, sentinel), torch.cat([given, fresh], 1), k)
+    repeat = ((chosen.unsqueeze(2) == chosen.unsqueeze(1)) & earlier).any(2)
+    chosen = torch.where(repeat, sentinel, chosen)
+    count = (chosen < sentinel).sum(1, keepdim=True)
+    if bool((count < k).any()):
+        chosen = _top_up(chosen, count, k, sentinel, 0, _pixel_ids(B, Hq, Wq, fq.device))
+    listed = chosen.unsqueeze(2) == own.unsqueeze(1)
+    score = torch.where(
+        listed.any(2),
+        given.unsqueeze(1).expand_as(listed).masked_fill(~listed, float("-inf")).amax(2),
+        patch_scores(fq, fk, chosen, patch_size),
+    )
+    nnf, scores = select_topk(chosen, score, k)
+    return nnf.int(), scores
+
+
 def patch_match(
     fq: Tensor,
     fk: Tensor,

@@ -17,6 +17,9 @@ TORCH_LIBRARY(cocosnet_ops, m) {
       "bool random_search, int seed, int? max_radius=None) -> (Tensor, Tensor)");
   m.def("evaluate_candidates(Tensor query, Tensor key, Tensor candidates, int k, int patch_size) -> (Tensor, Tensor)");
   m.def(
+      "share_matches(Tensor query, Tensor key, Tensor nnf, Tensor scores, Tensor neighbours, int top, int patch_size) "
+      "-> (Tensor, Tensor)");
+  m.def(
       "nnf_upsample(Tensor nnf, int[] coarse_key_size, int[] key_size, int[] query_size, int window, int dilation) "
       "-> Tensor");
   m.def("exact_knn(Tensor query, Tensor key, int k) -> (Tensor, Tensor)");

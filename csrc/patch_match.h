@@ -9,6 +9,12 @@
 #include <cmath>
 #include <cstdint>
 
+// SSE2 is part of x86-64: the CPU kernels use it where GCC would not vectorise by itself.
+#if defined(__SSE2__) && !defined(__CUDACC__)
+#include <emmintrin.h>
+#define COCOSNET_SSE2 1
+#endif
+
 #ifdef __CUDACC__
 #define HOST_DEVICE __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
@@ -119,6 +125,25 @@ HOST_DEVICE T dot(const T* a, const T* b, int n) {
   return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
 }
 
+#ifdef COCOSNET_SSE2
+// The same eight sums in two SSE2 registers (s0..s3 and s4..s7), so bit for bit the same result;
+// GCC compiles the scalar form to shuffles through vector registers at every step instead.
+template <>
+HOST_DEVICE float dot<float>(const float* a, const float* b, int n) {
+  __m128 low = _mm_setzero_ps(), high = _mm_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    low = _mm_add_ps(low, _mm_mul_ps(_mm_loadu_ps(a + i), _mm_loadu_ps(b + i)));
+    high = _mm_add_ps(high, _mm_mul_ps(_mm_loadu_ps(a + i + 4), _mm_loadu_ps(b + i + 4)));
+  }
+  alignas(16) float s[8];
+  _mm_store_ps(s, low);
+  _mm_store_ps(s + 4, high);
+  for (; i < n; ++i) s[0] += a[i] * b[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+#endif
+
 // A NaN score ranks as -inf, so every candidate has a place in the order.
 template <typename T>
 HOST_DEVICE T rankable(T score) {
@@ -172,10 +197,18 @@ struct TopK {
   int k;
   int count;
 
-  // Without an early exit, so the CPU compiler turns the scan into vector compares.
+  // Without an early exit, four entries per SSE2 compare (GCC leaves the plain loop scalar).
   HOST_DEVICE bool contains(int candidate) const {
     bool found = false;
-    for (int i = 0; i < count; ++i) found |= index[i] == candidate;
+    int i = 0;
+#ifdef COCOSNET_SSE2
+    const __m128i wanted = _mm_set1_epi32(candidate);
+    __m128i hits = _mm_setzero_si128();
+    for (; i + 4 <= count; i += 4)
+      hits = _mm_or_si128(hits, _mm_cmpeq_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(index + i)), wanted));
+    found = _mm_movemask_epi8(hits) != 0;
+#endif
+    for (; i < count; ++i) found |= index[i] == candidate;
     return found;
   }
 
@@ -343,11 +376,13 @@ HOST_DEVICE void prefetch_row(const T* row, int length) {
 // Offer `count` candidates (stride `stride`; negative entries mean none) in order.
 template <typename Score, typename List>
 HOST_DEVICE void offer_all(List& list, const Score& scorer, const int* candidates, int count, int stride) {
-  for (int i = 0; i < count; ++i) {
+  // From kPrefetchDistance before the first candidate on, so that no row arrives unasked.
+  for (int i = -kPrefetchDistance; i < count; ++i) {
     if (i + kPrefetchDistance < count) {
       const int ahead = candidates[(i + kPrefetchDistance) * stride];
       if (ahead >= 0) prefetch_row(scorer.key + static_cast<int64_t>(ahead) * scorer.channels, scorer.channels);
     }
+    if (i < 0) continue;
     const int candidate = candidates[i * stride];
     // Out-of-range entries are skipped, so no input reads outside the key map.
     if (candidate >= 0 && candidate < scorer.ks.pixels()) offer(list, scorer, candidate);
@@ -758,6 +793,47 @@ HOST_DEVICE T bilinear_patch_score(const T* query, const T* key, int channels, M
   }
   const int side = 2 * radius + 1;
   return radius == 0 ? total : total / static_cast<T>(side * side);
+}
+
+// ------------------------------------------------------------------------------ shared matches
+
+// share_matches for one query pixel: its own matches, with the scores they came with, compete
+// with the first `top` matches of each of its `count` neighbours (flat query indices; entries
+// outside [0, query_pixels) are none), read from this batch item's NNF `nnf` ((Hq, Wq, k), best
+// first). Own entries are offered first, so a neighbour's copy of one is never rescored; a pixel
+// left with fewer than k distinct entries (repeats in its own list) is topped up as
+// initial_topk does with seed 0, so the result is evaluate_candidates' of the same candidates
+// whenever the given scores are the ones the scorer computes. With `scratch` (room for
+// count * top) the neighbours' candidates are listed first, so the CPU can prefetch their key
+// rows across neighbours; without it (the GPU) each is offered as it is read. The order of the
+// offers, and so the result, is the same.
+template <typename T, typename Score, typename List>
+HOST_DEVICE void share_pixel_matches(List& list, int* scratch, const Score& scorer, const int* nnf, const T* own_score,
+                                     const int* neighbours, int count, int top, int query_pixels, uint32_t pixel) {
+  const int key_pixels = scorer.ks.pixels();
+  const int* own = nnf + static_cast<int64_t>(pixel) * list.k;
+  for (int i = 0; i < list.k; ++i) {
+    const int candidate = own[i];
+    const T s = rankable(own_score[i]);
+    if (candidate >= 0 && candidate < key_pixels && !list.contains(candidate) && list.admits(s, candidate))
+      list.insert(candidate, s);
+  }
+  if (scratch == nullptr) {
+    for (int m = 0; m < count; ++m) {
+      const int neighbour = neighbours[m];
+      if (neighbour >= 0 && neighbour < query_pixels)
+        offer_all(list, scorer, nnf + static_cast<int64_t>(neighbour) * list.k, top, 1);
+    }
+  } else {
+    int listed = 0;
+    for (int m = 0; m < count; ++m) {
+      const int neighbour = neighbours[m];
+      if (neighbour < 0 || neighbour >= query_pixels) continue;
+      for (int t = 0; t < top; ++t) scratch[listed++] = nnf[static_cast<int64_t>(neighbour) * list.k + t];
+    }
+    offer_all(list, scorer, scratch, listed, 1);
+  }
+  initial_topk(list, scorer, static_cast<const int*>(nullptr), 0, 1, 0u, pixel);
 }
 
 }  // namespace cocosnet_ops

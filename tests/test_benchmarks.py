@@ -41,6 +41,10 @@ def read_csv(path: Path) -> tuple[list[str], list[dict]]:
 
 
 def load_script(name: str):
+    """A benchmark script as a module; its sibling imports (bench_recall, photo_demo) resolve as
+    when it runs as a script."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), BENCHMARKS / name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -85,53 +89,30 @@ def test_bench_warp_memory_estimates_skip_the_dense_warp_from_side_256():
 def test_bench_recall_smallest_configuration(tmp_path):
     out = tmp_path / "recall.csv"
     stdout = run_script("bench_recall.py", "--side", "32", "--iters", "1", "--out", str(out))
+    bench_recall = load_script("bench_recall.py")
     columns, rows = read_csv(out)
-    assert columns == list(load_script("bench_recall.py").COLUMNS)
+    assert columns == list(bench_recall.COLUMNS)
     assert (tmp_path / "recall.png").stat().st_size > 0
     assert {r["dataset"] for r in rows} == {"smooth", "photo", "hard"}
-    assert {(r["init"], r["upsample"], r["random_search"]) for r in rows} == {
-        ("exact", "", ""),
-        ("random", "", "True"),
-        ("random", "", "False"),
-        ("hierarchical", "4x1", "True"),
-        ("hierarchical", "4x1", "False"),
-        ("hierarchical", "4x2", "True"),
-        ("hierarchical", "4x2", "False"),
-        ("neighbours", "4x1", "True"),
-        ("neighbours", "4x1", "False"),
-        ("neighbours", "4x2", "True"),
-        ("neighbours", "4x2", "False"),
-    }
+    assert {r["search"] for r in rows} == {"exact", *bench_recall.SEARCHES}
     pairs = {r["dataset"]: r["pairs"] for r in rows}
-    assert pairs == {
-        "smooth": "1",
-        "photo": "1",
-        "hard": str(len(load_script("bench_recall.py").HARD_IMAGES)),
-    }
+    assert pairs == {"smooth": "1", "photo": "1", "hard": str(len(bench_recall.HARD_IMAGES))}
     for row in rows:
         assert 0 <= float(row["recall_at_1"]) <= 1 and 0 <= float(row["recall_at_k"]) <= 1
         assert (row["epe_px"] != "") == (row["dataset"] != "smooth")
-    recall_at_1 = {
-        (r["dataset"], r["init"], r["upsample"], r["random_search"], r["iters"]): float(r["recall_at_1"])
-        for r in rows
-    }
+    recall_at_1 = {(r["dataset"], r["search"], r["iters"]): float(r["recall_at_1"]) for r in rows}
     for dataset in {r["dataset"] for r in rows}:
         # An exact coarse level starts far ahead of random candidates, and an iteration never
-        # loses the best match found so far (every pixel's current K compete again).
-        for upsample in ("4x1", "4x2"):
-            start = recall_at_1[dataset, "hierarchical", upsample, "True", "0"]
-            assert start > 5 * recall_at_1[dataset, "random", "", "True", "0"]
-        for init, upsample in (("random", ""), ("hierarchical", "4x1"), ("hierarchical", "4x2")):
-            for search in ("True", "False"):
-                one, zero = (recall_at_1[dataset, init, upsample, search, i] for i in ("1", "0"))
-                assert one >= zero
+        # loses the best match found so far (every pixel's current K compete again; at side 32
+        # the coarse level is the only coarser one).
+        assert recall_at_1[dataset, "coarse-to-fine", "0"] > 5 * recall_at_1[dataset, "random", "0"]
+        for search in ("random", "coarse-to-fine"):
+            assert recall_at_1[dataset, search, "1"] >= recall_at_1[dataset, search, "0"]
         # The neighbours' matches compete with the pixel's own: never worse than without them.
-        for upsample in ("4x1", "4x2"):
-            for search in ("True", "False"):
-                for iters in ("0", "1"):
-                    with_neighbours = recall_at_1[dataset, "neighbours", upsample, search, iters]
-                    assert with_neighbours >= recall_at_1[dataset, "hierarchical", upsample, search, iters]
-    assert "| hard | hierarchical (upsample 4x1) | on |" in stdout
+        for search in ("self neighbours", "shared neighbours"):
+            for iters in ("0", "1"):
+                assert recall_at_1[dataset, search, iters] >= recall_at_1[dataset, "coarse-to-fine", iters]
+    assert "| hard | shared neighbours |" in stdout
 
 
 def test_bench_recall_times_the_searches(tmp_path):
@@ -140,20 +121,15 @@ def test_bench_recall_times_the_searches(tmp_path):
         "bench_recall.py",
         *("--datasets", "--speed-side", "32", "--speed-repeats", "2", "--iters", "1", "--out", str(out)),
     )
+    bench_recall = load_script("bench_recall.py")
     columns, rows = read_csv(tmp_path / "recall_speed.csv")
-    assert columns == list(load_script("bench_recall.py").SPEED_COLUMNS)
-    assert [r["method"] for r in rows] == [
-        "patch_match",
-        "hierarchical (upsample 4x1)",
-        "hierarchical (upsample 4x2)",
-        "hierarchical + query neighbours (upsample 4x1)",
-        "hierarchical + query neighbours (upsample 4x2)",
-    ]
+    assert columns == list(bench_recall.SPEED_COLUMNS)
+    assert [r["method"] for r in rows] == list(bench_recall.SEARCHES)
     for row in rows:
         assert (row["side"], row["channels"], row["repeats"]) == ("32", "32", "2")
         assert 0 < float(row["min_s"]) <= float(row["median_s"])
     assert not out.exists()  # no recall datasets asked for
-    assert "| hierarchical + query neighbours (upsample 4x1) | 32 | 32 | 1 |" in stdout
+    assert "| shared neighbours | 32 | 32 | 1 |" in stdout
 
 
 def test_recall_definitions():
@@ -181,7 +157,7 @@ def test_bench_knn_smallest_configuration(tmp_path, monkeypatch):
     assert columns == list(load_script("bench_knn.py").COLUMNS)
     assert (tmp_path / "knn.png").stat().st_size > 0
     assert {(r["method"], r["side"]) for r in rows} == {
-        (m, s) for m in ("exact_knn", "faiss_flat_ip", "patch_match_hierarchical") for s in ("16", "32")
+        (m, s) for m in ("exact_knn", "faiss_flat_ip", "match") for s in ("16", "32")
     }
     for row in rows:
         assert row["status"] == "ok"
@@ -189,7 +165,7 @@ def test_bench_knn_smallest_configuration(tmp_path, monkeypatch):
         assert float(row["faiss_over_method_median"]) > 0
     exact_rows = [r for r in rows if r["method"] in ("exact_knn", "faiss_flat_ip")]
     assert all(float(r["recall_at_1"]) == 1 and float(r["agrees_with_exact"]) == 1 for r in exact_rows)
-    assert 0 < float(next(r for r in rows if r["method"] == "patch_match_hierarchical")["recall_at_1"]) <= 1
+    assert 0 < float(next(r for r in rows if r["method"] == "match")["recall_at_1"]) <= 1
     assert "| faiss_flat_ip | 32 |" in stdout
 
 
@@ -209,7 +185,41 @@ def test_bench_knn_says_when_faiss_is_missing(tmp_path, monkeypatch):
     _, rows = read_csv(out)
     status = {r["method"]: r["status"] for r in rows}
     assert status["faiss_flat_ip"].startswith("unavailable (faiss not installed")
-    assert status["exact_knn"] == "ok" and status["patch_match_hierarchical"] == "ok"
+    assert status["exact_knn"] == "ok" and status["match"] == "ok"
+
+
+def test_bench_match_smallest_configuration(tmp_path, monkeypatch):
+    """Every method on every dataset, the exact ones on a band of rows, HNSW tuned to match's
+    recall, and the table naming the processor and the command."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_match imports bench_recall
+    pytest.importorskip("faiss", reason="faiss-cpu (a test extra) is not installed")
+    out = tmp_path / "match.csv"
+    args = ("--sides", "32", "--hard-max-side", "32", "--repeats", "2", "--threads", "1")
+    stdout = run_script("bench_match.py", *args, "--max-exact-pairs", "100000", "--out", str(out))
+    bench_match = load_script("bench_match.py")
+    columns, rows = read_csv(out)
+    assert columns == list(bench_match.COLUMNS)
+    assert (tmp_path / "match.png").stat().st_size > 0
+    assert {(r["dataset"], r["method"]) for r in rows} == {
+        (d, m) for d in ("smooth", "photo", "hard") for m in bench_match.METHODS
+    }
+    for row in rows:
+        assert row["status"] == "ok"
+        assert 0 < float(row["min_s"]) <= float(row["median_s"]) and float(row["over_match_median"]) > 0
+        assert 0 < float(row["recall_at_1"]) <= 1 and 0 < float(row["recall_at_k"]) <= 1
+        exact = row["method"] in ("exact_knn", "faiss_flat")
+        # 1024 x 1024 pixel pairs (5 times that for the hard pairs) exceed 100000: every 11th row
+        # (every 32nd, the first only, for the hard pairs).
+        step = 11 if row["pairs"] == "1" else 32
+        assert row["timed_on"] == (f"1 row in {step} of 32, scaled" if exact else "all rows")
+        assert row["recall_on"] == "all rows"
+        if exact:
+            assert float(row["recall_at_1"]) == 1
+        if row["method"] == "faiss_hnsw":
+            assert int(row["hnsw_ef_search"]) in bench_match.EF_SEARCH and float(row["hnsw_build_s"]) > 0
+    table = (tmp_path / "match.md").read_text()
+    assert "Processor: " in table and "python benchmarks/bench_match.py --sides 32" in table
+    assert "| hard | 32 | match |" in stdout
 
 
 def test_hard_pairs_know_their_true_correspondence():

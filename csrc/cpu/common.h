@@ -159,6 +159,28 @@ inline BoundedInit search_bound(const at::Tensor& candidates_by_pixel, const c10
   return {sorted, {sorted.data_ptr<int>(), static_cast<int>(sorted.size(3)), static_cast<int>(*max_radius)}};
 }
 
+// share_matches: an NNF (B, K, Hq, Wq) with its scores and (B, M, Hq, Wq) neighbours, flat query
+// indices, < 0 for none (the kernels skip entries past the query map; only the CPU scans for them).
+inline void check_share_args(const at::Tensor& query, const at::Tensor& key, const at::Tensor& nnf,
+                             const at::Tensor& scores, const at::Tensor& neighbours, int64_t top, int64_t patch_size) {
+  check_pair(query, key);
+  check_patch_size(patch_size);
+  check_index_map(nnf, "nnf", query, key.size(2) * key.size(3));
+  TORCH_CHECK_TYPE(scores.scalar_type() == query.scalar_type(), "scores: dtype must match query");
+  TORCH_CHECK_VALUE(scores.sizes() == nnf.sizes() && scores.device() == nnf.device(),
+                    "scores: expected the shape and device of nnf");
+  TORCH_CHECK_TYPE(neighbours.scalar_type() == at::kInt, "neighbours: expected int32, got ", neighbours.scalar_type());
+  TORCH_CHECK_VALUE(neighbours.dim() == 4 && neighbours.size(0) == query.size(0) &&
+                        neighbours.size(2) == query.size(2) && neighbours.size(3) == query.size(3) &&
+                        neighbours.device() == query.device(),
+                    "neighbours: expected shape (B, M, Hq, Wq) matching the query, on its device");
+  check_int_in("top", top, 1, nnf.size(1));
+  if (neighbours.is_cpu() && neighbours.numel() > 0)
+    TORCH_CHECK_VALUE(neighbours.max().item<int>() < query.size(2) * query.size(3),
+                      "neighbours: entries must be flat query indices < ", query.size(2) * query.size(3),
+                      " (or < 0 for none)");
+}
+
 // The search state: (B, Hq, Wq, K) indices and scores, ready for the public (B, K, Hq, Wq).
 inline std::tuple<at::Tensor, at::Tensor> to_nnf(const at::Tensor& index, const at::Tensor& score) {
   return {index.permute({0, 3, 1, 2}).contiguous(), score.permute({0, 3, 1, 2}).contiguous()};

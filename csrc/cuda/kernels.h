@@ -57,6 +57,13 @@ Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, const Se
                          int iteration, const int* previous_index, const T* previous_score, int* index, T* score,
                          void* stream);
 
+// share_matches: every pixel's own matches `nnf` (B, Hq, Wq, k) with their scores `own_score`
+// compete with the first `top` matches of its `count` neighbours (B, Hq, Wq, count); writes
+// (B, Hq, Wq, k) indices and scores.
+template <typename T>
+Error launch_share_matches(const SearchArgs<T>& args, const int* nnf, const T* own_score, const int* neighbours,
+                           int count, int top, int* index, T* score, void* stream);
+
 // nnf_upsample: `coarse` (B, K, coarse query pixels) -> `out` (B, K * window^2, query pixels).
 Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize coarse_query, MapSize query,
                           MapSize coarse_key, MapSize key, int window, int dilation, void* stream);

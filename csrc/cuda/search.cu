@@ -112,6 +112,22 @@ __global__ void __launch_bounds__(kThreads)
   if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
+template <typename T, int KMax>
+__global__ void __launch_bounds__(kThreads)
+    share_matches_kernel(SearchArgs<T> args, const int* __restrict__ nnf, const T* __restrict__ own_score,
+                         const int* __restrict__ neighbours, int count, int top, int* __restrict__ index,
+                         T* __restrict__ score) {
+  int64_t pixel;
+  LaneGroupScorer<T> scorer;
+  if (!group_scorer(args, pixel, scorer)) return;
+  RegisterTopK<T, KMax> list(args.k);
+  const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
+  share_pixel_matches(list, static_cast<int*>(nullptr), scorer, nnf + batch_nnf, own_score + pixel * args.k,
+                      neighbours + pixel * count, count, top, args.qs.pixels(),
+                      static_cast<uint32_t>(pixel % args.qs.pixels()));
+  if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
+}
+
 __global__ void __launch_bounds__(kThreads)
     nnf_upsample_kernel(const int* __restrict__ coarse, int* __restrict__ out, int batch, int k,
                         MapSize coarse_query, MapSize query, MapSize coarse_key, MapSize key, int window,
@@ -189,6 +205,26 @@ Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, const Se
   return kTooManyMatches;
 }
 
+template <typename T>
+Error launch_share_matches(const SearchArgs<T>& args, const int* nnf, const T* own_score, const int* neighbours,
+                           int count, int top, int* index, T* score, void* stream) {
+  if (args.pixels() == 0) return nullptr;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const unsigned int blocks = blocks_for(args.pixels() * kLanes);
+  if (args.k <= 8)
+    share_matches_kernel<T, 8><<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+  else if (args.k <= 16)
+    share_matches_kernel<T, 16><<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+  else if (args.k <= 32)
+    share_matches_kernel<T, 32><<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+  else if (args.k <= kMaxK)
+    share_matches_kernel<T, kMaxK>
+        <<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+  else
+    return kTooManyMatches;
+  return launch_error();
+}
+
 Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize coarse_query, MapSize query,
                           MapSize coarse_key, MapSize key, int window, int dilation, void* stream) {
   const int64_t pixels = int64_t{batch} * query.pixels();
@@ -214,6 +250,10 @@ template Error launch_search_step<float>(const SearchArgs<float>&, const Radii&,
                                          const int*, const float*, int*, float*, void*);
 template Error launch_search_step<double>(const SearchArgs<double>&, const Radii&, const SearchBound&, int, int,
                                           const int*, const double*, int*, double*, void*);
+template Error launch_share_matches<float>(const SearchArgs<float>&, const int*, const float*, const int*, int, int,
+                                           int*, float*, void*);
+template Error launch_share_matches<double>(const SearchArgs<double>&, const int*, const double*, const int*, int,
+                                            int, int*, double*, void*);
 template Error launch_bilinear_scores<float>(const float*, const float*, const float*, float*, int, int, int, MapSize,
                                              MapSize, int, void*);
 template Error launch_bilinear_scores<double>(const double*, const double*, const double*, double*, int, int, int,

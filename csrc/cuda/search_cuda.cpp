@@ -89,6 +89,27 @@ std::tuple<at::Tensor, at::Tensor> patch_match_cuda(const at::Tensor& query, con
   return to_nnf(index, score);
 }
 
+std::tuple<at::Tensor, at::Tensor> share_matches_cuda(const at::Tensor& query, const at::Tensor& key,
+                                                      const at::Tensor& nnf, const at::Tensor& scores,
+                                                      const at::Tensor& neighbours, int64_t top, int64_t patch_size) {
+  check_share_args(query, key, nnf, scores, neighbours, top, patch_size);
+  check_search_args_cuda(query, key, nnf.size(1), patch_size);
+  const c10::DeviceGuard guard(query.device());
+  const at::Tensor query_cl = to_channels_last(query), key_cl = to_channels_last(key);
+  const at::Tensor nnf_cl = to_channels_last(nnf), score_cl = to_channels_last(scores);
+  const at::Tensor neighbours_cl = to_channels_last(neighbours);
+  at::Tensor index = at::empty_like(nnf_cl), score = at::empty_like(score_cl);
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "share_matches", [&] {
+    check_launch(cuda::launch_share_matches(search_args<scalar_t>(query_cl, key_cl, nnf.size(1), patch_size, 0),
+                                            nnf_cl.data_ptr<int>(), score_cl.data_ptr<scalar_t>(),
+                                            neighbours_cl.data_ptr<int>(), static_cast<int>(neighbours.size(1)),
+                                            static_cast<int>(top), index.data_ptr<int>(), score.data_ptr<scalar_t>(),
+                                            current_stream(query)),
+                 "share_matches");
+  });
+  return to_nnf(index, score);
+}
+
 at::Tensor nnf_upsample_cuda(const at::Tensor& nnf, at::IntArrayRef coarse_key_size, at::IntArrayRef key_size,
                              at::IntArrayRef query_size, int64_t window, int64_t dilation) {
   const UpsampleSizes s = check_upsample_args(nnf, coarse_key_size, key_size, query_size, window, dilation);
@@ -129,6 +150,7 @@ TORCH_LIBRARY_IMPL(cocosnet_ops, CUDA, m) {
   m.impl("bilinear_scores", &bilinear_scores_cuda);
   m.impl("patch_match", &patch_match_cuda);
   m.impl("evaluate_candidates", &evaluate_candidates_cuda);
+  m.impl("share_matches", &share_matches_cuda);
   m.impl("nnf_upsample", &nnf_upsample_cuda);
 }
 
