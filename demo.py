@@ -68,7 +68,7 @@ def train_args(out: Path, steps: int, seed: int, extra: Sequence[str], overwrite
 
 def train_or_reuse(out: Path, steps: int, seed: int, extra: Sequence[str]) -> Path:
     """The final checkpoint of a demo training in ``out``: reused when a run there already reached
-    ``steps`` (rerunning the demo, or the GRU benchmark sharing its runs), else trained now, over
+    ``steps`` (rerunning the demo), else trained now, over
     whatever an unfinished run left there."""
     done = checkpoint.checkpoint_path(out / "checkpoints", steps)
     if done.is_file():
