@@ -21,8 +21,10 @@ pixel), each batch item on its own (faiss: one index per item):
   default efConstruction 40), build then search: the index exists for one key map, so building
   it is part of the search. ``efSearch`` is tuned per dataset and side to the recall of
   ``match``: the smallest power of two from 16 to 4096 whose recall@1 and recall@K, measured on
-  ``--tune-pixels`` query pixels spread over the batch items, are both at least ``match``'s (the
-  largest when none is).
+  ``--tune-pixels`` query pixels spread over the batch items, are both at least ``match``'s. Where
+  HNSW's recall levels off below that (on the photo pair it stops near 0.93 however large
+  efSearch grows, and efSearch 4096 costs minutes per map), the doubling stops once neither
+  recall rises by ``--hnsw-plateau`` and the row keeps the efSearch before that doubling.
 
 The faiss inputs are contiguous float32 (N, C) arrays made before timing. Data: the smooth,
 photo and hard pairs of ``bench_recall.py`` (the hard pairs only up to ``--hard-max-side``: five
@@ -146,7 +148,8 @@ def tune_ef_search(
 ) -> tuple[int, float]:
     """The smallest efSearch whose recall on a sample of every item's query pixels (among those
     the ground truth ``exact`` has: every ``truth_step``-th row) reaches ``target`` (recall@1,
-    recall@K), the largest when none does; and the seconds the indexes took to build."""
+    recall@K), or where recall levels off below it, the last before the doubling that gained
+    less than ``args.hnsw_plateau`` on both; and the seconds the indexes took to build."""
     start = time.perf_counter()
     indexes = [hnsw_index(kr, args.hnsw_m) for kr in key]
     build = time.perf_counter() - start
@@ -160,6 +163,7 @@ def tune_ef_search(
         )
         for t in exact
     )
+    previous: tuple[int, float, float] | None = None
     for ef_search in EF_SEARCH:
         found = []
         for index, rows in zip(indexes, query, strict=True):
@@ -169,6 +173,16 @@ def tune_ef_search(
         recall_at_1, recall_at_k = recall(as_nnf(scores, indices, len(found) * count, 1), truth)
         if recall_at_1 >= target[0] and recall_at_k >= target[1]:
             break
+        gain = None if previous is None else max(recall_at_1 - previous[1], recall_at_k - previous[2])
+        if gain is not None and gain < args.hnsw_plateau:
+            print(
+                f"  HNSW recall levels off below match's: efSearch {ef_search} gained less than "
+                f"{args.hnsw_plateau} over {previous[0]} (recall@1 {recall_at_1:.4f}, recall@K "
+                f"{recall_at_k:.4f}); keeping {previous[0]}",
+                flush=True,
+            )
+            return previous[0], build
+        previous = (ef_search, recall_at_1, recall_at_k)
     return ef_search, build
 
 
@@ -397,6 +411,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=cli.int_at_least(1), default=3, help="timed rounds after one untimed round"
     )
     parser.add_argument("--hnsw-m", type=cli.int_at_least(2), default=32, help="IndexHNSWFlat links per node")
+    parser.add_argument(
+        "--hnsw-plateau",
+        type=cli.positive_number,
+        default=0.005,
+        help="stop doubling efSearch when neither recall rises by this much",
+    )
     parser.add_argument(
         "--tune-pixels", type=cli.int_at_least(1), default=20000, help="query pixels that tune efSearch"
     )

@@ -222,6 +222,29 @@ def test_bench_match_smallest_configuration(tmp_path, monkeypatch):
     assert "| hard | 32 | match |" in stdout
 
 
+@pytest.mark.parametrize(
+    ("recalls", "expected"),
+    [
+        ([(0.80, 0.70), (0.95, 0.96)], 32),  # reaches match's recall (0.9, 0.9) at the second
+        ([(0.80, 0.70), (0.85, 0.80), (0.852, 0.803)], 32),  # levels off: keeps the one before
+        ([(0.80, 0.70), (0.802, 0.71)], 64),  # recall@K rose 0.01 (> 0.005): on to 64, which reaches it
+    ],
+)
+def test_bench_match_ef_search_stops_where_recall_levels_off(monkeypatch, recalls, expected):
+    """efSearch doubles until HNSW reaches match's recall or stops gaining --hnsw-plateau on both."""
+    pytest.importorskip("faiss", reason="faiss-cpu (a test extra) is not installed")
+    bench_match = load_script("bench_match.py")
+    measured = iter(recalls + [(0.9, 0.9)] * 10)
+    monkeypatch.setattr(bench_match, "recall", lambda found, truth: next(measured))
+    key = [np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)]
+    query = [key[0][:16].copy()]
+    truth = tuple(torch.zeros(1, 2, 4, 4) for _ in range(2))
+    args = bench_match.parse_args(["--k", "2", "--tune-pixels", "8"])
+    ef_search, build = bench_match.tune_ef_search(query, key, truth, 1, (0.9, 0.9), args)
+    assert ef_search == expected
+    assert build >= 0
+
+
 def test_hard_pairs_know_their_true_correspondence():
     """The true key point of a visible query pixel is where the pair's perspective map sends it,
     and the key's features there match the query's far better than a random key pixel's do;
