@@ -1,9 +1,16 @@
 """``cocosnet_ops.match`` against exact kNN and faiss (exact and HNSW): recall and seconds.
 
-Reproduce the README table (about 2 hours on 2 cores; the exact searches at the largest sides
-dominate):
+Reproduce the README table (benchmarks/results/match.csv, .png, .md; about 80 minutes on 2
+cores, the exact searches and faiss flat at 1024 dominate; --append puts the four runs in one
+table):
 
-    python benchmarks/bench_match.py --out benchmarks/results/match.csv
+    python benchmarks/bench_match.py --sides 128 256 --repeats 3 --append
+    python benchmarks/bench_match.py --sides 512 --datasets smooth --repeats 2 \\
+        --max-exact-pairs 4.3e9 --append
+    python benchmarks/bench_match.py --sides 512 --datasets photo hard --repeats 2 \\
+        --max-exact-pairs 4.3e9 --append
+    python benchmarks/bench_match.py --sides 1024 --datasets smooth photo --repeats 2 \\
+        --max-exact-pairs 4.3e9 --append
 
 Smallest run (seconds):
 
@@ -47,6 +54,7 @@ likewise).
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import statistics
 import sys
@@ -91,6 +99,18 @@ COLUMNS = (
     "threads",
     "repeats",
     "processor",
+    "load_average",
+    "command",
+)
+INTEGER_COLUMNS = ("side", "pairs", "k", "hnsw_ef_search", "threads", "repeats")
+FLOAT_COLUMNS = (
+    "recall_at_1",
+    "recall_at_k",
+    "median_s",
+    "min_s",
+    "over_match_median",
+    "ground_truth_s",
+    "hnsw_build_s",
 )
 FAISS_MISSING = "unavailable (faiss not installed: pip install faiss-cpu)"
 EF_SEARCH = tuple(2**e for e in range(4, 13))
@@ -356,8 +376,9 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(rows: list[dict], path: Path, command: str, load: str) -> None:
+def write_markdown(rows: list[dict], path: Path) -> None:
     first = rows[0]
+    commands = "\n".join(f"    {command}" for command in dict.fromkeys(r["command"] for r in rows))
     recall_on = sorted(
         {
             f"{r['dataset']} {r['side']}: {r['recall_on']}"
@@ -367,14 +388,14 @@ def write_markdown(rows: list[dict], path: Path, command: str, load: str) -> Non
     )
     text = (
         f"# match against exact kNN and faiss\n\n"
-        f"Command: `{command}`\n\n"
+        f"Commands:\n\n{commands}\n\n"
         f"Processor: {first['processor']}, {first['threads']} threads (torch and faiss), torch "
         f"{torch.__version__}, faiss {faiss.__version__ if faiss is not None else 'not installed'}, "
-        f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}. Load average (1, 5, 15 min) before / after "
-        f"the run: {load}. K={first['k']}; {first['repeats']} timed rounds after an untimed one, every "
-        f'method once per round in a rotating order; "time / match\'s" is the median over rounds of the '
-        f"method's time divided by match's in the same round. Recall against exact kNN, on every query pixel"
-        f"{' except: ' + ', '.join(recall_on) if recall_on else ''}.\n\n{markdown_table(rows)}\n"
+        f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}. K={first['k']}; `--repeats` timed rounds "
+        f"(the CSV's repeats column, beside each row's load average before / after) after an untimed one, "
+        f'every method once per round in a rotating order; "time / match\'s" is the median over rounds of '
+        f"the method's time divided by match's in the same round. Recall against exact kNN, on every query "
+        f"pixel{' except: ' + ', '.join(recall_on) if recall_on else ''}.\n\n{markdown_table(rows)}\n"
     )
     path.write_text(text)
 
@@ -433,10 +454,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="above this many pixel pairs, the ground truth covers evenly spaced rows only",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/match.csv"))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep --out's rows of the datasets and sides this run does not measure (a grid measured in "
+        "several runs); the plot and table show them all",
+    )
     args = parser.parse_args(argv)
     if any(side * side < args.k for side in args.sides):
         parser.error("every side must have at least k pixels")
     return args
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run's CSV, numbers as numbers."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for column in INTEGER_COLUMNS + FLOAT_COLUMNS:
+            if row[column]:
+                row[column] = int(row[column]) if column in INTEGER_COLUMNS else float(row[column])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -448,10 +486,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         faiss.omp_set_num_threads(args.threads)
     processor = processor_name()
-    load_before = load_average()
+    earlier = read_rows(args.out) if args.append and args.out.exists() else []
     print(
         f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}; threads: {args.threads}; "
-        f"processor: {processor}; load average: {load_before}",
+        f"processor: {processor}; load average: {load_average()}",
         flush=True,
     )
     rows = []
@@ -460,16 +498,29 @@ def main(argv: list[str] | None = None) -> None:
             for dataset in args.datasets:
                 if dataset == "hard" and side > args.hard_max_side:
                     continue
-                for row in measure(args, dataset, side, processor):
+                load_before = load_average()
+                measured = measure(args, dataset, side, processor)
+                for row in measured:
+                    row.update(load_average=f"{load_before} / {load_average()}", command=command)
                     print(format_progress(row), flush=True)
-                    rows.append(row)
-                write_csv(rows, args.out, COLUMNS)  # so far: a long run keeps what it measured
+                rows += measured
+                # So far: a long run keeps what it measured.
+                write_csv(kept_and_new(earlier, rows), args.out, COLUMNS)
+    rows = kept_and_new(earlier, rows)
     plot_path = args.out.with_suffix(".png")
     write_plot(rows, plot_path)
     markdown_path = args.out.with_suffix(".md")
-    write_markdown(rows, markdown_path, command, f"{load_before} / {load_average()}")
+    write_markdown(rows, markdown_path)
     print(f"\nwrote {args.out}, {plot_path} and {markdown_path}\n")
     print(markdown_table(rows))
+
+
+def kept_and_new(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier``'s rows of the (dataset, side) pairs that ``new`` does not measure, then ``new``'s,
+    ordered by side and dataset."""
+    measured = {(r["dataset"], r["side"]) for r in new}
+    rows = [r for r in earlier if (r["dataset"], r["side"]) not in measured] + new
+    return sorted(rows, key=lambda r: (r["side"], DATASETS.index(r["dataset"])))
 
 
 if __name__ == "__main__":

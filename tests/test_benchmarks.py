@@ -220,6 +220,19 @@ def test_bench_match_smallest_configuration(tmp_path, monkeypatch):
     table = (tmp_path / "match.md").read_text()
     assert "Processor: " in table and "python benchmarks/bench_match.py --sides 32" in table
     assert "| hard | 32 | match |" in stdout
+    command = f"python benchmarks/bench_match.py {' '.join(args)} --max-exact-pairs 100000 --out {out}"
+    assert {r["command"] for r in rows} == {command}
+
+    # --append: a second run at side 16 keeps side 32's rows; a third at 16 replaces its own.
+    more = ("--sides", "16", "--datasets", "smooth", "--repeats", "1", "--threads", "1", "--append")
+    for _ in range(2):
+        run_script("bench_match.py", *more, "--out", str(out))
+    _, appended = read_csv(out)
+    assert [(r["side"], r["dataset"]) for r in appended[:4]] == [("16", "smooth")] * 4
+    assert appended[4:] == rows
+    table = (tmp_path / "match.md").read_text()
+    assert "| smooth | 16 | match |" in table and "| hard | 32 | match |" in table
+    assert table.count("python benchmarks/bench_match.py") == 2
 
 
 @pytest.mark.parametrize(
