@@ -4,8 +4,11 @@
 #   held-out pairs and print the warp L1 before and after training (demo.py).
 # make photo-demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it.
 PYTHON ?= python3
+# Also build cocosnet_ops._C_emulated: the CUDA kernels on a CPU emulator, for their tests
+# without a GPU (tests/test_emulated_cuda.py).
+export COCOSNET_EMULATED_CUDA ?= 1
 STAMP := build/.installed
-SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: install test test-all lint demo photo-demo bench
 

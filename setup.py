@@ -4,6 +4,10 @@ FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU, and even agains
 torch: the CUDA sources use only CUDA headers and generic c10 APIs, and link against cudart
 alone. FORCE_CPU=1 never builds them. TORCH_CUDA_ARCH_LIST picks the architectures (default
 8.0 and 9.0).
+
+COCOSNET_EMULATED_CUDA=1 also builds cocosnet_ops._C_emulated: the same CUDA kernel sources
+compiled by the host compiler against an emulator (csrc/emulated/) that runs them on the CPU, so
+kernel changes are tested without a GPU (tests/test_emulated_cuda.py). It needs no CUDA toolkit.
 """
 
 import glob
@@ -78,6 +82,19 @@ def extension():
     )
 
 
+def emulated_cuda_extension() -> CppExtension:
+    """The CUDA kernels and their torch glue, built for the emulator (ops cocosnet_ops_emulated)."""
+    glue = ["csrc/cuda/search_cuda.cpp", "csrc/cuda/gather_cuda.cpp"]
+    sources = sorted(glob.glob("csrc/emulated/*.cpp")) + glue
+    flags = ["-O2", "-std=c++17", "-fvisibility=hidden", "-Wno-unknown-pragmas"]
+    return CppExtension(
+        "cocosnet_ops._C_emulated",
+        sources,
+        define_macros=[("COCOSNET_EMULATED_CUDA", None)],
+        extra_compile_args={"cxx": flags},
+    )
+
+
 def write_build_info() -> None:
     """Record the torch that _C is compiled against: built with pip's build isolation it may be
     another torch than the installed one, and then the import names both (cocosnet_ops/_extension.py)."""
@@ -88,6 +105,7 @@ def write_build_info() -> None:
 write_build_info()
 setup(
     packages=find_packages(include=["cocosnet_ops", "cocosnet_ops.*"]),
-    ext_modules=[extension()],
+    ext_modules=[extension()]
+    + ([emulated_cuda_extension()] if os.environ.get("COCOSNET_EMULATED_CUDA") == "1" else []),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

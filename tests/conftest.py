@@ -2,7 +2,8 @@
 profiles, the backends to run on and seeded feature makers.
 
 Where CI runs (``COCOSNET_REQUIRE_COMPILED=1``, set by ``.ci/run``) nothing the suite needs may
-be missing: the compiled extension ``cocosnet_ops._C``, triton (its interpreter runs the Triton
+be missing: the compiled extensions ``cocosnet_ops._C`` and ``cocosnet_ops._C_emulated`` (the
+CUDA kernels on the CPU emulator), triton (its interpreter runs the Triton
 kernels' tests), faiss (the kNN benchmark's peer) and the sample files in ``../shared/data``
 (the loaders' tests). Each of them missing or broken stops the run at collection with one
 error naming them all, instead of turning into skipped tests. Elsewhere their tests skip.
@@ -57,6 +58,13 @@ def missing_requirements() -> list[str]:
     missing = []
     if not cocosnet_ops.HAS_COMPILED:
         missing.append(f"cocosnet_ops._C: {COMPILED_LOAD_ERROR}")
+    try:
+        importlib.import_module("cocosnet_ops._C_emulated")
+    except ImportError as error:
+        missing.append(
+            f"cocosnet_ops._C_emulated (the CUDA kernels on the emulator): {error}; build with "
+            "COCOSNET_EMULATED_CUDA=1 (make sets it)"
+        )
     if sys.platform == "linux":  # triton publishes wheels for Linux only
         try:
             reason = triton_kernels.unavailable("cuda" if torch.cuda.is_available() else "cpu")

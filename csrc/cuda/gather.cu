@@ -12,13 +12,12 @@
 //   4. backward only: the scatter into the key and value gradients, with atomics, unless the
 //      deterministic scatter_to_keys_kernel follows.
 // Per-candidate values live in shared memory, or in a global buffer when K is too large.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace cocosnet_ops {
 namespace cuda {
@@ -148,7 +147,7 @@ __device__ PixelView<T> pixel_view(const GatherDims& d, const GatherInputs<T>& i
 // This group's per-candidate values: `per_pixel` of them, in shared memory or in `global`.
 template <typename T, int G>
 __device__ T* group_scratch(T* global, int64_t pixel, int per_pixel) {
-  extern __shared__ __align__(16) unsigned char shared_scratch[];
+  COCOSNET_DYNAMIC_SHARED(unsigned char, shared_scratch);
   if (global != nullptr) return global + pixel * per_pixel;
   return reinterpret_cast<T*>(shared_scratch) + static_cast<int>(threadIdx.x / G) * per_pixel;
 }
@@ -451,8 +450,8 @@ Error gather_forward(const GatherDims& d, const GatherInputs<T>& in, T* out, T* 
   const int64_t shared = scratch != nullptr ? 0 : block_scratch_bytes<T>(d, G, scratch_slots(false, false));
   if (shared > kSharedBytes) return kNoScratch;
   with_variant<T>(in.coords != nullptr, vector_rows(d, in), [&](auto bilinear, auto vectors) {
-    gather_forward_kernel<T, G, decltype(bilinear)::value, decltype(vectors)::value>
-        <<<blocks, kThreads, shared, stream>>>(d, in, out, scratch);
+    launch_kernel(gather_forward_kernel<T, G, decltype(bilinear)::value, decltype(vectors)::value>, blocks, kThreads,
+                  shared, stream, d, in, out, scratch);
   });
   return launch_error();
 }
@@ -466,8 +465,8 @@ Error gather_backward(const GatherDims& d, const GatherInputs<T>& in, const T* g
   const int64_t shared = scratch != nullptr ? 0 : block_scratch_bytes<T>(d, G, scratch_slots(bilinear, true));
   if (shared > kSharedBytes) return kNoScratch;
   with_variant<T>(bilinear, vector_rows(d, in), [&](auto bilinear_, auto vectors) {
-    gather_backward_kernel<T, G, decltype(bilinear_)::value, decltype(vectors)::value>
-        <<<blocks, kThreads, shared, stream>>>(d, in, grad_out, grads, scratch);
+    launch_kernel(gather_backward_kernel<T, G, decltype(bilinear_)::value, decltype(vectors)::value>, blocks, kThreads,
+                  shared, stream, d, in, grad_out, grads, scratch);
   });
   return launch_error();
 }
@@ -479,11 +478,11 @@ Error scatter_to_keys(const GatherDims& d, const GatherInputs<T>& in, const T* g
   dim3 blocks;
   if (!grid_for<G>(d.ks.pixels(), d.batch, blocks)) return kTooManyItems;
   if (in.coords != nullptr)
-    scatter_to_keys_kernel<T, G, true><<<blocks, kThreads, 0, stream>>>(d, in, grad_out, coefs, order,
-                                                                         segment_start, grad_key, grad_value);
+    launch_kernel(scatter_to_keys_kernel<T, G, true>, blocks, kThreads, 0, stream, d, in, grad_out, coefs, order,
+                  segment_start, grad_key, grad_value);
   else
-    scatter_to_keys_kernel<T, G, false><<<blocks, kThreads, 0, stream>>>(d, in, grad_out, coefs, order,
-                                                                          segment_start, grad_key, grad_value);
+    launch_kernel(scatter_to_keys_kernel<T, G, false>, blocks, kThreads, 0, stream, d, in, grad_out, coefs, order,
+                  segment_start, grad_key, grad_value);
   return launch_error();
 }
 

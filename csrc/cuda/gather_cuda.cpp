@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_weighted_gat
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cocosnet_ops, CUDA, m) {
+COCOSNET_CUDA_KERNELS(m) {
   m.impl("weighted_gather", &weighted_gather_cuda);
   m.impl("weighted_gather_backward", &weighted_gather_backward_cuda);
   m.impl("bilinear_weighted_gather", &bilinear_weighted_gather_cuda);

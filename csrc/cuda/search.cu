@@ -4,11 +4,10 @@
 // k) and scores each candidate as it is proposed. Every iteration is its own launch reading the
 // previous NNF and writing the next (double-buffered), so the result does not depend on
 // scheduling.
-#include <cuda_runtime.h>
-
 #include <type_traits>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace cocosnet_ops {
 namespace cuda {
@@ -158,16 +157,16 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int KMax>
 Error initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
                      cudaStream_t stream) {
-  initial_search_kernel<T, KMax><<<blocks_for(args.pixels() * kLanes), kThreads, 0, stream>>>(args, candidates, count,
-                                                                                              index, score);
+  launch_kernel(initial_search_kernel<T, KMax>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream, args,
+                candidates, count, index, score);
   return launch_error();
 }
 
 template <typename T, int KMax>
 Error search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step, int iteration,
                   const int* previous_index, const T* previous_score, int* index, T* score, cudaStream_t stream) {
-  search_step_kernel<T, KMax><<<blocks_for(args.pixels() * kLanes), kThreads, 0, stream>>>(
-      args, radii, bound, step, iteration, previous_index, previous_score, index, score);
+  launch_kernel(search_step_kernel<T, KMax>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream, args, radii,
+                bound, step, iteration, previous_index, previous_score, index, score);
   return launch_error();
 }
 
@@ -212,14 +211,17 @@ Error launch_share_matches(const SearchArgs<T>& args, const int* nnf, const T* o
   const auto s = static_cast<cudaStream_t>(stream);
   const unsigned int blocks = blocks_for(args.pixels() * kLanes);
   if (args.k <= 8)
-    share_matches_kernel<T, 8><<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+    launch_kernel(share_matches_kernel<T, 8>, blocks, kThreads, 0, s, args, nnf, own_score, neighbours, count, top,
+                  index, score);
   else if (args.k <= 16)
-    share_matches_kernel<T, 16><<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+    launch_kernel(share_matches_kernel<T, 16>, blocks, kThreads, 0, s, args, nnf, own_score, neighbours, count, top,
+                  index, score);
   else if (args.k <= 32)
-    share_matches_kernel<T, 32><<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+    launch_kernel(share_matches_kernel<T, 32>, blocks, kThreads, 0, s, args, nnf, own_score, neighbours, count, top,
+                  index, score);
   else if (args.k <= kMaxK)
-    share_matches_kernel<T, kMaxK>
-        <<<blocks, kThreads, 0, s>>>(args, nnf, own_score, neighbours, count, top, index, score);
+    launch_kernel(share_matches_kernel<T, kMaxK>, blocks, kThreads, 0, s, args, nnf, own_score, neighbours, count, top,
+                  index, score);
   else
     return kTooManyMatches;
   return launch_error();
@@ -229,8 +231,8 @@ Error launch_nnf_upsample(const int* coarse, int* out, int batch, int k, MapSize
                           MapSize coarse_key, MapSize key, int window, int dilation, void* stream) {
   const int64_t pixels = int64_t{batch} * query.pixels();
   if (pixels == 0) return nullptr;
-  nnf_upsample_kernel<<<blocks_for(pixels), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      coarse, out, batch, k, coarse_query, query, coarse_key, key, window, dilation);
+  launch_kernel(nnf_upsample_kernel, blocks_for(pixels), kThreads, 0, static_cast<cudaStream_t>(stream), coarse, out,
+                batch, k, coarse_query, query, coarse_key, key, window, dilation);
   return launch_error();
 }
 
@@ -239,8 +241,8 @@ Error launch_bilinear_scores(const T* query, const T* key, const T* coords, T* s
                              MapSize qs, MapSize ks, int radius, void* stream) {
   const int64_t entries = int64_t{batch} * k * qs.pixels();
   if (entries == 0) return nullptr;
-  bilinear_scores_kernel<<<blocks_for(entries), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      query, key, coords, scores, batch, k, channels, qs, ks, radius);
+  launch_kernel(bilinear_scores_kernel<T>, blocks_for(entries), kThreads, 0, static_cast<cudaStream_t>(stream), query,
+                key, coords, scores, batch, k, channels, qs, ks, radius);
   return launch_error();
 }
 

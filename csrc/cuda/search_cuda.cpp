@@ -146,7 +146,7 @@ at::Tensor bilinear_scores_cuda(const at::Tensor& query, const at::Tensor& key, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cocosnet_ops, CUDA, m) {
+COCOSNET_CUDA_KERNELS(m) {
   m.impl("bilinear_scores", &bilinear_scores_cuda);
   m.impl("patch_match", &patch_match_cuda);
   m.impl("evaluate_candidates", &evaluate_candidates_cuda);
