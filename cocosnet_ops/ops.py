@@ -1,6 +1,6 @@
 """Python side of the ops: input validation, backend choice, fake kernels and autograd.
 
-The schemas live in ``csrc/ops.cpp``; importing ``cocosnet_ops._C`` registers them together
+The schemas live in ``csrc/schemas.h``; importing ``cocosnet_ops._C`` registers them together
 with the CPU (and, when built, CUDA) kernels. This module adds what torch needs to trace and
 differentiate them, and the public functions that check their arguments before dispatching.
 """

@@ -1,4 +1,4 @@
-"""The build itself: when _C says it has CUDA kernels, every op defined in csrc/ops.cpp has one.
+"""The build itself: when _C says it has CUDA kernels, every op defined in csrc/schemas.h has one.
 
 CI builds with FORCE_CUDA=1 wherever nvcc exists and sets COCOSNET_EXPECT_CUDA_KERNELS=1, so a
 CUDA kernel that was not compiled, linked or registered fails there, GPU or not.
@@ -13,7 +13,7 @@ import torch
 
 import cocosnet_ops
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "csrc" / "ops.cpp"
+SCHEMAS = Path(__file__).resolve().parents[1] / "csrc" / "schemas.h"
 
 
 def defined_ops() -> list[str]:
