@@ -63,7 +63,7 @@ def missing_requirements() -> list[str]:
     except ImportError as error:
         missing.append(
             f"cocosnet_ops._C_emulated (the CUDA kernels on the emulator): {error}; build with "
-            "COCOSNET_EMULATED_CUDA=1 (make sets it)"
+            "COCOSNET_EMULATED_CUDA=1 (make test builds it)"
         )
     if sys.platform == "linux":  # triton publishes wheels for Linux only
         try:
