@@ -16,8 +16,9 @@ import torch
 import yaml
 
 import train
+from models import Pix2PixHDOptions
 from training import checkpoint
-from training.config import ConfigError
+from training.config import ConfigError, load_config, model_options
 
 TINY = {
     "data": {"name": "synthetic_scenes", "train": {"size": 32, "length": 6, "seed": 0}},
@@ -149,3 +150,19 @@ def test_load_global_must_be_a_pix2pixhd_checkpoint_of_the_same_widths(config_fi
     with pytest.raises(ConfigError, match="train.load_global"):
         train.main(run_args(config_file, tmp_path, *wider, "--set",
                             f"train.load_global={checkpoint.checkpoint_path(straight, 3)}"))
+
+
+def test_pix2pixhd_configs_are_valid_and_the_cityscapes_steps_fit_together():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    configs = {path.stem: load_config(path) for path in root.glob("pix2pixhd_*.yaml")}
+    names = ("demo", "ade20k", "cityscapes_1024", "cityscapes_2048")
+    assert {f"pix2pixhd_{name}" for name in names} <= set(configs)
+    for config in configs.values():
+        label_nc = config["data"]["train"].get("label_nc", 4)
+        assert isinstance(model_options(config, label_nc), Pix2PixHDOptions)
+    first = configs["pix2pixhd_cityscapes_1024"]["model"]
+    second = configs["pix2pixhd_cityscapes_2048"]["model"]
+    # Step 2 loads step 1's global generator: the same width, at twice the resolution.
+    assert first["ngf"] == second["ngf"] * 2 ** second["n_local_enhancers"]
+    sizes = [configs[f"pix2pixhd_cityscapes_{side}"]["data"]["train"]["size"] for side in (1024, 2048)]
+    assert [2 * s for s in sizes[0]] == sizes[1]
