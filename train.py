@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import cli
 import data
-from models import CoCosNet, Pix2PixHD, Pix2PixHDLosses, TrainingLosses, TrainingStep
+from models import CoCosNet, Pix2PixHD, Pix2PixHDLosses, Pix2PixHDOptions, TrainingLosses, TrainingStep
 from models.alignment import NUM_LEVELS
 from models.discriminator import instance_edges
 from models.normalization import synchronize_batch_norms
@@ -180,6 +180,27 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     return load_config(args.config, args.overrides, {k: v for k, v in flags.items() if v is not None})
 
 
+def check_pix2pixhd_data(dataset: Dataset, options: Pix2PixHDOptions) -> None:
+    """A :class:`ConfigError` where the pix2pixHD model cannot take the dataset's items: sides
+    its generator and encoder cannot halve often enough, or no instance maps for the edges and
+    the encoder."""
+    multiple = 2 ** (options.n_downsample_global + options.n_local_enhancers)
+    if options.feat_nc:
+        multiple = max(multiple, 2**options.n_downsample_E)
+    if any(side % multiple for side in dataset.image_size):
+        raise ConfigError(
+            f"data.train.size: the pix2pixhd model needs sides divisible by {multiple} "
+            f"(model.n_downsample_global, model.n_local_enhancers, model.n_downsample_E), "
+            f"got {tuple(dataset.image_size)}"
+        )
+    if (options.instance_edges or options.feat_nc) and "instance" not in dataset[0]:
+        raise ConfigError(
+            "model.instance_edges, model.feat_nc: the instance edges and the feature encoder need instance "
+            "maps, which data.train's items lack (a folder dataset takes them from instance_dir); or set "
+            "both to false and 0"
+        )
+
+
 class Trainer:
     """Everything one training process holds, and the loop."""
 
@@ -205,6 +226,8 @@ class Trainer:
         if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():
             raise vgg_weights_error(str(settings["vgg_weights"]))
         self.pix2pixhd = settings["model"] == "pix2pixhd"
+        if self.pix2pixhd:
+            check_pix2pixhd_data(dataset, options)
         try:
             self.model: CoCosNet | Pix2PixHD = Pix2PixHD(options) if self.pix2pixhd else CoCosNet(options)
         except ValueError as error:  # what the configuration's checks leave to the model

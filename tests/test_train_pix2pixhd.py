@@ -144,6 +144,8 @@ def test_local_stage_starts_from_a_saved_global_generator(config_file, tmp_path,
     (["--set", "train.dense_warmup_steps=2"], "train.dense_warmup_steps"),
     (["--set", "model.norm_D=group"], "model.norm_D"),
     (["--set", "model.k=4"], "model"),
+    (["--set", "data.train.size=36"], "data.train.size"),
+    (["--set", "data.name=synthetic"], "model.instance_edges, model.feat_nc"),
 ])
 def test_recipe_settings_are_checked(config_file, tmp_path, overrides, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
