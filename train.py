@@ -387,7 +387,7 @@ class Trainer:
         epoch = max(0, self.epoch - settings["global_epochs"])
         return learning_rate_factor(epoch, settings["constant_epochs"], settings["decay_epochs"])
 
-    def stage_of_epoch(self) -> str:
+    def current_stage(self) -> str:
         """The training stage now: a function of the step (CoCosNet) or of the epoch (pix2pixHD), so
         that a resume across a switch is exact."""
         settings = self.settings
@@ -408,8 +408,8 @@ class Trainer:
         """The stage of this step. CoCosNet: ``dense`` (every level warps by the exact softmax over
         every pair) for the first ``train.dense_warmup_steps`` steps, then ``patchmatch`` (the
         hierarchical search). pix2pixHD: ``global``, ``local_fixed``, ``local`` (see
-        :meth:`stage_of_epoch` and models.pix2pixhd)."""
-        stage = self.stage_of_epoch()
+        :meth:`current_stage` and models.pix2pixhd)."""
+        stage = self.current_stage()
         if stage == self.stage:
             return
         self.stage = stage
