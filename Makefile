@@ -2,6 +2,9 @@
 #   marked slow or cuda; minutes). make test-all: everything, as CI runs it (.ci/run).
 # make demo: train on the embedded synthetic figures (128x128, CPU, about 5 minutes), translate
 #   held-out pairs and print the warp L1 before and after training (demo.py).
+# make pix2pixhd-demo: train pix2pixHD with its coarse-to-fine recipe on the embedded synthetic scenes
+#   (64x64, CPU, about 5 minutes), cluster its instance features, print the held-out L1 before and
+#   after training and draw label maps with three feature centres (demo_pix2pixhd.py).
 # make photo-demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it.
 PYTHON ?= python3
 STAMP := build/.installed
@@ -11,7 +14,7 @@ TEST_STAMP := build/.installed-with-emulator
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 PIP_INSTALL := $(PYTHON) -m pip install -q --no-build-isolation -e ".[test,train]"
 
-.PHONY: install install-test test test-all lint demo photo-demo bench
+.PHONY: install install-test test test-all lint demo pix2pixhd-demo photo-demo bench
 
 # torch==2.13.0 only when no torch is installed, so a user's CUDA build of torch is kept.
 define install_prerequisites
@@ -47,6 +50,9 @@ test-all: install-test lint
 
 demo: install
 	$(PYTHON) demo.py
+
+pix2pixhd-demo: install
+	$(PYTHON) demo_pix2pixhd.py
 
 photo-demo: install
 	$(PYTHON) benchmarks/photo_demo.py

@@ -1,6 +1,7 @@
 """What the programs share on the command line: a user's mistake ends a program with one line.
 
-``train.py``, ``test.py``, ``demo.py``, ``python -m models.public_checkpoints`` and the
+``train.py``, ``test.py``, ``demo.py``, ``demo_pix2pixhd.py``, ``cluster_features.py``, ``python -m
+models.public_checkpoints`` and the
 benchmarks' scripts answer a mistake in what they were given (an argument, a file, a
 configuration setting) with one line ``PROGRAM: error: MESSAGE`` on stderr and exit status 2,
 as argparse does for a malformed argument, and no traceback. A bug keeps its traceback.

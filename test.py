@@ -1,4 +1,5 @@
-"""Translate with a trained CoCosNet v2: a dataset split, or one label with one exemplar, into PNGs.
+"""Translate with a trained CoCosNet v2 (a dataset split, or one label with one exemplar) or pix2pixHD
+(a dataset split, several outputs per label map) into PNGs.
 
     python test.py --checkpoint runs/demo/checkpoints/step_00000300.pt --out results/demo --limit 8
     python test.py --checkpoint CKPT --out results/one --label pose/a_candidate.txt \\
@@ -18,6 +19,14 @@ writes ``NAME.png`` (the translation), ``NAME_warp_<level>.png`` (the exemplar w
 saturation the length) and ``NAME_grid.png`` (label | exemplar | warps | output, and the target
 when the dataset has one). Files of those names already in ``--out`` are replaced (said once);
 other files there are kept.
+
+A pix2pixHD checkpoint translates a dataset split into ``--outputs`` images per label map,
+``NAME_<j>.png``, in which every instance takes one of its class's feature centres (the file
+``cluster_features.py`` writes, ``--centres``): a random one, or the one ``--centre CLASS=INDEX``
+chooses for the class; ``NAME_grid.png`` is label | instance edges | outputs | target:
+
+    python test.py --checkpoint runs/p2p/checkpoints/step_00000500.pt --centres runs/p2p/centres.npz \
+        --out results/p2p --outputs 3 --centre 1=0
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ from cocosnet_ops.nnf import flow_to_color, nnf_to_coords
 from data import pose as openpose
 from data.common import BadSampleError, photo_to_tensor, read_label_map, read_photo
 from data.deepfashion import pad_to_square
-from models import CoCosNet, Translation
+from models import CoCosNet, Pix2PixHD, Translation, instance_edges
 from models.correspondence import query_positions_in_key
+from models.feature_clusters import features_from_centres, load_centres
 from training import checkpoint, visuals
 from training.config import ConfigError, load_config
 
@@ -74,6 +84,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pose_frame", type=cli.positive_number, help="one-label mode: side of the square "
                         "frame the pose coordinates are in (default: the exemplar photo's larger side)")
     parser.add_argument("--device", type=cli.torch_device, default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--centres", type=Path, help="pix2pixhd: the feature centres of cluster_features.py")
+    parser.add_argument("--outputs", type=cli.int_at_least(1), default=3,
+                        help="pix2pixhd: outputs per label map")
+    parser.add_argument("--centre", type=class_choice, action="append", default=[], metavar="CLASS=INDEX",
+                        help="pix2pixhd: every instance of CLASS takes centre INDEX (repeatable)")
+    parser.add_argument("--seed", type=cli.int_at_least(0), default=0,
+                        help="pix2pixhd: seed of the random centres")
     args = parser.parse_args(argv)
     if args.size is not None and args.size % SIDE_MULTIPLE:
         parser.error(f"argument --size: expected a multiple of {SIDE_MULTIPLE}, got {args.size}")
@@ -84,6 +101,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out: {args.out} is a file; expected a folder for the PNGs")
     return args
+
+
+def class_choice(text: str) -> tuple[int, int]:
+    """``CLASS=INDEX`` as two ints."""
+    cls, sep, index = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(cls), int(index)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CLASS=INDEX (two ints), got {text!r}") from None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -281,16 +309,92 @@ class Outputs:
         self.said = False
 
     def write(self, batch: Mapping[str, Any], translation: Translation, label_kind: str) -> list[Path]:
-        if not self.said and any((self.folder / f"{name}_grid.png").exists() for name in batch["name"]):
+        self.say_replacing(batch["name"])
+        return save_translations(batch, translation, self.folder, label_kind)
+
+    def write_label_map_outputs(self, batch: Mapping[str, Any], images: Sequence[Tensor]) -> list[Path]:
+        """pix2pixHD's outputs of one batch: ``NAME_<j>.png`` per output, and the grids."""
+        self.say_replacing(batch["name"])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        instance = batch.get("instance")
+        edges = instance_edges(instance) if instance is not None else None
+        grids = []
+        for i, name in enumerate(batch["name"]):
+            for j, image in enumerate(images):
+                save_image(image[i], self.folder / f"{name}_{j}.png")
+            row = slice(i, i + 1)
+            grid = visuals.label_map_grid(
+                batch["label"][row], None if edges is None else edges[row], [im[row] for im in images],
+                batch["image"][row], samples=1,
+            )
+            visuals.save_png(grid, self.folder / f"{name}_grid.png")
+            grids.append(self.folder / f"{name}_grid.png")
+        return grids
+
+    def say_replacing(self, names: Sequence[str]) -> None:
+        if not self.said and any((self.folder / f"{name}_grid.png").exists() for name in names):
             print(f"replacing earlier translations in {self.folder} (other files there are kept)")
             self.said = True
-        return save_translations(batch, translation, self.folder, label_kind)
+
+
+@torch.no_grad()
+def label_map_outputs(
+    model: Pix2PixHD,
+    batch: Mapping[str, Any],
+    centres: Mapping[int, np.ndarray] | None,
+    choice: Mapping[int, int],
+    outputs: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> list[Tensor]:
+    """pix2pixHD's ``outputs`` images of a batch: each with every instance's features drawn anew
+    from ``centres`` (``choice``'s centre for its classes), or one image without an encoder."""
+    label, instance = batch["label"].to(device), batch.get("instance")
+    instance = instance.to(device) if instance is not None else None
+    if centres is None:
+        return [model(label, instance)]
+    images = []
+    for _ in range(outputs):
+        try:
+            features = features_from_centres(label, instance, centres, choice, generator)
+        except ValueError as error:  # a choice of a class or centre that the file does not hold
+            raise cli.UsageError(f"--centre: {error}") from error
+        images.append(model(label, instance, features))
+    return images
+
+
+def translate_label_maps(args: argparse.Namespace, model: Pix2PixHD, config: Mapping[str, Any]) -> list[Path]:
+    """test.py for a pix2pixHD checkpoint: the dataset split, ``--outputs`` images per label map."""
+    if args.label is not None:
+        raise cli.UsageError("--label: a pix2pixhd checkpoint translates a dataset split (leave out --label)")
+    centres = None
+    if model.encoder is not None:
+        if args.centres is None:
+            raise cli.UsageError(
+                "--centres: this pix2pixhd model takes instance features; pass the file of centres "
+                "that cluster_features.py wrote"
+            )
+        try:
+            centres = load_centres(cli.require_file(args.centres, "--centres"))
+        except ValueError as error:
+            raise cli.UsageError(f"--centres: {error}") from error
+    generator = torch.Generator().manual_seed(args.seed)
+    outputs = Outputs(args.out)
+    grids = []
+    for batch in dataset_batches(config, args.split, args.limit, args.batch_size):
+        images = label_map_outputs(
+            model, batch, centres, dict(args.centre), args.outputs, generator, args.device
+        )
+        grids += outputs.write_label_map_outputs(batch, images)
+    return grids
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Translate as the command line ``argv`` says; returns the paths of the grids written."""
     args = parse_args(argv)
     model, config = load_translator(args, args.device)
+    if isinstance(model, Pix2PixHD):
+        return translate_label_maps(args, model, config)
     outputs = Outputs(args.out)
     grids = []
     if args.label is not None:

@@ -1,10 +1,11 @@
-"""Train CoCosNet v2 on one CPU or GPU, or on many GPUs and nodes through ``torchrun``.
+"""Train CoCosNet v2 (or pix2pixHD) on one CPU or GPU, or on many GPUs and nodes through ``torchrun``.
 
     python train.py --config configs/demo.yaml --out runs/demo
     python train.py --config configs/demo.yaml --out runs/demo --resume          # newest checkpoint
     python train.py --config configs/demo.yaml --out runs/demo --overwrite       # start over
     torchrun --nproc_per_node 8 train.py --config configs/deepfashionhd_512.yaml --out runs/dfhd512
     python train.py --config configs/ade20k.yaml --set data.train.root=/data/ADE20K --set train.lr=2e-4
+    python train.py --model pix2pixhd --config configs/pix2pixhd_demo.yaml --out runs/pix2pixhd
 
 Settings come from the YAML file (see ``training/config.py``), then the explicit flags, then
 ``--set section.key=value`` (values parsed as YAML). ``--batch_size`` is per process. The run
@@ -33,16 +34,20 @@ from tqdm import tqdm
 
 import cli
 import data
-from models import CoCosNet, TrainingLosses, TrainingStep
+from models import CoCosNet, Pix2PixHD, Pix2PixHDLosses, Pix2PixHDOptions, TrainingLosses, TrainingStep
 from models.alignment import NUM_LEVELS
+from models.discriminator import instance_edges
 from models.normalization import synchronize_batch_norms
+from models.pix2pixhd import STAGES as PIX2PIXHD_STAGES
 from training import checkpoint, compile_workaround, distributed, visuals
-from training.config import ConfigError, load_config, model_options, uses_vgg, visual_label_kind
+from training.config import MODELS, ConfigError, load_config, model_options, uses_vgg, visual_label_kind
 
 # Training stages: every level warped densely (train.dense_warmup_steps), then the hierarchical
 # PatchMatch of the paper.
 STAGE_DENSE = "dense"
 STAGE_PATCHMATCH = "patchmatch"
+# pix2pixHD's stages (models.pix2pixhd.STAGES) are functions of the epoch: train.global_epochs of
+# the global generator, train.niter_fix_global of the local enhancers alone, then everything.
 
 
 class MissingWeightsError(cli.MissingFileError):
@@ -129,6 +134,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, help="YAML configuration (configs/*.yaml)")
+    parser.add_argument("--model", choices=MODELS, help="what to train (train.model; default cocosnet)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<config name>)")
     earlier_run = parser.add_mutually_exclusive_group()
     earlier_run.add_argument(
@@ -161,6 +167,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
+        "model": args.model,
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
@@ -171,6 +178,27 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         "compile": True if args.compile else None,
     }
     return load_config(args.config, args.overrides, {k: v for k, v in flags.items() if v is not None})
+
+
+def check_pix2pixhd_data(dataset: Dataset, options: Pix2PixHDOptions) -> None:
+    """A :class:`ConfigError` where the pix2pixHD model cannot take the dataset's items: sides
+    its generator and encoder cannot halve often enough, or no instance maps for the edges and
+    the encoder."""
+    multiple = 2 ** (options.n_downsample_global + options.n_local_enhancers)
+    if options.feat_nc:
+        multiple = max(multiple, 2**options.n_downsample_E)
+    if any(side % multiple for side in dataset.image_size):
+        raise ConfigError(
+            f"data.train.size: the pix2pixhd model needs sides divisible by {multiple} "
+            f"(model.n_downsample_global, model.n_local_enhancers, model.n_downsample_E), "
+            f"got {tuple(dataset.image_size)}"
+        )
+    if (options.instance_edges or options.feat_nc) and "instance" not in dataset[0]:
+        raise ConfigError(
+            "model.instance_edges, model.feat_nc: the instance edges and the feature encoder need instance "
+            "maps, which data.train's items lack (a folder dataset takes them from instance_dir); or set "
+            "both to false and 0"
+        )
 
 
 class Trainer:
@@ -197,11 +225,14 @@ class Trainer:
         options = model_options(config, int(dataset.label_nc))
         if uses_vgg(config) and not Path(settings["vgg_weights"]).is_file():
             raise vgg_weights_error(str(settings["vgg_weights"]))
+        self.pix2pixhd = settings["model"] == "pix2pixhd"
+        if self.pix2pixhd:
+            check_pix2pixhd_data(dataset, options)
         try:
-            self.model = CoCosNet(options)
+            self.model: CoCosNet | Pix2PixHD = Pix2PixHD(options) if self.pix2pixhd else CoCosNet(options)
         except ValueError as error:  # what the configuration's checks leave to the model
             raise ConfigError(f"model: {error}") from error
-        if not uses_vgg(config):
+        if not uses_vgg(config) and not self.pix2pixhd:  # pix2pixHD builds none without weights
             self.model.vgg = NoFeatures()
         if context.distributed:
             # Batch norms (model.norm: batch) normalise over the global batch, as in one process.
@@ -218,8 +249,10 @@ class Trainer:
 
         lr, betas = float(settings["lr"]), tuple(float(b) for b in settings["betas"])
         lr_g, lr_d = (lr / 2, lr * 2) if settings["ttur"] else (lr, lr)
+        # Everything but the discriminator and the frozen VGG19: CoCosNet's correspondence and
+        # generator, pix2pixHD's generator and encoder (in registration order, as checkpoints hold them).
         generator_params = [
-            p for module in (self.model.correspondence, self.model.generator) for p in module.parameters()
+            p for name, p in self.model.named_parameters() if not name.startswith(("discriminator.", "vgg."))
         ]
         self.optimizer_g = torch.optim.Adam(
             generator_params, lr=lr_g, betas=betas, eps=settings["generator_eps"]
@@ -316,11 +349,54 @@ class Trainer:
         own = rngs[self.context.rank] if len(rngs) == self.context.world_size else rngs[0]
         checkpoint.set_rng_state(own, self.context.device)
 
+    def load_global(self, path: Path) -> None:
+        """Start from the global generator, encoder and discriminator of the pix2pixHD checkpoint at
+        ``path`` (pix2pixHD's ``--load_pretrain``): typically a run of the global generator alone
+        (``model.n_local_enhancers: 0``, ``model.ngf`` this run's times 2**n_local_enhancers) at
+        half resolution, whose output block becomes this generator's ``global_output``."""
+        state = checkpoint.load(path, "train.load_global")
+        kind = checkpoint.model_kind(state)
+        if kind != "pix2pixhd":
+            raise ConfigError(f"train.load_global: {path} holds a {kind} model, not pix2pixhd")
+        own = self.model.state_dict()
+        global_prefix, head_prefix = "generator.global_generator.", "generator.global_output."
+        layers = len(self.model.generator.global_generator)
+        loaded = {}
+        for name, tensor in state["model"].items():
+            if name.startswith(global_prefix):
+                index, rest = name[len(global_prefix):].split(".", 1)
+                if int(index) >= layers:  # a global-only generator's output block
+                    name = f"generator.global_output.{int(index) - layers}.{rest}"
+            elif not name.startswith((head_prefix, "encoder.", "discriminator.")):
+                continue
+            loaded[name] = tensor
+        wanted = [n for n in own if n.startswith((global_prefix, head_prefix)) and n not in loaded]
+        other = [n for n, t in loaded.items() if n not in own or own[n].shape != t.shape]
+        if wanted or other:
+            raise ConfigError(
+                f"train.load_global: {path} is not a global generator of this model's widths "
+                f"(missing {wanted[:3]}, other {other[:3]})"
+            )
+        self.model.load_state_dict(loaded, strict=False)
+
     # ------------------------------------------------------------------ training
 
     def lr_factor(self) -> float:
+        """The schedule's factor; it counts epochs from the end of pix2pixHD's global stage."""
         settings = self.settings
-        return learning_rate_factor(self.epoch, settings["constant_epochs"], settings["decay_epochs"])
+        epoch = max(0, self.epoch - settings["global_epochs"])
+        return learning_rate_factor(epoch, settings["constant_epochs"], settings["decay_epochs"])
+
+    def current_stage(self) -> str:
+        """The training stage now: a function of the step (CoCosNet) or of the epoch (pix2pixHD), so
+        that a resume across a switch is exact."""
+        settings = self.settings
+        if not self.pix2pixhd:
+            return STAGE_DENSE if self.step < settings["dense_warmup_steps"] else STAGE_PATCHMATCH
+        if self.epoch < settings["global_epochs"] or not self.model.options.n_local_enhancers:
+            return "global"
+        fixed_until = settings["global_epochs"] + settings["niter_fix_global"]
+        return "local_fixed" if self.epoch < fixed_until else "local"
 
     def set_learning_rates(self) -> None:
         factor = self.lr_factor()
@@ -329,14 +405,20 @@ class Trainer:
                 group["lr"] = base * factor
 
     def enter_stage(self) -> None:
-        """The stage of this step: ``dense`` (every level warps by the exact softmax over every
-        pair) for the first ``train.dense_warmup_steps`` steps, then ``patchmatch`` (the
-        hierarchical search). A function of the step, so a resume across the switch is exact."""
-        stage = STAGE_DENSE if self.step < self.settings["dense_warmup_steps"] else STAGE_PATCHMATCH
+        """The stage of this step. CoCosNet: ``dense`` (every level warps by the exact softmax over
+        every pair) for the first ``train.dense_warmup_steps`` steps, then ``patchmatch`` (the
+        hierarchical search). pix2pixHD: ``global``, ``local_fixed``, ``local`` (see
+        :meth:`current_stage` and models.pix2pixhd)."""
+        stage = self.current_stage()
         if stage == self.stage:
             return
         self.stage = stage
-        self.model.correspondence.dense_levels = NUM_LEVELS if stage == STAGE_DENSE else 1
+        if self.pix2pixhd:
+            # The parts out of the stage stop requiring gradients: DDP (wrapped anew below) then
+            # expects none from them, and Adam leaves them as they are.
+            self.model.set_stage(stage)
+        else:
+            self.model.correspondence.dense_levels = NUM_LEVELS if stage == STAGE_DENSE else 1
         step_module: nn.Module = TrainingStep(self.model)
         if self.context.distributed:
             device = self.context.device
@@ -344,7 +426,9 @@ class Trainer:
                 step_module,
                 device_ids=[device.index] if device.type == "cuda" else None,
                 # The dense stage leaves the ConvGRU out of the forward.
-                find_unused_parameters=stage == STAGE_DENSE and self.model.correspondence.update is not None,
+                find_unused_parameters=(
+                    stage == STAGE_DENSE and self.model.correspondence.update is not None
+                ),
             )
         if self.settings["compile"]:
             step_module = torch.compile(step_module, backend=self.settings["compile_backend"])
@@ -355,7 +439,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.add_text("stage", f"{stage} from step {self.step}", self.step)
 
-    def train_step(self, batch: Mapping[str, Any]) -> TrainingLosses:
+    def train_step(self, batch: Mapping[str, Any]) -> TrainingLosses | Pix2PixHDLosses:
         self.enter_stage()
         device = self.context.device
         tensors = {
@@ -374,14 +458,17 @@ class Trainer:
         self.scaler.update()
         return losses
 
-    def log(self, losses: TrainingLosses, progress: tqdm) -> None:
+    def log(self, losses: TrainingLosses | Pix2PixHDLosses, progress: tqdm) -> None:
         scalars = {f"G/{k}": float(v.detach()) for k, v in losses.generator.items()}
         scalars |= {f"D/{k}": float(v.detach()) for k, v in losses.discriminator.items()}
         scalars["total"] = float(losses.total.detach())
         scalars = distributed.mean_over_ranks(scalars, self.context)
         if self.writer is None:
             return
-        self.writer.add_scalar("stage/dense", float(self.stage == STAGE_DENSE), self.step)
+        if self.pix2pixhd:
+            self.writer.add_scalar("stage/index", float(PIX2PIXHD_STAGES.index(self.stage)), self.step)
+        else:
+            self.writer.add_scalar("stage/dense", float(self.stage == STAGE_DENSE), self.step)
         for name, value in scalars.items():
             self.writer.add_scalar(f"loss/{name}", value, self.step)
         self.writer.add_scalar("lr/generator", self.optimizer_g.param_groups[0]["lr"], self.step)
@@ -392,7 +479,16 @@ class Trainer:
         d = sum(v for k, v in scalars.items() if k.startswith("D/"))
         progress.set_postfix(epoch=self.epoch, G=f"{g:.3f}", D=f"{d:.3f}")
 
-    def write_grid(self, batch: Mapping[str, Any], losses: TrainingLosses) -> None:
+    def write_grid(self, batch: Mapping[str, Any], losses: TrainingLosses | Pix2PixHDLosses) -> None:
+        if isinstance(losses, Pix2PixHDLosses):
+            instance = batch.get("instance")
+            edges = instance_edges(instance) if instance is not None else None
+            grid = visuals.label_map_grid(
+                batch["label"], edges, [losses.image], batch["image"], self.settings["grid_samples"]
+            )
+            self.writer.add_image("label|edges|output|target", grid, self.step)
+            visuals.save_png(grid, self.out / "grids" / f"step_{self.step:08d}.png")
+            return
         translation = losses.translation
         grid = visuals.training_grid(
             batch["label"], batch["exemplar"], translation.warps, translation.image, batch["image"],
@@ -408,8 +504,10 @@ class Trainer:
             self.restore(*resume)
             if self.context.is_main:
                 tqdm.write(f"resumed from {resume[0]} at step {self.step}, epoch {self.epoch}")
+        elif self.settings["load_global"] is not None:
+            self.load_global(Path(self.settings["load_global"]))
         settings = self.settings
-        total_epochs = settings["constant_epochs"] + settings["decay_epochs"]
+        total_epochs = settings["global_epochs"] + settings["constant_epochs"] + settings["decay_epochs"]
         max_steps = settings["max_steps"] if settings["max_steps"] is not None else math.inf
         total_steps = min(max_steps, total_epochs * self.steps_per_epoch)
         progress = tqdm(

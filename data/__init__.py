@@ -1,4 +1,5 @@
-"""Datasets: the embedded synthetic figures, DeepFashionHD (OpenPose txt poses), paired label folders.
+"""Datasets: the embedded synthetic figures, DeepFashionHD (OpenPose txt poses), paired label folders,
+and the embedded synthetic scenes with instances (pix2pixHD's; no exemplars, see data.synthetic_scenes).
 
 ``build_dataset(name, split, **options)`` gives a ``torch.utils.data.Dataset`` whose items are dicts:
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-DATASETS = ("synthetic", "deepfashionhd", "folder")
+DATASETS = ("synthetic", "deepfashionhd", "folder", "synthetic_scenes")
 SPLITS = ("train", "test")
 
 
@@ -38,6 +39,10 @@ def dataset_class(name: str) -> type[Dataset]:
         from data.synthetic import SyntheticPoseDataset
 
         return SyntheticPoseDataset
+    if name == "synthetic_scenes":
+        from data.synthetic_scenes import SyntheticScenesDataset
+
+        return SyntheticScenesDataset
     if name == "deepfashionhd":
         from data.deepfashion import DeepFashionHDDataset
 
@@ -50,9 +55,9 @@ def dataset_class(name: str) -> type[Dataset]:
 def build_dataset(name: str, split: str, **options: Any) -> Dataset:
     """The dataset ``name`` (one of DATASETS) for ``split`` ("train", or "test": held out).
 
-    Options: synthetic: size=128, length=1000, seed=0. deepfashionhd: root, size=256,
-    skip_bad_samples=False, known_warp=0.0 (see data.deepfashion). folder: root, label_nc, size=256,
-    known_warp=0.0 (see data.folder).
+    Options: synthetic: size=128, length=1000, seed=0. synthetic_scenes: size=64, length=1000,
+    seed=0. deepfashionhd: root, size=256, skip_bad_samples=False, known_warp=0.0 (see
+    data.deepfashion). folder: root, label_nc, size=256, known_warp=0.0 (see data.folder).
     """
     cls = dataset_class(name)
     if split not in SPLITS:

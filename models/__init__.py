@@ -12,8 +12,10 @@ from .alignment import AlignedFeatures, AlignmentUNet, DomainAlignment
 from .cocosnet import CoCosNet, CoCosNetOptions, LossWeights, TrainingLosses, TrainingStep, Translation
 from .correspondence import Correspondence, CorrespondenceOutput
 from .discriminator import MultiscaleDiscriminator, NLayerDiscriminator, instance_edges
+from .feature_encoder import FeatureEncoder, instance_mean
 from .generator import Pix2PixHDGenerator, SPADEGenerator, generator_input
 from .gru import SepConvGRU, UpdateBlock
+from .pix2pixhd import Pix2PixHD, Pix2PixHDLosses, Pix2PixHDLossWeights, Pix2PixHDOptions
 from .vgg import VGG19, VGG19Features
 
 __all__ = [
@@ -25,10 +27,15 @@ __all__ = [
     "Correspondence",
     "CorrespondenceOutput",
     "DomainAlignment",
+    "FeatureEncoder",
     "LossWeights",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
+    "Pix2PixHD",
     "Pix2PixHDGenerator",
+    "Pix2PixHDLossWeights",
+    "Pix2PixHDLosses",
+    "Pix2PixHDOptions",
     "SPADEGenerator",
     "SepConvGRU",
     "TrainingLosses",
@@ -38,4 +45,5 @@ __all__ = [
     "VGG19Features",
     "generator_input",
     "instance_edges",
+    "instance_mean",
 ]

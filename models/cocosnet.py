@@ -255,7 +255,7 @@ class CoCosNet(nn.Module):
         fake_input = self.discriminator_input(label, fake, instance)
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         pred = functional_call(self.discriminator, frozen, (torch.cat([fake_input, real_input]),))
-        pred_fake, pred_real = _split_batch(pred)
+        pred_fake, pred_real = L.split_fake_real(pred)
         g["gan"] = weights.gan * L.gan_loss(
             pred_fake, True, for_discriminator=False, mode=self.options.gan_mode
         )
@@ -276,20 +276,13 @@ class CoCosNet(nn.Module):
             )
 
         pred = self.discriminator(torch.cat([fake_input.detach(), real_input]))
-        pred_fake, pred_real = _split_batch(pred)
+        pred_fake, pred_real = L.split_fake_real(pred)
         mode = self.options.gan_mode
         d = {
             "fake": weights.gan * L.gan_loss(pred_fake, False, for_discriminator=True, mode=mode),
             "real": weights.gan * L.gan_loss(pred_real, True, for_discriminator=True, mode=mode),
         }
         return TrainingLosses(g, d, out)
-
-
-def _split_batch(outputs: list[list[Tensor]]) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
-    """Discriminator outputs of cat([fake, real]) split into those of fake and of real."""
-    fake = [[t[: t.shape[0] // 2] for t in scale] for scale in outputs]
-    real = [[t[t.shape[0] // 2 :] for t in scale] for scale in outputs]
-    return fake, real
 
 
 class TrainingStep(nn.Module):

@@ -67,7 +67,12 @@ class SPADEGenerator(nn.Module):
         return torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)))
 
 
-def _conv_block(in_nc: int, out_nc: int, kernel_size: int, stride: int = 1) -> list[nn.Module]:
+def downsample(x: Tensor) -> Tensor:
+    """Half the size, as pix2pixHD builds its input pyramid: 3x3 average pooling, stride 2."""
+    return F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+
+
+def conv_block(in_nc: int, out_nc: int, kernel_size: int, stride: int = 1) -> list[nn.Module]:
     pad = [ReflectionPad2d(kernel_size // 2)] if stride == 1 else []
     padding = 0 if stride == 1 else kernel_size // 2
     return [
@@ -78,7 +83,7 @@ def _conv_block(in_nc: int, out_nc: int, kernel_size: int, stride: int = 1) -> l
     ]
 
 
-def _up_block(in_nc: int, out_nc: int) -> list[nn.Module]:
+def up_block(in_nc: int, out_nc: int) -> list[nn.Module]:
     return [
         nn.ConvTranspose2d(in_nc, out_nc, 3, stride=2, padding=1, output_padding=1),
         nn.InstanceNorm2d(out_nc),
@@ -86,7 +91,7 @@ def _up_block(in_nc: int, out_nc: int) -> list[nn.Module]:
     ]
 
 
-def _output_block(in_nc: int, out_nc: int) -> list[nn.Module]:
+def output_block(in_nc: int, out_nc: int) -> list[nn.Module]:
     return [ReflectionPad2d(3), nn.Conv2d(in_nc, out_nc, 7), nn.Tanh()]
 
 
@@ -100,6 +105,10 @@ class Pix2PixHDGenerator(nn.Module):
     ``n_blocks_local`` residual blocks. ``ngf`` is the finest enhancer's width; the global
     generator's is ``ngf * 2**n_local_enhancers``. Sides must be divisible by
     ``2**(n_downsample_global + n_local_enhancers)``.
+
+    ``global_head``: with local enhancers, also an output block on the global generator
+    (``global_output``), for :meth:`forward_global`: the coarse-to-fine recipe first trains the
+    global generator alone, at the resolution its enhancers later give it.
     """
 
     def __init__(
@@ -111,32 +120,51 @@ class Pix2PixHDGenerator(nn.Module):
         n_blocks_global: int = 9,
         n_local_enhancers: int = 1,
         n_blocks_local: int = 3,
+        global_head: bool = False,
     ) -> None:
         super().__init__()
         self.n_local_enhancers = n_local_enhancers
+        self.global_factor = 2**n_downsample_global
         self.factor = 2 ** (n_downsample_global + n_local_enhancers)
         global_nc = ngf * 2**n_local_enhancers
-        layers = _conv_block(in_nc, global_nc, 7)
+        layers = conv_block(in_nc, global_nc, 7)
         for i in range(n_downsample_global):
-            layers += _conv_block(global_nc * 2**i, global_nc * 2 ** (i + 1), 3, stride=2)
+            layers += conv_block(global_nc * 2**i, global_nc * 2 ** (i + 1), 3, stride=2)
         deepest = global_nc * 2**n_downsample_global
         layers += [ResnetBlock(deepest) for _ in range(n_blocks_global)]
         for i in range(n_downsample_global, 0, -1):
-            layers += _up_block(global_nc * 2**i, global_nc * 2 ** (i - 1))
+            layers += up_block(global_nc * 2**i, global_nc * 2 ** (i - 1))
         if n_local_enhancers == 0:
-            layers += _output_block(global_nc, out_nc)
+            layers += output_block(global_nc, out_nc)
         self.global_generator = nn.Sequential(*layers)
+        if global_head and n_local_enhancers > 0:
+            self.global_output = nn.Sequential(*output_block(global_nc, out_nc))
         self.enhancers_down = nn.ModuleList()
         self.enhancers_up = nn.ModuleList()
         for n in range(1, n_local_enhancers + 1):
             width = ngf * 2 ** (n_local_enhancers - n)
             self.enhancers_down.append(
-                nn.Sequential(*_conv_block(in_nc, width, 7), *_conv_block(width, 2 * width, 3, stride=2))
+                nn.Sequential(*conv_block(in_nc, width, 7), *conv_block(width, 2 * width, 3, stride=2))
             )
-            up = [ResnetBlock(2 * width) for _ in range(n_blocks_local)] + _up_block(2 * width, width)
+            up = [ResnetBlock(2 * width) for _ in range(n_blocks_local)] + up_block(2 * width, width)
             if n == n_local_enhancers:
-                up += _output_block(width, out_nc)
+                up += output_block(width, out_nc)
             self.enhancers_up.append(nn.Sequential(*up))
+
+    def forward_global(self, cond: Tensor) -> Tensor:
+        """The global generator alone, with its output block, on ``cond`` at its own resolution
+        (sides divisible by ``2**n_downsample_global``)."""
+        if cond.shape[-2] % self.global_factor or cond.shape[-1] % self.global_factor:
+            raise ValueError(
+                f"input: expected sides divisible by {self.global_factor}, got {tuple(cond.shape[-2:])}"
+            )
+        if self.n_local_enhancers == 0:
+            return self.global_generator(cond)
+        if not hasattr(self, "global_output"):
+            raise ValueError(
+                "global_head: this generator was built without the global generator's output block"
+            )
+        return self.global_output(self.global_generator(cond))
 
     def forward(self, cond: Tensor) -> Tensor:
         if cond.shape[-2] % self.factor or cond.shape[-1] % self.factor:
@@ -145,7 +173,7 @@ class Pix2PixHDGenerator(nn.Module):
             )
         pyramid = [cond]
         for _ in range(self.n_local_enhancers):
-            pyramid.append(F.avg_pool2d(pyramid[-1], 3, stride=2, padding=1, count_include_pad=False))
+            pyramid.append(downsample(pyramid[-1]))
         out = self.global_generator(pyramid[-1])
         for n, (down, up) in enumerate(zip(self.enhancers_down, self.enhancers_up, strict=True), start=1):
             out = up(down(pyramid[self.n_local_enhancers - n]) + out)

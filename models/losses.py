@@ -53,6 +53,15 @@ def gan_loss(
     return total / len(predictions)
 
 
+def split_fake_real(
+    outputs: Sequence[Sequence[Tensor]],
+) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+    """Discriminator outputs of ``cat([fake, real])`` split into those of fake and of real."""
+    fake = [[t[: t.shape[0] // 2] for t in scale] for scale in outputs]
+    real = [[t[t.shape[0] // 2 :] for t in scale] for scale in outputs]
+    return fake, real
+
+
 def discriminator_feature_matching(
     fake_outputs: Sequence[Sequence[Tensor]], real_outputs: Sequence[Sequence[Tensor]]
 ) -> Tensor:

@@ -178,6 +178,9 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str], list[str]]]:
         (["--config", s["tiny.yaml"], "--out", s["run"]],
          ["--out:", s["run"], "already holds a run", "--resume", "--overwrite"]),
         ([*base, "--vgg_weights", out + ".pth"], ["VGG19 weights not found", "--vgg_weights none"]),
+        ([*base, "--model", "gan"], ["argument --model: invalid choice: 'gan'"]),
+        ([*base, "--model", "pix2pixhd"], ["model: unknown keys"]),
+        ([*base, "--set", "train.niter_fix_global=2"], ["train.niter_fix_global: a setting of pix2pixHD's"]),
     ]
     if not HAS_GPU:
         train_cases += [
@@ -221,6 +224,17 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str], list[str]]]:
         (["--out", out, "--set", "model.k=abc"], ["model.k: expected an int, got 'abc'"]),
         (["--out", out, "--set", "model.k=0"], ["model.k: expected an int >= 1, got 0"]),
     ]
+    centres = ["--checkpoint", s["checkpoint"], "--out", out + ".npz"]
+    cluster_cases = [
+        (centres, ["--checkpoint:", "holds a cocosnet model"]),
+        (["--checkpoint", s["corrupt.pt"], "--out", out + ".npz"], ["--checkpoint:", "corrupt.pt", not_ours]),
+        ([*centres, "--k", "0"], ["argument --k: expected an int >= 1, got 0"]),
+        (["--checkpoint", s["checkpoint"], "--out", s["not_a_folder"]], ["--out:", "exists", "--overwrite"]),
+    ]
+    pix2pixhd_demo_cases = [
+        (["--k", "2"], ["argument --k: expected an int >= 3, got 2"]),
+        (["--out", s["not_a_folder"]], ["--out:", "is a file"]),
+    ]
     public, unreadable = ["--G", s["foreign.pt"], "--out", out + ".pt"], "not a checkpoint in the public"
     public_cases = [
         (["--corr", s["corrupt.pt"], *public], ["corr", "corrupt.pt", unreadable]),
@@ -256,6 +270,8 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str], list[str]]]:
         *(("train.py", argv, expected) for argv, expected in train_cases),
         *(("test.py", argv, expected) for argv, expected in test_cases),
         *(("demo.py", argv, expected) for argv, expected in demo_cases),
+        *(("cluster_features.py", argv, expected) for argv, expected in cluster_cases),
+        *(("demo_pix2pixhd.py", argv, expected) for argv, expected in pix2pixhd_demo_cases),
         *((PUBLIC, argv, expected) for argv, expected in public_cases),
         *((f"benchmarks/{script}", argv, expected) for script, argv, expected in benchmark_cases),
     ]
@@ -284,7 +300,7 @@ def test_every_program_answers_a_mistake_with_one_line(files, tmp_path):
 @pytest.mark.parametrize(
     ("program", "argument"),
     [("train.py", "model.k=abc"), ("test.py", "corrupt.pt"), ("demo.py", "--steps"), (PUBLIC, "corrupt.pt"),
-     ("benchmarks/bench_warp.py", "--temperature")],
+     ("benchmarks/bench_warp.py", "--temperature"), ("cluster_features.py", "corrupt.pt")],
 )
 def test_a_mistake_ends_the_process_with_one_line(files, program, argument):
     """One case per program as its own process (the first of its cases with an argument ending in

@@ -60,7 +60,8 @@ def test_settings_are_checked_against_their_declared_types_and_ranges():
         ("train.max_steps=many", "train.max_steps: expected an int or null, got 'many'"),
         ("train.vgg_weights=3", "train.vgg_weights: expected a string or null, got 3"),
         ("data.train.size=[32, 32]", "data.train.size: expected an int, got [32, 32]"),
-        ("data.name=imagenet", "data.name: expected one of ('synthetic', 'deepfashionhd', 'folder')"),
+        ("data.name=imagenet",
+         "data.name: expected one of ('synthetic', 'deepfashionhd', 'folder', 'synthetic_scenes')"),
         ("data.test={root: 3}", "data.test: unknown keys ['root']"),
     ]:
         with pytest.raises(ConfigError) as error:

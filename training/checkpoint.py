@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from cli import UsageError, require_file, short_reason
-from models import CoCosNet, CoCosNetOptions, LossWeights
+from models import CoCosNet, CoCosNetOptions, LossWeights, Pix2PixHD, Pix2PixHDLossWeights, Pix2PixHDOptions
 
 FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt")
@@ -141,12 +142,14 @@ def load(path: str | os.PathLike, argument: str = "checkpoint") -> dict[str, Any
     return state
 
 
-def trainable_state(model: CoCosNet) -> dict[str, torch.Tensor]:
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict without the frozen VGG19."""
     return {name: t for name, t in model.state_dict().items() if not name.startswith(FROZEN_PREFIX)}
 
 
-def load_trainable_state(model: CoCosNet, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_trainable_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """Copy a checkpoint's trained tensors into ``model``; a :class:`CheckpointError` naming
     ``source`` when they are another model's (other options)."""
     try:
@@ -162,24 +165,41 @@ def load_trainable_state(model: CoCosNet, state: dict[str, torch.Tensor], source
         )
 
 
-def options_to_dict(options: CoCosNetOptions) -> dict[str, Any]:
+def options_to_dict(options: CoCosNetOptions | Pix2PixHDOptions) -> dict[str, Any]:
     state = dataclasses.asdict(options)
     state["vgg_weights"] = None if options.vgg_weights is None else os.fspath(options.vgg_weights)
     return state
 
 
-def options_from_dict(state: dict[str, Any]) -> CoCosNetOptions:
+def model_kind(state: dict[str, Any]) -> str:
+    """Which model a checkpoint holds: ``cocosnet`` or ``pix2pixhd`` (its ``train.model``; the
+    checkpoints written before pix2pixHD hold CoCosNet)."""
+    return state["config"]["train"].get("model", "cocosnet")
+
+
+def options_from_dict(state: dict[str, Any], kind: str = "cocosnet") -> CoCosNetOptions | Pix2PixHDOptions:
     state = dict(state)
-    weights = LossWeights(**state.pop("loss_weights"))
-    return CoCosNetOptions(**state, loss_weights=weights)
+    weights = state.pop("loss_weights")
+    if kind == "pix2pixhd":
+        return Pix2PixHDOptions(**state, loss_weights=Pix2PixHDLossWeights(**weights))
+    return CoCosNetOptions(**state, loss_weights=LossWeights(**weights))
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CoCosNet:
-    """The trained :class:`CoCosNet` of a checkpoint, in evaluation mode (its VGG19, needed only
-    by the training losses, keeps random weights)."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CoCosNet | Pix2PixHD:
+    """The trained model of a checkpoint (:class:`CoCosNet` or :class:`Pix2PixHD`), in evaluation
+    mode (CoCosNet's VGG19, needed only by the training losses, keeps random weights; pix2pixHD
+    is built without one)."""
     state = load(path)
-    options = dataclasses.replace(options_from_dict(state["options"]), vgg_weights=None)
-    model = CoCosNet(options)
+    kind = model_kind(state)
+    options = dataclasses.replace(options_from_dict(state["options"], kind), vgg_weights=None)
+    if kind == "pix2pixhd":
+        no_vgg = dataclasses.replace(options.loss_weights, vgg=0.0)
+        options = dataclasses.replace(options, loss_weights=no_vgg)
+        model: CoCosNet | Pix2PixHD = Pix2PixHD(options)
+        if state["stage"]:  # empty in a checkpoint of step 0: no stage entered yet
+            model.set_stage(state["stage"])
+    else:
+        model = CoCosNet(options)
     load_trainable_state(model, state["model"], str(path))
     return model.to(device).eval()
 

@@ -4,8 +4,9 @@ A configuration has three sections:
 
 - ``data``: ``name`` and the options of ``data.build_dataset(name, "train", **train)`` (and of the
   held-out split, ``test``, which ``test.py`` reads).
-- ``model``: fields of :class:`models.CoCosNetOptions`; ``loss_weights`` holds those of
-  :class:`models.LossWeights`. ``label_nc`` defaults to the dataset's.
+- ``model``: fields of :class:`models.CoCosNetOptions` (or, with ``train.model: pix2pixhd``, of
+  :class:`models.Pix2PixHDOptions`); ``loss_weights`` holds those of :class:`models.LossWeights`
+  (:class:`models.Pix2PixHDLossWeights`). ``label_nc`` defaults to the dataset's.
 - ``train``: everything else (see :data:`TRAIN_DEFAULTS`).
 
 Every value is checked before use against its declared type (the dataclass fields' annotations,
@@ -32,7 +33,7 @@ import yaml
 
 import data as datasets
 from cli import UsageError, short_reason
-from models import CoCosNetOptions, LossWeights
+from models import CoCosNetOptions, LossWeights, Pix2PixHDLossWeights, Pix2PixHDOptions
 from models.cocosnet import GENERATORS
 from models.correspondence import GRU_MODES
 from models.losses import GAN_MODES
@@ -42,6 +43,7 @@ from models.normalization import PARAM_FREE_NORMS
 # for the generator side, lr 1e-4 on DeepFashionHD, constant for ``constant_epochs`` epochs and
 # then decaying linearly towards 0 over ``decay_epochs`` more.
 TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "cocosnet",  # cocosnet, or pix2pixhd (label map to photo without an exemplar)
     "batch_size": 4,  # per process; the global batch is batch_size x the number of processes
     "num_workers": 4,
     "lr": 1e-4,
@@ -54,6 +56,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # Steps at the start during which every level warps by the exact softmax over every pair
     # (dense_warp), before the hierarchical PatchMatch takes over (0: from the first step).
     "dense_warmup_steps": 0,
+    # pix2pixHD's coarse-to-fine recipe (models.pix2pixhd): epochs of the global generator alone at
+    # its half resolution, then epochs of the local enhancers with the global generator (and the
+    # encoder) frozen, before everything trains; constant_epochs and decay_epochs count from the
+    # end of the global stage. load_global: a checkpoint of a pix2pixhd run whose global
+    # generator, encoder and discriminator start this run (a global run at half resolution).
+    "global_epochs": 0,
+    "niter_fix_global": 0,
+    "load_global": None,
     "amp": "auto",  # auto (bf16 on a GPU that has it, else fp16; none on CPU), none, bf16, fp16
     "compile": False,  # torch.compile the training step (forward and backward; not the optimisers)
     "compile_backend": "inductor",  # the torch.compile backend: one of torch._dynamo.list_backends
@@ -72,6 +82,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 # The declared type of each train setting.
 TRAIN_TYPES: dict[str, Any] = {
+    "model": str,
     "batch_size": int,
     "num_workers": int,
     "lr": float,
@@ -82,6 +93,9 @@ TRAIN_TYPES: dict[str, Any] = {
     "decay_epochs": int,
     "max_steps": int | None,
     "dense_warmup_steps": int,
+    "global_epochs": int,
+    "niter_fix_global": int,
+    "load_global": os.PathLike | None,
     "amp": str,
     "compile": bool,
     "compile_backend": str,
@@ -96,9 +110,18 @@ TRAIN_TYPES: dict[str, Any] = {
     "visual_label": str,
     "device": str,
 }
+MODELS = ("cocosnet", "pix2pixhd")
+DISCRIMINATOR_NORMS = tuple(f"{s}{n}" for s in ("", "spectral") for n in ("instance", "batch", "none"))
+# What each model's configuration section holds: its options, and those of its loss weights.
+MODEL_OPTIONS = {
+    "cocosnet": (CoCosNetOptions, LossWeights),
+    "pix2pixhd": (Pix2PixHDOptions, Pix2PixHDLossWeights),
+}
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 DTYPES = ("float32", "float64")
 VISUAL_LABELS = ("auto", "pose", "segmentation")
+# The train settings of the pix2pixHD recipe, which CoCosNet does not take.
+PIX2PIXHD_SETTINGS = ("global_epochs", "niter_fix_global", "load_global")
 DEVICES = ("auto", "cpu", "cuda")
 SECTIONS = ("data", "model", "train")
 # model fields that come from elsewhere: vgg_weights from train.vgg_weights.
@@ -126,7 +149,9 @@ RULES: dict[str, Rule] = {
     **{f"train.{key}": AT_LEAST_1 for key in ("batch_size", "checkpoint_every", "log_every", "image_every",
                                                 "grid_samples")},
     **{f"train.{key}": AT_LEAST_0 for key in ("num_workers", "keep_checkpoints", "constant_epochs",
-                                                "decay_epochs", "dense_warmup_steps", "max_steps", "seed")},
+                                                "decay_epochs", "dense_warmup_steps", "max_steps", "seed",
+                                                "global_epochs", "niter_fix_global")},
+    "train.model": Rule(choices=MODELS),
     "train.lr": ABOVE_0,
     "train.generator_eps": ABOVE_0,
     "train.amp": Rule(choices=AMP_MODES),
@@ -137,10 +162,11 @@ RULES: dict[str, Rule] = {
     **{f"model.{key}": AT_LEAST_1 for key in (
         "label_nc", "spade_nc", "nef", "match_nc", "k", "patch_size", "upsample_matches", "upsample_window",
         "upsample_dilation", "gru_hidden_nc", "gru_input_nc", "correspondence_samples", "ngf",
-        "pix2pixhd_ngf", "ndf", "num_D", "n_layers_D")},
+        "pix2pixhd_ngf", "ndf", "num_D", "n_layers_D", "n_downsample_E", "n_downsample_global")},
     **{f"model.{key}": AT_LEAST_0 for key in (
         "patch_match_iters", "search_radius", "gru_iters", "n_local_enhancers", "n_blocks_global",
-        "n_blocks_local")},
+        "n_blocks_local", "feat_nc")},
+    "model.norm_D": Rule(choices=DISCRIMINATOR_NORMS),
     "model.gru_max_delta": ABOVE_0,
     "model.temperature": ABOVE_0,
     "model.norm": Rule(choices=PARAM_FREE_NORMS),
@@ -251,7 +277,46 @@ def validate(config: Mapping[str, Any]) -> None:
             f"train.amp: {train['amp']} is half precision; with train.dtype {train['dtype']} use none or auto"
         )
     _validate_data(config["data"])
+    if train["model"] == "pix2pixhd":
+        _validate_pix2pixhd(config)
+        return
+    recipe = [key for key in PIX2PIXHD_SETTINGS if train[key] != TRAIN_DEFAULTS[key]]
+    if recipe:
+        raise ConfigError(f"train.{recipe[0]}: a setting of pix2pixHD's recipe; train.model is cocosnet")
     _validate_model(config["model"])
+
+
+def _check_model_section(model: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The model section's keys and types against the options of the model ``kind``; gives the
+    options with the defaults of those not set."""
+    options_class, weights_class = MODEL_OPTIONS[kind]
+    hints = typing.get_type_hints(options_class)
+    fields = {key: hints[key] for key in hints if key not in MODEL_EXCLUDED}
+    fields["loss_weights"] = Mapping | None
+    _check_keys("model", model, fields)
+    for key, value in model.items():
+        check_setting(f"model.{key}", value, fields[key])
+    weights = model.get("loss_weights") or {}
+    weight_types = typing.get_type_hints(weights_class)
+    _check_keys("model.loss_weights", weights, weight_types)
+    for key, value in weights.items():
+        check_setting(f"model.loss_weights.{key}", value, weight_types[key], AT_LEAST_0)
+    defaults = {f.name: f.default for f in dataclasses.fields(options_class) if f.name in fields}
+    return defaults | dict(model)
+
+
+def _validate_pix2pixhd(config: Mapping[str, Any]) -> None:
+    """The pix2pixHD model options, and the recipe's settings against them."""
+    train = config["train"]
+    options = _check_model_section(config["model"], "pix2pixhd")
+    if train["dense_warmup_steps"]:
+        raise ConfigError("train.dense_warmup_steps: CoCosNet's warm-up; train.model is pix2pixhd")
+    if options["n_local_enhancers"] == 0:
+        for key in ("global_epochs", "niter_fix_global"):
+            if train[key]:
+                raise ConfigError(
+                    f"train.{key}: a stage of local enhancers, but model.n_local_enhancers is 0"
+                )
 
 
 def _validate_data(data: Mapping[str, Any]) -> None:
@@ -283,20 +348,7 @@ def _validate_data(data: Mapping[str, Any]) -> None:
 def _validate_model(model: Mapping[str, Any]) -> None:
     """The model options against the fields of CoCosNetOptions and LossWeights, then the ones that
     depend on each other (with the defaults of those not set)."""
-    hints = typing.get_type_hints(CoCosNetOptions)
-    fields = {key: hints[key] for key in hints if key not in MODEL_EXCLUDED}
-    fields["loss_weights"] = Mapping | None
-    _check_keys("model", model, fields)
-    for key, value in model.items():
-        check_setting(f"model.{key}", value, fields[key])
-    weights = model.get("loss_weights") or {}
-    weight_types = typing.get_type_hints(LossWeights)
-    _check_keys("model.loss_weights", weights, weight_types)
-    for key, value in weights.items():
-        check_setting(f"model.loss_weights.{key}", value, weight_types[key], AT_LEAST_0)
-
-    defaults = {f.name: f.default for f in dataclasses.fields(CoCosNetOptions) if f.name in fields}
-    options = defaults | dict(model)
+    options = _check_model_section(model, "cocosnet")
     k, iters = options["k"], options["patch_match_iters"]
     if options["patch_size"] % 2 == 0:
         raise ConfigError(f"model.patch_size: expected an odd int, got {options['patch_size']}")
@@ -403,23 +455,25 @@ def uses_vgg(config: Mapping[str, Any]) -> bool:
     return weights is not None and str(weights).lower() != "none"
 
 
-def model_options(config: Mapping[str, Any], label_nc: int) -> CoCosNetOptions:
-    """The model options of ``config`` for a dataset of ``label_nc`` channels. Without VGG19
-    weights the three VGG loss terms get weight 0 (and the file is not needed)."""
+def model_options(config: Mapping[str, Any], label_nc: int) -> CoCosNetOptions | Pix2PixHDOptions:
+    """The model options of ``config`` (of its ``train.model``) for a dataset of ``label_nc``
+    channels. Without VGG19 weights the VGG loss terms get weight 0 (and the file is not needed)."""
     model = dict(config["model"])
     if model.setdefault("label_nc", label_nc) != label_nc:
         raise ConfigError(
             f"model.label_nc: {model['label_nc']}, but the dataset's labels have {label_nc} channels"
         )
-    weights = LossWeights(**(model.pop("loss_weights", None) or {}))
+    options_class, weights_class = MODEL_OPTIONS[config["train"]["model"]]
+    weights = weights_class(**(model.pop("loss_weights", None) or {}))
     if not uses_vgg(config):
-        weights = dataclasses.replace(weights, vgg=0.0, perceptual=0.0, contextual=0.0)
+        off = {"vgg", "perceptual", "contextual"} & {f.name for f in dataclasses.fields(weights_class)}
+        weights = dataclasses.replace(weights, **dict.fromkeys(off, 0.0))
     vgg_weights = config["train"]["vgg_weights"] if uses_vgg(config) else None
-    return CoCosNetOptions(**model, loss_weights=weights, vgg_weights=vgg_weights)
+    return options_class(**model, loss_weights=weights, vgg_weights=vgg_weights)
 
 
 def visual_label_kind(config: Mapping[str, Any]) -> str:
     kind = config["train"]["visual_label"]
     if kind != "auto":
         return kind
-    return "segmentation" if config["data"]["name"] == "folder" else "pose"
+    return "segmentation" if config["data"]["name"] in ("folder", "synthetic_scenes") else "pose"

@@ -1,4 +1,5 @@
-"""Image grids of training batches: label | exemplar | warp per level | output | target."""
+"""Image grids of training batches: label | exemplar | warp per level | output | target (CoCosNet),
+label | instance edges | outputs | target (pix2pixHD)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,27 @@ def training_grid(
     columns += [image_to_unit(fit(w[:n].detach())) for w in warps]
     columns += [image_to_unit(output[:n].detach()), image_to_unit(target[:n])]
     rows = torch.cat([c.cpu() for c in columns], dim=3)  # (n, 3, H, columns * W)
+    return torch.cat(list(rows), dim=1)
+
+
+def label_map_grid(
+    label: Tensor, edges: Tensor | None, outputs: Sequence[Tensor], target: Tensor, samples: int = 4
+) -> Tensor:
+    """(3, rows * H, columns * W) in [0, 1]: one row per sample, columns the segmentation label,
+    the instance edge map (B, 1, H, W) when given, each output (smaller ones enlarged without
+    smoothing), the target."""
+    n = min(samples, label.shape[0])
+    size = tuple(target.shape[-2:])
+
+    def fit(x: Tensor) -> Tensor:
+        return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="nearest")
+
+    columns = [label_to_rgb(label[:n], "segmentation")]
+    if edges is not None:
+        columns.append(edges[:n].float().expand(-1, 3, -1, -1))
+    columns += [image_to_unit(fit(o[:n].detach().float())) for o in outputs]
+    columns.append(image_to_unit(target[:n]))
+    rows = torch.cat([c.cpu() for c in columns], dim=3)
     return torch.cat(list(rows), dim=1)
 
 
