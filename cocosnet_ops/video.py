@@ -6,8 +6,9 @@ t's search starts from frame t-1's matches instead, moved by the query's own mot
 
 1. motion: ``patch_match`` of frame t's features against frame t-1's (``motion_iters``
    iterations from the identity and from frame t-1's motion, i.e. constant velocity), its best
-   match per pixel: where in frame t-1 each pixel of frame t was; no optical-flow network;
-2. candidates: the K matches of that frame t-1 pixel (``nnf.neighbour_matches``), and ``fresh``
+   ``MOTION_MATCHES`` matches per pixel: where in frame t-1 each pixel of frame t was; no
+   optical-flow network;
+2. candidates: the K matches of those frame t-1 pixels (``nnf.neighbour_matches``), and ``fresh``
    global ones: exact kNN at a coarse level (at most ``FRESH_KEY_PIXELS`` key pixels), upsampled,
    so new or disoccluded regions find their place again;
 3. ``patch_match`` from those candidates (``iters`` iterations) and ``rounds`` rounds of
@@ -26,10 +27,11 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops, reference
-from .match import Search, _halve, match, share_rounds
+from .match import Search, match, share_rounds
 from .nnf import neighbour_matches
 from .ops import _check_features, _check_index_map, _check_int, _check_pair, _check_patch_size, _type_name
 
@@ -38,8 +40,9 @@ __all__ = ["Tracker", "carry", "track"]
 # The fresh candidates come from exact kNN at the finest level (halving the sides) whose key map
 # has at most this many pixels: a few milliseconds, and a coarse place for every query pixel.
 FRESH_KEY_PIXELS = 1024
-# Motion matches per pixel: the frame t-1 pixels whose matches a frame t pixel inherits.
-MOTION_MATCHES = 1
+# Motion matches per pixel: the frame t-1 pixels whose matches a frame t pixel inherits (two find
+# more of the best matches than one, for a little more time: benchmarks/bench_video.py).
+MOTION_MATCHES = 2
 
 
 def _identity(query: Tensor) -> Tensor:
@@ -47,6 +50,12 @@ def _identity(query: Tensor) -> Tensor:
     B, _, H, W = query.shape
     pixels = torch.arange(H * W, dtype=torch.int32, device=query.device)
     return pixels.view(1, 1, H, W).expand(B, 1, H, W)
+
+
+def _still(query: Tensor) -> Tensor:
+    """The motion of a frame searched in full: zero (the identity in every motion slot)."""
+    B, _, H, W = query.shape
+    return _identity(query).expand(B, MOTION_MATCHES, H, W).contiguous()
 
 
 def _fresh_level(key_size: Sequence[int]) -> int:
@@ -95,6 +104,21 @@ def _search(patch_size: int, seed: int, backend: str | None, device: torch.devic
     )
 
 
+def _pooled(features: Tensor, level: int) -> Tensor:
+    """The map averaged over 2**level x 2**level cells (sides rounded up), L2-normalised: one
+    pooling instead of ``level`` halvings, for candidates only."""
+    size = (-(-features.shape[2] // 2**level), -(-features.shape[3] // 2**level))
+    return F.normalize(F.adaptive_avg_pool2d(features, size), dim=1)
+
+
+def _scores(search: Search, query: Tensor, key: Tensor, index: Tensor) -> Tensor:
+    """The (patch) scores (B, Hq, Wq) of one key index per query pixel, by the search's backend."""
+    args = (query, key, index.contiguous(), 1, search.patch_size)
+    if search.search == "torch":
+        return reference.evaluate_candidates(*args)[1][:, 0]
+    return ops._kernels(search.search).evaluate_candidates(*args)[1][:, 0]
+
+
 def _channels_last(t: Tensor) -> Tensor:
     return ops._as_float(t.detach()).contiguous(memory_format=torch.channels_last)
 
@@ -107,8 +131,8 @@ def carry(
     previous_motion: Tensor | None = None,
     *,
     iters: int = 1,
-    rounds: int = 1,
-    motion_iters: int = 4,
+    rounds: int = 2,
+    motion_iters: int = 2,
     motion_radius: int | None = None,
     fresh: int = 4,
     patch_size: int = 1,
@@ -121,8 +145,9 @@ def carry(
     (B, C, Hk, Wk); ``previous_nnf`` int32 (B, K, Hq, Wq): frame t-1's matches in ``key``;
     ``previous_motion`` int32 (B, M, Hq, Wq) or None: frame t-1's ``motion`` (flat indices into
     frame t-2), tried as constant velocity. Returns ``nnf`` and ``scores`` (B, K, Hq, Wq) with
-    the search ops' contract (distinct indices, best first) and ``motion`` int32 (B, 1, Hq, Wq):
-    for every pixel of frame t the flat index of the frame t-1 pixel it was. Not differentiable.
+    the search ops' contract (distinct indices, best first) and ``motion`` int32 (B, 2, Hq, Wq):
+    for every pixel of frame t the flat indices of the two frame t-1 pixels most like it, best
+    first (where it was). Not differentiable.
 
     * ``motion_iters``: ``patch_match`` iterations of the motion search; ``motion_radius`` bounds
       it to that many pixels around the zero and the constant-velocity motion (None: no bound).
@@ -176,12 +201,10 @@ def _carry(
         search.patch_size, motion_radius,
     )  # fmt: skip
     candidates = [neighbour_matches(previous_nnf, motion)]
-    carried_best = reference.patch_scores(query, key, candidates[0][:, :1], search.patch_size)[:, 0]
+    carried_best = _scores(search, query, key, candidates[0][:, :1])
     if fresh:
         level = _fresh_level(key.shape[2:])
-        coarse_query, coarse_key = query, key
-        for _ in range(level):
-            coarse_query, coarse_key = _halve(coarse_query), _halve(coarse_key)
+        coarse_query, coarse_key = (_pooled(t, level) for t in (query, key))
         coarse, _ = ops.exact_knn(coarse_query, coarse_key, fresh, backend=search.others)
         candidates.append(
             ops.nnf_upsample(
@@ -221,8 +244,8 @@ class Tracker:
         k: int = 16,
         *,
         iters: int = 1,
-        rounds: int = 1,
-        motion_iters: int = 4,
+        rounds: int = 2,
+        motion_iters: int = 2,
         motion_radius: int | None = None,
         fresh: int = 4,
         cut_ratio: float = 0.7,
@@ -265,7 +288,7 @@ class Tracker:
         if self.previous_query is None:
             nnf, scores = self._full_search(query, self._key)
             cuts = torch.ones(query.shape[0], dtype=torch.bool, device=query.device)
-            motion = _identity(query).contiguous()
+            motion = _still(query)
         else:
             nnf, scores, motion, carried_best = _carry(
                 self.search, query, self.previous_query, self._key, self.nnf, self.motion,
@@ -277,7 +300,7 @@ class Tracker:
                 items = cuts.nonzero()[:, 0]
                 full_nnf, full_scores = self._full_search(query[items], self._key[items])
                 nnf, scores = nnf.index_copy(0, items, full_nnf), scores.index_copy(0, items, full_scores)
-                motion = motion.index_copy(0, items, _identity(query[items]).contiguous())
+                motion = motion.index_copy(0, items, _still(query[items]))
         self.previous_query, self.nnf, self.scores, self.motion, self.cuts = query, nnf, scores, motion, cuts
         return nnf, scores
 
