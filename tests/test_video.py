@@ -171,3 +171,41 @@ def test_bad_frames_are_named(pair):
         video.carry(query, query[..., :10], key, nnf)
     with pytest.raises(ValueError, match="previous_motion: expected shape"):
         video.carry(query, query, key, nnf, nnf[:1])
+
+
+def patch_features(image):
+    """(1, 27, H, W) float64: the 3x3 RGB patch of every pixel, channels standardised, L2-normalised."""
+    rgb = torch.from_numpy(image).permute(2, 0, 1)[None].double()
+    rgb = (rgb - rgb.mean((2, 3), keepdim=True)) / rgb.std((2, 3), keepdim=True)
+    patches = F.unfold(F.pad(rgb, (1, 1, 1, 1), mode="replicate"), 3)
+    return F.normalize(patches.view(1, 27, *image.shape[:2]), dim=1)
+
+
+def carried_forward(mask, previous_xy, previous_valid):
+    """The pixels of frame t whose point frame t-1 shows inside ``mask`` (nearest pixel)."""
+    side = mask.shape[-1]
+    xy = torch.from_numpy(previous_xy).round().long().clamp(0, side - 1)
+    return mask[xy[..., 1], xy[..., 0]] & torch.from_numpy(previous_valid)
+
+
+def test_disoccluded_regions_recover_within_a_few_frames():
+    from data.synthetic import make_video
+
+    clip = make_video(0, 2, 64, 8)
+    key = patch_features(clip["exemplar"])
+    tracker = video.Tracker(key, 4)
+    hits = []
+    for image in clip["frames"]:
+        query = patch_features(image)
+        _, scores = tracker.step(query)
+        best = cocosnet_ops.exact_knn(query, key, 1)[1][0, 0]
+        hits.append(scores[0, 0] >= best - 1e-9)
+    late, overall = [], []
+    for t in range(1, 6):  # pixels newly seen at frame t, followed for two frames by the true motion
+        region = torch.from_numpy(~clip["previous_valid"][t])
+        for later in (t + 1, t + 2):
+            region = carried_forward(region, clip["previous_coords"][later], clip["previous_valid"][later])
+        late.append(hits[t + 2][region].double().mean())
+        overall.append(hits[t + 2].double().mean())
+    # Two frames later they find their best matches as often as the rest of the frame does.
+    assert torch.stack(late).mean() >= torch.stack(overall).mean() - 0.02
