@@ -35,7 +35,7 @@ from .match import Search, match, share_rounds
 from .nnf import neighbour_matches
 from .ops import _check_features, _check_index_map, _check_int, _check_pair, _check_patch_size, _type_name
 
-__all__ = ["Tracker", "carry", "track"]
+__all__ = ["Tracker", "carry", "moved_matches", "track"]
 
 # The fresh candidates come from exact kNN at the finest level (halving the sides) whose key map
 # has at most this many pixels: a few milliseconds, and a coarse place for every query pixel.
@@ -193,14 +193,10 @@ def _carry(
     """``carry`` past its checks, on channels-last float features; also the score of every
     pixel's carried best match (B, Hq, Wq), before any search: what a scene cut collapses."""
     k = previous_nnf.shape[1]
-    motion_init = _identity(query)
-    if previous_motion is not None:
-        motion_init = torch.cat([motion_init, previous_motion], 1)
-    motion, _ = search.patch_match(
-        query, previous_query, MOTION_MATCHES, motion_iters, motion_init.contiguous(),
-        search.patch_size, motion_radius,
-    )  # fmt: skip
-    candidates = [neighbour_matches(previous_nnf, motion)]
+    moved, motion = _moved(
+        search, query, previous_query, previous_nnf, previous_motion, motion_iters, motion_radius
+    )
+    candidates = [moved]
     carried_best = _scores(search, query, key, candidates[0][:, :1])
     if fresh:
         level = _fresh_level(key.shape[2:])
@@ -216,6 +212,62 @@ def _carry(
     nnf, scores = search.patch_match(query, key, k, iters, init, search.patch_size)
     nnf, scores = share_rounds(search, query, key, nnf, scores, rounds, None)
     return nnf, scores, motion, carried_best
+
+
+def moved_matches(
+    query: Tensor,
+    previous_query: Tensor,
+    previous_nnf: Tensor,
+    previous_motion: Tensor | None = None,
+    *,
+    motion_iters: int = 2,
+    motion_radius: int | None = None,
+    patch_size: int = 1,
+    seed: int = 0,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Frame t-1's matches moved to frame t, as candidates for frame t's search: ``(candidates,
+    motion)``, int32 (B, 2 * K, Hq, Wq) (the K matches of each of the two frame t-1 pixels most
+    like each pixel of frame t) and the ``motion`` ``carry`` returns. ``previous_nnf`` (B, K, Hq,
+    Wq) may index any key map (its values are only moved). A model that searches its own way
+    (``models.video``) starts from these; ``carry`` is this, then the search."""
+    _check_pair(query, previous_query, ("query", "previous_query"))
+    if previous_query.shape != query.shape:
+        raise ValueError(
+            f"previous_query: expected shape {tuple(query.shape)} like query, "
+            f"got {tuple(previous_query.shape)}"
+        )
+    _check_index_map("previous_nnf", previous_nnf, query, ops.MAX_STEP)
+    if previous_motion is not None:
+        _check_index_map("previous_motion", previous_motion, query, query.shape[2] * query.shape[3])
+    _check_int("motion_iters", motion_iters, 0, ops.MAX_ITERS)
+    if motion_radius is not None:
+        _check_int("motion_radius", motion_radius, 0, ops.MAX_STEP)
+    _check_patch_size(patch_size)
+    _check_int("seed", seed, 0, ops.MAX_SEED)
+    search = _search(patch_size, seed, backend, query.device)
+    query, previous_query = (_channels_last(t) for t in (query, previous_query))
+    return _moved(search, query, previous_query, previous_nnf, previous_motion, motion_iters, motion_radius)
+
+
+def _moved(
+    search: Search,
+    query: Tensor,
+    previous_query: Tensor,
+    previous_nnf: Tensor,
+    previous_motion: Tensor | None,
+    motion_iters: int,
+    motion_radius: int | None,
+) -> tuple[Tensor, Tensor]:
+    """``moved_matches`` past its checks."""
+    motion_init = _identity(query)
+    if previous_motion is not None:
+        motion_init = torch.cat([motion_init, previous_motion], 1)
+    motion, _ = search.patch_match(
+        query, previous_query, MOTION_MATCHES, motion_iters, motion_init.contiguous(),
+        search.patch_size, motion_radius,
+    )  # fmt: skip
+    return neighbour_matches(previous_nnf, motion), motion
 
 
 class Tracker:

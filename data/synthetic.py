@@ -500,3 +500,26 @@ def export_deepfashion_layout(root: str | os.PathLike, split: str = "test", leng
     (root / ("train.txt" if split == "train" else "val.txt")).write_text("\n".join(photos) + "\n")
     (root / "deepfashion_self_pair.txt").write_text("\n".join(pairs) + "\n")
     return photos
+
+
+def export_video(root: str | os.PathLike, seed: int = 0, index: int = 0, size: int = 128,
+                 frames: int = 24) -> dict[str, Path]:
+    """Write a ``make_video`` clip as files test.py --video reads: the frames' poses as OpenPose
+    files ``labels/frame_<t>_{candidate,subset}.txt``, the exemplar ``exemplar.png`` with its pose
+    ``exemplar_candidate.txt``, and the frames themselves under ``frames/`` (the ground truth).
+    Gives the paths of the labels folder, the exemplar and its pose file."""
+    root = Path(root)
+    clip = make_video(seed, index, size, frames)
+    for folder in ("labels", "frames"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for t, (image, keypoints) in enumerate(zip(clip["frames"], clip["keypoints"], strict=True)):
+        openpose.write_openpose(root / "labels" / f"frame_{t:04d}_candidate.txt",
+                                root / "labels" / f"frame_{t:04d}_subset.txt", keypoints)
+        pixels = np.round(image * 255).astype(np.uint8)
+        cv2.imwrite(str(root / "frames" / f"frame_{t:04d}.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    pixels = np.round(clip["exemplar"] * 255).astype(np.uint8)
+    cv2.imwrite(str(root / "exemplar.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    openpose.write_openpose(root / "exemplar_candidate.txt", root / "exemplar_subset.txt",
+                            clip["exemplar_keypoints"])
+    return {"labels": root / "labels", "exemplar": root / "exemplar.png",
+            "exemplar_label": root / "exemplar_candidate.txt"}
