@@ -209,3 +209,15 @@ def test_disoccluded_regions_recover_within_a_few_frames():
         overall.append(hits[t + 2].double().mean())
     # Two frames later they find their best matches as often as the rest of the frame does.
     assert torch.stack(late).mean() >= torch.stack(overall).mean() - 0.02
+
+
+def test_moved_matches_move_any_index_map_and_name_bad_input(pair):
+    query, _ = pair
+    labels = torch.arange(24 * 20, dtype=torch.int32).view(1, 1, 24, 20).expand(2, 3, 24, 20) * 7
+    moved, motion = video.moved_matches(query, query, labels.contiguous())
+    assert moved.shape == (2, 3 * video.MOTION_MATCHES, 24, 20)
+    assert torch.equal(moved[:, :3], labels) and torch.equal(motion[:, 0], labels[:, 0] // 7)
+    with pytest.raises(ValueError, match="previous_nnf: entries must be flat key indices"):
+        video.moved_matches(query, query, labels - 1)
+    with pytest.raises(ValueError, match="motion_iters"):
+        video.moved_matches(query, query, labels, motion_iters=-1)
