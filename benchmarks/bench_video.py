@@ -4,6 +4,11 @@ Reproduce the README table (about 20 minutes on 2 busy cores):
 
     python benchmarks/bench_video.py --out benchmarks/results/video.csv
 
+The model level (``python demo.py`` first trains the demo's model into runs/demo):
+
+    python benchmarks/bench_video.py --clips --checkpoint runs/demo/trained/checkpoints/step_00000300.pt \
+        --out benchmarks/results/video_model.csv
+
 Smallest run (a minute):
 
     python benchmarks/bench_video.py --side 64 --frames 4 --clips synthetic --out /tmp/video.csv
@@ -34,7 +39,7 @@ exemplar point over the pixels the exemplar shows (synthetic); flicker: the warp
 (the exemplar's RGB at each pixel's best match) against frame t-1's warp moved by the true
 motion (bilinear), mean absolute difference over the pixels frame t-1 shows (``previous_valid``),
 in RGB units of [0, 1]. "iterations for equal recall" is the fewest ``iters`` whose recall@1
-reaches ``per_frame``'s.
+reaches ``per_frame``'s. ``--checkpoint``: the model level too, see ``measure_model``.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ COLUMNS = (
     "epe_px",
     "flicker",
     "flicker_over_per_frame",
+    "output_flicker",
+    "output_flicker_over_per_frame",
     "full_searches",
     "threads",
     "processor",
@@ -209,6 +216,77 @@ def measure(args: argparse.Namespace, name: str, processor: str) -> list[dict]:
     return out
 
 
+def measure_model(args: argparse.Namespace, processor: str) -> list[dict]:
+    """The model level: ``--checkpoint``'s CoCosNet translating the synthetic pose sequence
+    (``make_video(0, 3, size, frames)`` at the checkpoint's training size) with one exemplar,
+    every frame anew and with the correspondence carried (``models.video``): seconds per frame
+    and the flicker of the finest warp and of the output (in [-1, 1] units / 2, i.e. RGB [0, 1])."""
+    from data import pose as openpose
+    from models.video import VideoTranslator
+    from training import checkpoint
+
+    config = checkpoint.load(args.checkpoint, "--checkpoint")["config"]
+    model = checkpoint.load_model(args.checkpoint, torch.device("cpu")).eval()
+    size = config["data"]["train"]["size"]
+    clip = make_video(0, 3, size, args.frames)
+
+    def label(keypoints: np.ndarray) -> Tensor:
+        drawn = openpose.draw_pose_label(keypoints, (size, size))
+        return torch.from_numpy(drawn.transpose(2, 0, 1).copy())[None]
+
+    exemplar = torch.from_numpy(clip["exemplar"].transpose(2, 0, 1).copy())[None] * 2 - 1
+    previous_xy, previous_valid = (torch.from_numpy(clip[k]) for k in ("previous_coords", "previous_valid"))
+    exemplar_label = label(clip["exemplar_keypoints"])
+    translators = {m: VideoTranslator(model, exemplar, exemplar_label, per_frame=m == "per_frame")
+                   for m in ("per_frame", "carried")}
+    stats = {m: {"s": [], "ratio": [], "warp": [], "output": []} for m in translators}
+    previous: dict[str, tuple[Tensor, Tensor]] = {}
+    for t, keypoints in enumerate(clip["keypoints"]):
+        seconds = {}
+        for method, translator in translators.items():
+            start = time.perf_counter()
+            translation = translator(label(keypoints))
+            seconds[method] = time.perf_counter() - start
+            current = ((translation.warps[-1][0] + 1) / 2, (translation.image[0] + 1) / 2)
+            if t:
+                s = stats[method]
+                s["s"].append(seconds[method])
+                s["ratio"].append(seconds[method] / seconds["per_frame"])
+                for name, now, before in zip(("warp", "output"), current, previous[method], strict=True):
+                    difference = (now - moved(before, previous_xy[t].float())).abs().mean(0)
+                    s[name].append(difference[previous_valid[t]].mean().item())
+            previous[method] = current
+    rows = []
+    for method, s in stats.items():
+        rows.append({
+            "clip": "synthetic_model", "side": size, "frames": args.frames, "k": model.correspondence.k,
+            "method": method, "iters": model.correspondence.iters, "median_s": statistics.median(s["s"]),
+            "over_per_frame": statistics.median(s["ratio"]),
+            "recall_at_1": "", "recall_at_k": "", "epe_px": "",
+            "flicker": statistics.mean(s["warp"]), "output_flicker": statistics.mean(s["output"]),
+            "full_searches": "", "threads": args.threads, "processor": processor,
+        })
+    for row in rows:
+        row["flicker_over_per_frame"] = row["flicker"] / rows[0]["flicker"]
+        row["output_flicker_over_per_frame"] = row["output_flicker"] / rows[0]["output_flicker"]
+    return rows
+
+
+def model_table(rows: list[dict]) -> str:
+    lines = [
+        "| model level | s / frame (median) | time / per_frame's | finest warp flicker (/ per_frame's) | "
+        "output flicker (/ per_frame's) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['median_s']:.3f} | {r['over_per_frame']:.2f} | {r['flicker']:.4f} "
+            f"({r['flicker_over_per_frame']:.2f}) | {r['output_flicker']:.4f} "
+            f"({r['output_flicker_over_per_frame']:.2f}) |"
+        )
+    return "\n".join(lines)
+
+
 def equal_recall_iters(rows: list[dict], clip: str) -> str:
     """The fewest carried iterations whose recall@1 reaches per_frame's, or 'none'."""
     target = next(r["recall_at_1"] for r in rows if r["clip"] == clip and r["method"] == "per_frame")
@@ -265,25 +343,34 @@ def write_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_markdown(rows: list[dict], path: Path, command: str, load: str) -> None:
-    clips = list(dict.fromkeys(r["clip"] for r in rows))
-    equal = ", ".join(f"{clip}: {equal_recall_iters(rows, clip)}" for clip in clips)
-    first = rows[0]
-    path.write_text(
+def write_markdown(rows: list[dict], model_rows: list[dict], path: Path, command: str, load: str) -> None:
+    first = (rows or model_rows)[0]
+    text = (
         f"# per-frame search against the carried search\n\nCommand: `{command}`\n\n"
         f"Processor: {first['processor']}, {first['threads']} threads, torch {torch.__version__}, "
         f"cocosnet_ops compiled: {cocosnet_ops.HAS_COMPILED}. Load average (1, 5, 15 min) before / after: "
-        f"{load}. Side {first['side']}, {first['frames']} frames, K={first['k']}; measured over frames "
-        f"1 .. {first['frames'] - 1}. Carried iterations for per_frame's recall@1: {equal}.\n\n"
-        f"{markdown_table(rows)}\n"
+        f"{load}. {first['frames']} frames; measured over frames 1 .. {first['frames'] - 1}.\n\n"
     )
+    if rows:
+        clips = list(dict.fromkeys(r["clip"] for r in rows))
+        equal = ", ".join(f"{clip}: {equal_recall_iters(rows, clip)}" for clip in clips)
+        text += (f"Op level: side {first['side']}, K={first['k']}. Carried iterations for per_frame's "
+                 f"recall@1: {equal}.\n\n{markdown_table(rows)}\n\n")
+    if model_rows:
+        model = model_rows[0]
+        text += (f"Model level: `--checkpoint`'s model at side {model['side']}, K={model['k']}, "
+                 f"{model['iters']} PatchMatch iterations per level.\n\n{model_table(model_rows)}\n")
+    path.write_text(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=cli.int_at_least(16), default=256)
     parser.add_argument("--frames", type=cli.int_at_least(2), default=24)
-    parser.add_argument("--clips", nargs="+", choices=CLIPS, default=list(CLIPS))
+    parser.add_argument("--clips", nargs="*", choices=CLIPS, default=list(CLIPS),
+                        help="op-level clips (none: only the model level)")
+    parser.add_argument("--checkpoint", type=Path, help="also the model level: a train.py checkpoint "
+                        "(e.g. the demo's) translating the synthetic pose sequence")
     parser.add_argument("--k", type=cli.int_at_least(1), default=16)
     parser.add_argument("--carried-iters", type=cli.int_at_least(0), nargs="+", default=[0, 1, 2])
     parser.add_argument("--truth-step", type=cli.int_at_least(1), default=2,
@@ -291,6 +378,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=cli.int_at_least(1), default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/video.csv"))
     args = parser.parse_args(argv)
+    if not args.clips and args.checkpoint is None:
+        parser.error("--clips: none given and no --checkpoint: nothing to measure")
+    if args.checkpoint is not None:
+        cli.require_file(args.checkpoint, "--checkpoint")
     if "real" in args.clips and args.frames > REAL_KEY_FRAME:
         parser.error(f"--frames: the real clip's scene has {REAL_KEY_FRAME} frames before its key frame")
     if "real" in args.clips:
@@ -307,14 +398,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     processor, load_before = processor_name(), load_average()
     print(f"threads {args.threads}; processor {processor}; load average {load_before}", flush=True)
-    rows = []
+    rows, model_rows = [], []
     with torch.no_grad():
         for name in args.clips:
             rows += measure(args, name, processor)
             write_csv(rows, args.out, COLUMNS)
-    write_plot(rows, args.out.with_suffix(".png"))
-    write_markdown(rows, args.out.with_suffix(".md"), command, f"{load_before} / {load_average()}")
-    print(f"\nwrote {args.out} and its .png and .md\n\n{markdown_table(rows)}")
+        if args.checkpoint is not None:
+            model_rows = measure_model(args, processor)
+            write_csv(rows + model_rows, args.out, COLUMNS)
+    if rows:
+        write_plot(rows, args.out.with_suffix(".png"))
+    load = f"{load_before} / {load_average()}"
+    write_markdown(rows, model_rows, args.out.with_suffix(".md"), command, load)
+    print(f"\nwrote {args.out}, its .md{' and .png' if rows else ''}\n")
+    print(args.out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":
