@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ from data.deepfashion import pad_to_square
 from models import CoCosNet, Pix2PixHD, Translation, instance_edges
 from models.correspondence import query_positions_in_key
 from models.feature_clusters import features_from_centres, load_centres
+from models.video import VideoTranslator
 from training import checkpoint, visuals
 from training.config import ConfigError, load_config
 
@@ -77,6 +79,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="dataset mode: translate only the first N samples")
     parser.add_argument("--batch_size", type=cli.int_at_least(1), default=4)
     parser.add_argument("--label", type=Path, help="one label: OpenPose *_candidate.txt or a label PNG")
+    parser.add_argument("--video", type=Path, help="a folder of label frames (OpenPose *_candidate.txt or "
+                        "label PNGs, in name order) to translate with --exemplar into a video")
+    parser.add_argument("--per_frame", action="store_true", help="video mode: search every frame anew "
+                        "(the baseline) instead of carrying the correspondence from frame to frame")
+    parser.add_argument("--fps", type=cli.positive_number, default=10.0, help="video mode: frames per second")
     parser.add_argument("--exemplar", type=Path, help="the exemplar photo of --label")
     parser.add_argument("--exemplar_label", type=Path, help="the label of --exemplar (same kind as --label)")
     parser.add_argument("--size", type=cli.int_at_least(SIDE_MULTIPLE), help="one-label mode: side of the "
@@ -94,10 +101,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size is not None and args.size % SIDE_MULTIPLE:
         parser.error(f"argument --size: expected a multiple of {SIDE_MULTIPLE}, got {args.size}")
-    if args.label is None and (args.exemplar is not None or args.exemplar_label is not None):
-        parser.error("--exemplar and --exemplar_label go with --label")
-    if args.label is not None and (args.exemplar is None or args.exemplar_label is None):
-        parser.error("--label needs --exemplar (a photo) and --exemplar_label (its pose file or label image)")
+    if args.label is not None and args.video is not None:
+        parser.error("--label and --video: give one label or a folder of them, not both")
+    labels = args.label if args.video is None else args.video
+    exemplars = (args.exemplar, args.exemplar_label)
+    if labels is None and exemplars != (None, None):
+        parser.error("--exemplar and --exemplar_label go with --label or --video")
+    if labels is not None and None in exemplars:
+        one = "--label" if args.video is None else "--video"
+        parser.error(f"{one} needs --exemplar (a photo) and --exemplar_label (its pose file or label image)")
+    if args.per_frame and args.video is None:
+        parser.error("--per_frame goes with --video")
+    if args.video is not None and not args.video.is_dir():
+        parser.error(f"--video: no folder at {args.video}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out: {args.out} is a file; expected a folder for the PNGs")
     return args
@@ -397,7 +413,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         return translate_label_maps(args, model, config)
     outputs = Outputs(args.out)
     grids = []
-    if args.label is not None:
+    if args.video is not None:
+        side = args.size or (training_size(config) if config is not None else PUBLIC_SIDE)
+        grids += translate_video(args, model, outputs, side)
+    elif args.label is not None:
         side = args.size or (training_size(config) if config is not None else PUBLIC_SIDE)
         batch = single_pair(args, model.options.label_nc, side)
         grids += outputs.write(batch, translate(model, batch, args.device), batch["kind"])
@@ -408,6 +427,61 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         for batch in dataset_batches(config, args.split, args.limit, args.batch_size):
             grids += outputs.write(batch, translate(model, batch, args.device), kind)
     return grids
+
+
+def video_labels(folder: Path) -> list[Path]:
+    """The label frames in ``folder``, in name order: OpenPose candidate files, else label images."""
+    poses = sorted(folder.glob(f"*{CANDIDATE_SUFFIX}"))
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_IMAGE_SUFFIXES)
+    if not poses and not images:
+        raise cli.UsageError(
+            f"--video: no label frames (*{CANDIDATE_SUFFIX} or {', '.join(LABEL_IMAGE_SUFFIXES)}) in {folder}"
+        )
+    return poses or images
+
+
+def translate_video(args: argparse.Namespace, model: CoCosNet, outputs: Outputs, side: int) -> list[Path]:
+    """Every frame of ``--video`` with ``--exemplar``: the per-frame PNGs, then ``video.mp4`` and
+    ``video.gif`` of the translations and ``video_strip.png`` (labels, finest warps and outputs of
+    up to ``STRIP_FRAMES`` frames side by side)."""
+    grids, images, strip = [], [], []
+    translator = None
+    labels = video_labels(args.video)
+    every = max(1, len(labels) // STRIP_FRAMES)
+    for index, path in enumerate(labels):
+        batch = single_pair(argparse.Namespace(**{**vars(args), "label": path}), model.options.label_nc, side)
+        if translator is None:
+            exemplar, exemplar_label = (batch[k].to(args.device) for k in ("exemplar", "exemplar_label"))
+            translator = VideoTranslator(model, exemplar, exemplar_label, per_frame=args.per_frame)
+        translation = translator(batch["label"].to(args.device))
+        grids += outputs.write(batch, translation, batch["kind"])
+        images.append(visuals.image_to_unit(translation.image[0].detach().cpu()))
+        if index % every == 0 and len(strip) < STRIP_FRAMES:
+            label = visuals.label_to_rgb(batch["label"], batch["kind"])[0]
+            warp = visuals.image_to_unit(translation.warps[-1][0].detach().cpu())
+            strip.append(torch.cat([label, warp, images[-1]], dim=1))
+    write_video(images, args.out, args.fps)
+    visuals.save_png(torch.cat(strip, dim=2), args.out / "video_strip.png")
+    return grids
+
+
+STRIP_FRAMES = 6
+
+
+def write_video(frames: list[Tensor], out: Path, fps: float) -> None:
+    """``video.mp4`` (OpenCV, mp4v) and ``video.gif`` (Pillow) of (3, H, W) frames in [0, 1]."""
+    pixels = [(f.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for f in frames]
+    mp4, gif = out / "video.mp4", out / "video.gif"
+    for path in (mp4, gif):
+        if path.exists():
+            print(f"replacing {path}")
+    height, width = pixels[0].shape[:2]
+    writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in pixels:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    images = [Image.fromarray(frame) for frame in pixels]
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def visuals_kind(config: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@
 >>> warp = cocosnet_ops.weighted_gather(fq, fk, torch.rand(1, 3, 40, 24), nnf, temperature=0.01)
 """
 
-from . import nnf
+from . import nnf, video
 from .match import match
 from .ops import (
     BACKENDS,
@@ -38,6 +38,7 @@ __all__ = [
     "nnf_upsample",
     "patch_match",
     "share_matches",
+    "video",
     "weighted_gather",
 ]
 __version__ = "0.1.0"

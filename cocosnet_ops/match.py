@@ -129,6 +129,7 @@ def match(
     nnf, scores = search.coarse_to_fine(query, key, k, level)
     if neighbours is None or rounds == 0:
         return nnf, scores
+    pixels = None  # "shared": each round's claimants
     if neighbours == "self":
         count = min(SELF_NEIGHBOURS + 1, query.shape[2] * query.shape[3])
         self_level = _coarse_level("auto", query.shape[2:], query.shape[2:], count, True)
@@ -136,16 +137,30 @@ def match(
             pixels = search.exact(query, query, count)[0][:, 1:]
         else:
             pixels = search.coarse_to_fine(query, query, count, self_level)[0][:, 1:]
-    # The neighbours of every query pixel (flat query indices): the self-search's, or each
-    # round's claimants.
-    B, _, Hq, Wq = nnf.shape
+    return share_rounds(search, query, key, nnf, scores, rounds, pixels)
+
+
+def share_rounds(
+    search: Search,
+    query: Tensor,
+    key: Tensor,
+    nnf: Tensor,
+    scores: Tensor,
+    rounds: int,
+    pixels: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``rounds`` rounds of ``share_matches`` with the query neighbours ``pixels`` (flat query
+    indices), or with each round's claimants where None ("shared")."""
+    key_pixels = key.shape[2] * key.shape[3]
+    B, k, Hq, Wq = nnf.shape
     changed = recently_changed = torch.ones(B, 1, Hq, Wq, dtype=torch.bool, device=nnf.device)
     for round_index in range(rounds):
-        if neighbours == "shared":
-            pixels = _claimants(nnf, key_pixels, min(CLAIM_RANKS, k), highest=round_index % 2 == 0)
+        neighbours = pixels
+        if neighbours is None:
+            neighbours = _claimants(nnf, key_pixels, min(CLAIM_RANKS, k), highest=round_index % 2 == 0)
         # A pixel whose matches changed in neither of the last two rounds hears from no one.
         settled = ~(changed | recently_changed)
-        shared = search.share(query, key, nnf, scores, pixels.masked_fill(settled, -1))
+        shared = search.share(query, key, nnf, scores, neighbours.masked_fill(settled, -1))
         recently_changed, changed = changed, (shared[0] != nnf).any(1, keepdim=True)
         nnf, scores = shared
     return nnf, scores
@@ -223,10 +238,17 @@ class Search:
         return ops.exact_knn(fq, fk, k, backend=self.others)
 
     def patch_match(
-        self, query: Tensor, key: Tensor, k: int, iters: int, init: Tensor | None, patch_size: int
+        self,
+        query: Tensor,
+        key: Tensor,
+        k: int,
+        iters: int,
+        init: Tensor | None,
+        patch_size: int,
+        max_radius: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         jumps = reference.default_jumps(query.shape[2], query.shape[3], iters)
-        args = (query, key, k, iters, init, patch_size, jumps, True, self.seed, self.search)
+        args = (query, key, k, iters, init, patch_size, jumps, True, self.seed, self.search, max_radius)
         if isinstance(self.seed, Tensor):
             return ops._patch_match_tensor_seed(*args)
         return ops._patch_match_int_seed(*args)

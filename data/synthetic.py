@@ -113,15 +113,27 @@ class Figure:
         scale = min(rng.uniform(0.72, 0.92) * size / span[1], 0.94 * size / span[0])
         margin = size - span * scale
         offset = np.array([rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.7)]) * margin - low * scale
+        self._place(identity, keypoints, scale, offset)
+        self.draw_order = _draw_order(rng)
+
+    @classmethod
+    def posed(cls, identity: Identity, keypoints: np.ndarray, scale: float, offset: np.ndarray,
+              draw_order: list[int]) -> Figure:
+        """The figure of ``keypoints`` (torso-length units) seen by a camera: pixel = unit * scale
+        + offset; the parts drawn in ``draw_order`` (first drawn, furthest back)."""
+        figure = cls.__new__(cls)
+        figure._place(identity, keypoints, scale, offset)
+        figure.draw_order = draw_order
+        return figure
+
+    def _place(self, identity: Identity, keypoints: np.ndarray, scale: float, offset: np.ndarray) -> None:
+        starts, ends = self._part_ends(keypoints)
         self.keypoints = keypoints * scale + offset
         self.starts = starts * scale + offset
         axes = (ends - starts) * scale
         self.lengths = np.maximum(np.linalg.norm(axes, axis=1), 1e-6)
         self.axes = axes / self.lengths[:, None]
-        self.half_widths = widths * scale
-        arms_behind = rng.uniform(size=len(ARM_PARTS)) < 0.25
-        behind = [part for part, back in zip(ARM_PARTS, arms_behind, strict=True) if back]
-        self.draw_order = behind + [p for p in range(len(PARTS)) if p not in behind]
+        self.half_widths = identity.half_widths * scale
 
     @staticmethod
     def _skeleton(identity: Identity, rng: np.random.Generator) -> np.ndarray:
@@ -203,6 +215,13 @@ class Figure:
                 + (v * self.half_widths[parts])[..., None] * normals)
 
 
+def _draw_order(rng: np.random.Generator) -> list[int]:
+    """Parts in drawing order: some arms behind the torso."""
+    arms_behind = rng.uniform(size=len(ARM_PARTS)) < 0.25
+    behind = [part for part, back in zip(ARM_PARTS, arms_behind, strict=True) if back]
+    return behind + [p for p in range(len(PARTS)) if p not in behind]
+
+
 def _sample_textures(identity: Identity, figure: Figure, parts: np.ndarray, u: np.ndarray,
                      v: np.ndarray) -> np.ndarray:
     """Bilinear texture lookup for the surface points (part, u, v): colours (N, 3)."""
@@ -248,6 +267,22 @@ def _detect(keypoints: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return openpose.openpose_round_trip(detected)
 
 
+def _visible(coords: np.ndarray, parts: np.ndarray, other_parts: np.ndarray) -> np.ndarray:
+    """Where the point of each pixel (its part in ``parts``, -1 for the background) lies at
+    ``coords`` (H, W, 2) inside the other image, which shows the same part (``other_parts``) at
+    all four pixels its bilinear sample reads."""
+    height, width = other_parts.shape
+    visible = np.zeros(parts.shape, dtype=bool)
+    inside = (coords[..., 0] >= 0) & (coords[..., 0] <= width - 1) \
+        & (coords[..., 1] >= 0) & (coords[..., 1] <= height - 1)
+    x0, y0 = np.floor(coords[inside, 0]).astype(np.int64), np.floor(coords[inside, 1]).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    part = parts[inside]
+    visible[inside] = ((other_parts[y0, x0] == part) & (other_parts[y0, x1] == part)
+                       & (other_parts[y1, x0] == part) & (other_parts[y1, x1] == part))
+    return visible
+
+
 def make_pair(seed: int, split: str, index: int, size: int) -> dict[str, np.ndarray]:
     """One item as numpy arrays (HWC images in [0, 1]); see :class:`SyntheticPoseDataset`."""
     rng = _rng(seed, split, index)
@@ -261,15 +296,7 @@ def make_pair(seed: int, split: str, index: int, size: int) -> dict[str, np.ndar
     on = parts >= 0
     coords[on] = exemplar_figure.surface_to_pixels(parts[on], u[on], v[on])
     # Valid: the exemplar shows the same part at all four pixels its bilinear sample reads.
-    valid = np.zeros((size, size), dtype=bool)
-    inside = on & (coords[..., 0] >= 0) & (coords[..., 0] <= size - 1) \
-        & (coords[..., 1] >= 0) & (coords[..., 1] <= size - 1)
-    qx, qy = coords[inside, 0], coords[inside, 1]
-    x0, y0 = np.floor(qx).astype(np.int64), np.floor(qy).astype(np.int64)
-    x1, y1 = np.minimum(x0 + 1, size - 1), np.minimum(y0 + 1, size - 1)
-    part = parts[inside]
-    valid[inside] = ((exemplar_parts[y0, x0] == part) & (exemplar_parts[y0, x1] == part)
-                     & (exemplar_parts[y1, x0] == part) & (exemplar_parts[y1, x1] == part))
+    valid = _visible(coords, parts, exemplar_parts) & on
     keypoints = _detect(target_figure.keypoints, rng)
     exemplar_keypoints = _detect(exemplar_figure.keypoints, rng)
     return {
@@ -280,6 +307,123 @@ def make_pair(seed: int, split: str, index: int, size: int) -> dict[str, np.ndar
         "exemplar_coords": coords,
         "valid": valid,
         "keypoints": keypoints,
+        "exemplar_keypoints": exemplar_keypoints,
+    }
+
+
+# Video: keyframe poses the figure moves through, and how far the camera zooms and pans (a
+# fraction of the frame side) over the clip.
+VIDEO_KEYFRAMES = 3
+VIDEO_ZOOM = (-0.12, 0.12)
+VIDEO_PAN = 0.12
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    return x * x * (3 - 2 * x)
+
+
+def _video_background(identity: Identity, rng: np.random.Generator, low: np.ndarray, high: np.ndarray,
+                      pixels_per_unit: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The world behind the figure, (h, w, 3), covering the world box [low, high] (torso-length
+    units) at ``pixels_per_unit``: as ``_background`` draws a frame, so that a camera moving over
+    it shows a background that moves with the camera. Also its origin and resolution."""
+    width, height = np.ceil((high - low) * pixels_per_unit).astype(int) + 2
+    canvas = np.empty((height, width, 3), dtype=np.float32)
+    canvas[...] = identity.background_colour
+    if identity.noisy_background:
+        coarse = rng.normal(0.0, 0.08, (5, 5, 3)).astype(np.float32)
+        canvas += cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+        canvas += rng.standard_normal((height, width, 3), dtype=np.float32) * 0.04
+    return np.clip(canvas, 0.0, 1.0), low, pixels_per_unit
+
+
+def make_video(seed: int, index: int, size: int, frames: int) -> dict[str, np.ndarray]:
+    """A clip of ``frames`` frames: one identity moving through interpolated poses while the
+    camera zooms and pans over a fixed background, one exemplar photo of it in another pose,
+    and the true correspondence of every frame to the exemplar and to the frame before.
+
+    Returns numpy arrays (HWC images in [0, 1]): "frames" (T, S, S, 3) and their "labels"
+    (T, S, S, 20); "exemplar" (S, S, 3) and "exemplar_label"; "exemplar_coords" (T, S, S, 2),
+    the exemplar pixel (x, y) of the surface point of every frame pixel (background pixels:
+    their own position), and "exemplar_valid" (T, S, S), where that point is on the figure in
+    both and visible in the exemplar; "previous_coords" (T, S, S, 2), the pixel of frame t-1
+    showing the same point (figure or background; frame 0: its own position), and
+    "previous_valid" (T, S, S), where frame t-1 shows it (False: occluded or disoccluded between
+    the frames, or out of frame; all True at frame 0); "keypoints" (T, 18, 2) and
+    "exemplar_keypoints". A pure function of (seed, index, size, frames).
+    """
+    if not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames: expected a positive int, got {frames!r}")
+    rng = _rng(seed, "video", index)
+    identity = Identity(rng)
+    exemplar_figure = Figure(identity, rng, size)
+    exemplar, exemplar_parts, _, _ = render(identity, exemplar_figure, rng, size)
+    keyframes = np.stack([Figure._skeleton(identity, rng) for _ in range(VIDEO_KEYFRAMES)])
+    # Poses: keyframe to keyframe, eased; the camera: zoom and pan from 0 at the first frame.
+    time = np.linspace(0.0, VIDEO_KEYFRAMES - 1, frames)
+    segment = np.minimum(time.astype(int), VIDEO_KEYFRAMES - 2)
+    ease = _smoothstep(time - segment)[:, None, None]
+    poses = keyframes[segment] * (1 - ease) + keyframes[segment + 1] * ease
+    progress = np.linspace(0.0, 1.0, frames)
+    zoom = 1.0 + rng.uniform(*VIDEO_ZOOM) * progress
+    pan = rng.uniform(-VIDEO_PAN, VIDEO_PAN, 2)[None] * size * progress[:, None]
+    draw_order = _draw_order(rng)
+    extents = []
+    for pose in poses:
+        starts, ends = Figure._part_ends(pose)
+        widths = identity.half_widths[:, None]
+        extents.append(np.concatenate([starts - widths, starts + widths, ends - widths, ends + widths, pose]))
+    extent = np.concatenate(extents)
+    low, high = extent.min(axis=0), extent.max(axis=0)
+    span = np.maximum(high - low, 1e-6)
+    base_scale = 0.7 * size / max(span[1], span[0] * 0.8)
+    centre = (low + high) / 2
+    scales = base_scale * zoom
+    offsets = size / 2 + pan - centre[None] * scales[:, None]
+    figures = [Figure.posed(identity, pose, scale, offset, draw_order)
+               for pose, scale, offset in zip(poses, scales, offsets, strict=True)]
+    # The world box every frame sees, and the background over it.
+    corners = np.array([[0.0, 0.0], [size - 1.0, size - 1.0]])
+    seen = np.concatenate([(corners - offset) / scale for scale, offset in zip(scales, offsets, strict=True)])
+    canvas, origin, resolution = _video_background(identity, rng, seen.min(axis=0) - 1, seen.max(axis=0) + 1,
+                                                   float(scales.max()))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    pixels = np.stack([xs, ys], axis=-1)
+    out: dict[str, list] = {name: [] for name in (
+        "frames", "labels", "exemplar_coords", "exemplar_valid", "previous_coords", "previous_valid",
+        "keypoints")}
+    previous_parts = None
+    for t, figure in enumerate(figures):
+        world = (pixels - offsets[t]) / scales[t]
+        canvas_xy = ((world - origin) * resolution).astype(np.float32)
+        image = cv2.remap(canvas, canvas_xy[..., 0], canvas_xy[..., 1], cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT_101)
+        parts, u, v = figure.part_coordinates(xs, ys)
+        on = parts >= 0
+        image[on] = _sample_textures(identity, figure, parts[on], u[on], v[on])
+        coords = pixels.copy()
+        coords[on] = exemplar_figure.surface_to_pixels(parts[on], u[on], v[on])
+        previous = pixels.copy()
+        if t:
+            previous = world * scales[t - 1] + offsets[t - 1]
+            previous[on] = figures[t - 1].surface_to_pixels(parts[on], u[on], v[on])
+            previous_valid = _visible(previous, parts, previous_parts)
+        else:
+            previous_valid = np.ones((size, size), dtype=bool)
+        keypoints = openpose.openpose_round_trip(figure.keypoints)
+        out["frames"].append(image)
+        out["labels"].append(openpose.draw_pose_label(keypoints, (size, size)))
+        out["exemplar_coords"].append(coords)
+        out["exemplar_valid"].append(_visible(coords, parts, exemplar_parts) & on)
+        out["previous_coords"].append(previous)
+        out["previous_valid"].append(previous_valid)
+        out["keypoints"].append(keypoints)
+        previous_parts = parts
+    exemplar_keypoints = openpose.openpose_round_trip(exemplar_figure.keypoints)
+    return {
+        **{name: np.stack(values) for name, values in out.items()},
+        "exemplar": exemplar,
+        "exemplar_label": openpose.draw_pose_label(exemplar_keypoints, (size, size)),
         "exemplar_keypoints": exemplar_keypoints,
     }
 
@@ -356,3 +500,26 @@ def export_deepfashion_layout(root: str | os.PathLike, split: str = "test", leng
     (root / ("train.txt" if split == "train" else "val.txt")).write_text("\n".join(photos) + "\n")
     (root / "deepfashion_self_pair.txt").write_text("\n".join(pairs) + "\n")
     return photos
+
+
+def export_video(root: str | os.PathLike, seed: int = 0, index: int = 0, size: int = 128,
+                 frames: int = 24) -> dict[str, Path]:
+    """Write a ``make_video`` clip as files test.py --video reads: the frames' poses as OpenPose
+    files ``labels/frame_<t>_{candidate,subset}.txt``, the exemplar ``exemplar.png`` with its pose
+    ``exemplar_candidate.txt``, and the frames themselves under ``frames/`` (the ground truth).
+    Gives the paths of the labels folder, the exemplar and its pose file."""
+    root = Path(root)
+    clip = make_video(seed, index, size, frames)
+    for folder in ("labels", "frames"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for t, (image, keypoints) in enumerate(zip(clip["frames"], clip["keypoints"], strict=True)):
+        openpose.write_openpose(root / "labels" / f"frame_{t:04d}_candidate.txt",
+                                root / "labels" / f"frame_{t:04d}_subset.txt", keypoints)
+        pixels = np.round(image * 255).astype(np.uint8)
+        cv2.imwrite(str(root / "frames" / f"frame_{t:04d}.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    pixels = np.round(clip["exemplar"] * 255).astype(np.uint8)
+    cv2.imwrite(str(root / "exemplar.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    openpose.write_openpose(root / "exemplar_candidate.txt", root / "exemplar_subset.txt",
+                            clip["exemplar_keypoints"])
+    return {"labels": root / "labels", "exemplar": root / "exemplar.png",
+            "exemplar_label": root / "exemplar_candidate.txt"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -203,8 +203,16 @@ class CoCosNet(nn.Module):
         load_public(model, converted)
         return model.eval()
 
-    def forward(self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor) -> Translation:
-        corr = self.correspondence(label, exemplar, exemplar_label)
+    def forward(
+        self,
+        label: Tensor,
+        exemplar: Tensor,
+        exemplar_label: Tensor,
+        carried: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Translation:
+        """The translation of ``label``; ``carried``: more candidates per searched level (video,
+        see ``Correspondence.forward``)."""
+        corr = self.correspondence(label, exemplar, exemplar_label, carried=carried)
         image = self.generator(generator_input(label, corr.warps))
         return Translation(
             image, corr.warps, corr.nnfs, corr.coords, corr.cycle_warp, corr.features, corr.inits

