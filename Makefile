@@ -3,7 +3,7 @@
 # make demo: train on the embedded synthetic figures (128x128, CPU, about 5 minutes), translate
 #   held-out pairs and print the warp L1 before and after training (demo.py).
 # make pix2pixhd-demo: train pix2pixHD with its coarse-to-fine recipe on the embedded synthetic scenes
-#   (64x64, CPU, about 5 minutes), cluster its instance features, print the held-out L1 before and
+#   (64x64, CPU, about a minute), cluster its instance features, print the held-out L1 before and
 #   after training and draw label maps with three feature centres (demo_pix2pixhd.py).
 # make photo-demo: match a photo to a rotated, scaled and shifted copy of itself and rebuild it.
 PYTHON ?= python3

@@ -9,7 +9,7 @@ model at initialisation (zero steps, same seed) beside it, and prints the held-o
 ``cluster_features.py`` finds ``--k`` centres per class, and ``grid.png`` shows held-out scenes
 as label | instance edges | output with every object at centre 0, 1, 2 of its class | target.
 
-    python demo_pix2pixhd.py --out runs/pix2pixhd_demo     # about 4 minutes on two cores
+    python demo_pix2pixhd.py --out runs/pix2pixhd_demo     # under a minute on two cores
 """
 
 from __future__ import annotations
