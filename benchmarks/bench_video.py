@@ -1,6 +1,6 @@
 """Per-frame search against the carried search (``cocosnet_ops.video``) on video: time, recall, EPE, flicker.
 
-Reproduce the README table (about 20 minutes on 2 busy cores):
+Reproduce the README table (about 2 minutes on 2 idle cores):
 
     python benchmarks/bench_video.py --out benchmarks/results/video.csv
 
