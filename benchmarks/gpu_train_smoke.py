@@ -24,6 +24,7 @@ import argparse
 import csv
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -72,15 +73,11 @@ def steady_rate(losses: list[tuple[float, int, float]]) -> float:
     return (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else math.nan
 
 
-def window_mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def summarise(run_dir: Path, args: argparse.Namespace, wall: float, backend: str, world_size: int) -> dict:
     losses = total_losses(run_dir)
     values = [e[2] for e in losses]
     window = max(1, len(values) // 5)
-    first, last = window_mean(values[:window]), window_mean(values[-window:])
+    first, last = statistics.fmean(values[:window]), statistics.fmean(values[-window:])
     device = torch.device(args.device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else math.nan
     amp = train.amp_dtype(args.amp, device)

@@ -52,9 +52,11 @@ Fiber& running() {
   return *current->running;
 }
 
-// Lane l of the running fiber's warp, or nullptr past the block's last thread.
+// Lane l of the fiber's warp (warps are runs of 32 threads in the block's linear order, as on a
+// GPU), or nullptr past the block's last thread.
 Fiber* lane_of(const Fiber& fiber, int lane) {
-  const std::size_t index = fiber.where.thread.x / kWarp * kWarp + static_cast<unsigned int>(lane);
+  const auto linear = static_cast<std::size_t>(&fiber - current->fibers.data());
+  const std::size_t index = linear / kWarp * kWarp + static_cast<std::size_t>(lane);
   return index < current->fibers.size() ? &current->fibers[index] : nullptr;
 }
 
