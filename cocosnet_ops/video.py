@@ -66,6 +66,16 @@ def _fresh_level(key_size: Sequence[int]) -> int:
     return level
 
 
+def _check_frames(query: Tensor, previous_query: Tensor) -> None:
+    """Two consecutive frames' features: the same shape, dtype and device."""
+    _check_pair(query, previous_query, ("query", "previous_query"))
+    if previous_query.shape != query.shape:
+        raise ValueError(
+            f"previous_query: expected shape {tuple(query.shape)} like query, "
+            f"got {tuple(previous_query.shape)}"
+        )
+
+
 def _check_options(
     key: Tensor,
     k: int,
@@ -157,12 +167,7 @@ def carry(
     * ``patch_size``, ``seed``, ``backend``: as for ``match`` (every search uses them).
     """
     _check_pair(query, key)
-    _check_pair(query, previous_query, ("query", "previous_query"))
-    if previous_query.shape != query.shape:
-        raise ValueError(
-            f"previous_query: expected shape {tuple(query.shape)} like query, "
-            f"got {tuple(previous_query.shape)}"
-        )
+    _check_frames(query, previous_query)
     _check_index_map("previous_nnf", previous_nnf, query, key.shape[2] * key.shape[3])
     if previous_motion is not None:
         _check_index_map("previous_motion", previous_motion, query, query.shape[2] * query.shape[3])
@@ -231,12 +236,7 @@ def moved_matches(
     like each pixel of frame t) and the ``motion`` ``carry`` returns. ``previous_nnf`` (B, K, Hq,
     Wq) may index any key map (its values are only moved). A model that searches its own way
     (``models.video``) starts from these; ``carry`` is this, then the search."""
-    _check_pair(query, previous_query, ("query", "previous_query"))
-    if previous_query.shape != query.shape:
-        raise ValueError(
-            f"previous_query: expected shape {tuple(query.shape)} like query, "
-            f"got {tuple(previous_query.shape)}"
-        )
+    _check_frames(query, previous_query)
     _check_index_map("previous_nnf", previous_nnf, query, ops.MAX_STEP)
     if previous_motion is not None:
         _check_index_map("previous_motion", previous_motion, query, query.shape[2] * query.shape[3])
