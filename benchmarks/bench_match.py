@@ -29,9 +29,9 @@ pixel), each batch item on its own (faiss: one index per item):
   it is part of the search. ``efSearch`` is tuned per dataset and side to the recall of
   ``match``: the smallest power of two from 16 to 4096 whose recall@1 and recall@K, measured on
   ``--tune-pixels`` query pixels spread over the batch items, are both at least ``match``'s. Where
-  HNSW's recall levels off below that (on the photo pair it stops near 0.93 however large
-  efSearch grows, and efSearch 4096 costs minutes per map), the doubling stops once neither
-  recall rises by ``--hnsw-plateau`` and the row keeps the efSearch before that doubling.
+  HNSW's recall levels off below that (on the photo pair from side 512 it stops rising near
+  0.92, while each doubling costs more), the doubling stops once neither recall rises by
+  ``--hnsw-plateau`` and the row keeps the efSearch before that doubling.
 
 The faiss inputs are contiguous float32 (N, C) arrays made before timing. Data: the smooth,
 photo and hard pairs of ``bench_recall.py`` (the hard pairs only up to ``--hard-max-side``: five
