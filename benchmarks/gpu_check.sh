@@ -5,7 +5,9 @@
 #   2. the tests marked cuda or triton (the CPU suite runs in CI);
 #   3. compute-sanitizer memcheck (and racecheck, full run only) on a small run of every CUDA kernel;
 #   4. the GPU benchmarks: the warp against SDPA (patchmatch_cuda, patchmatch_triton, flash and
-#      memory-efficient SDPA in bf16, same run), and the gathers' bandwidth (full run only);
+#      memory-efficient SDPA in bf16, same run), the search-step variants and half-precision
+#      scoring against the default kernel (A/B, interleaved, one process), and the gathers'
+#      bandwidth (full run only);
 #   5. a training smoke: train.py on the synthetic figures at 256x256 for 50 steps with
 #      --amp auto in one process, then under torchrun on every GPU (NCCL).
 # One summary table at the end (every step's status and seconds, the training rows); every CSV
@@ -16,9 +18,9 @@
 #   benchmarks/gpu_check.sh --dry-run  print every step's command, run none (works without a GPU;
 #                                      tests/test_gpu_check.py runs it so the script cannot rot)
 #
-# WARP_ARGS and GATHER_ARGS replace the benchmarks' grids. CXX must link libstdc++ dynamically
-# like torch does: an extension with its own static copy crashes when a C++ check throws (seen
-# with one toolchain's g++).
+# WARP_ARGS, VARIANT_ARGS and GATHER_ARGS replace the benchmarks' grids. CXX must link libstdc++
+# dynamically like torch does: an extension with its own static copy crashes when a C++ check
+# throws (seen with one toolchain's g++).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +30,7 @@ for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
     --dry-run) dry_run=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: error: unknown argument '$arg' (expected --quick, --dry-run or --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,6 +100,11 @@ fi
 step "warp benchmark" $PYTHON benchmarks/bench_warp.py --device cuda ${WARP_ARGS:-$warp_default} \
   --out "$RESULTS/warp_cuda.csv"
 
+variant_default="--sides 512 1024 --rounds $((quick ? 5 : 10))"
+# shellcheck disable=SC2086
+step "search variants A/B" $PYTHON benchmarks/bench_search_variants.py ${VARIANT_ARGS:-$variant_default} \
+  --out "$RESULTS/search_variants.csv"
+
 smoke=(benchmarks/gpu_train_smoke.py --device cuda --size 256 --steps 50 --amp auto --out "$RESULTS/train_smoke.csv")
 step "training smoke, one process" $PYTHON "${smoke[@]}" --run-dir "$smoke_dir/one_process"
 step "training smoke, torchrun on $gpus GPUs" $PYTHON -m torch.distributed.run --standalone \
@@ -109,6 +116,8 @@ printf '%s\n' "step|status|seconds" "${summary[@]}" | column -t -s '|'
 if ((!dry_run)); then
   # method, side, channels, status, forward+backward seconds and peak MiB
   [[ -f $RESULTS/warp_cuda.csv ]] && cut -d , -f 1,2,3,7,9,11 "$RESULTS/warp_cuda.csv" | column -t -s ,
+  # config, side, median ms, time over the default kernel's, same results, top-1 agreement
+  [[ -f $RESULTS/search_variants.csv ]] && cut -d , -f 1,4,8,9,10,11 "$RESULTS/search_variants.csv" | column -t -s ,
   [[ -f $RESULTS/train_smoke.csv ]] && column -t -s , "$RESULTS/train_smoke.csv"
   rm -rf "$smoke_dir"
 fi

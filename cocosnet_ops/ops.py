@@ -30,7 +30,8 @@ HAS_CUDA_KERNELS = HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_k
 )
 # The CUDA search kernels keep their top-K lists in fixed-size arrays of at most this many.
 MAX_CUDA_K = 64
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_FLOAT_DTYPES = (*_HALF_DTYPES, torch.float32, torch.float64)
 _ops = torch.ops.cocosnet_ops
 # The Triton kernels mirror the compiled ops in their own namespace (cocosnet_ops/triton/ops.py).
 _triton_ops = torch.ops.cocosnet_ops_triton
@@ -283,6 +284,7 @@ def patch_match(
     seed: int | Tensor = 0,
     max_radius: int | None = None,
     *,
+    score_dtype: torch.dtype | None = None,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Approximate top-``k`` matches of every query pixel among the key pixels.
@@ -314,6 +316,14 @@ def patch_match(
     unbounded search. None (the default): no bound. The kernels keep a sorted copy of ``init``
     and bisect it for every candidate.
 
+    Half-precision features (float16, bfloat16) are scored in float32; the CUDA kernels read
+    them as they are, the other backends from a float32 copy (the same values: both widen
+    exactly). ``score_dtype`` (``torch.float16`` or ``torch.bfloat16``) makes the search read a
+    copy of both maps in that dtype (on a GPU, half the bytes per candidate), still summing in
+    float32; the k matches found are then scored again from the features as given and sorted,
+    so the scores returned are those of float32 (or float64) features. What rounding changes is
+    which candidates the search keeps on the way. None (the default): the features' own dtype.
+
     ``backend``: None chooses by device (the compiled kernels where built, on a GPU else the
     Triton ones, else ``"torch"``, the pure-PyTorch reference); one of ``BACKENDS`` forces it,
     or raises ValueError where it cannot run.
@@ -344,17 +354,38 @@ def patch_match(
             raise ValueError("max_radius: bounds the search around the init candidates, so needs init")
     if init is not None:
         _check_index_map("init", init, query, key_pixels, candidates=True)
+    if score_dtype is not None and score_dtype not in _HALF_DTYPES:
+        raise TypeError(f"score_dtype: expected None, torch.float16 or torch.bfloat16, got {score_dtype!r}")
     chosen = _choose_backend(backend, query.device, "patch_match")
     _check_cuda_k(k, chosen)
-    query, key = _search_input(query), _search_input(key)
-    init = init.contiguous() if init is not None else None
-    if isinstance(seed, Tensor):
-        return _patch_match_tensor_seed(
-            query, key, k, iters, init, patch_size, steps, random_search, seed, chosen, max_radius
-        )
-    return _patch_match_int_seed(
-        query, key, k, iters, init, patch_size, steps, random_search, seed, chosen, max_radius
+    rescore = score_dtype is not None and query.dtype != score_dtype
+    searched = (query.to(score_dtype), key.to(score_dtype)) if rescore else (query, key)
+    # The CUDA kernels read half-precision features as they are; the others take float32.
+    searched_query, searched_key = (
+        (t.detach().contiguous() if chosen == "cuda" else _search_input(t)) for t in searched
     )
+    init = init.contiguous() if init is not None else None
+    search = _patch_match_tensor_seed if isinstance(seed, Tensor) else _patch_match_int_seed
+    nnf, scores = search(
+        searched_query,
+        searched_key,
+        k,
+        iters,
+        init,
+        patch_size,
+        steps,
+        random_search,
+        seed,
+        chosen,
+        max_radius,
+    )
+    if not rescore:
+        return nnf, scores
+    # The k distinct matches found, scored from the features as given and sorted again.
+    query, key = _search_input(query), _search_input(key)
+    if chosen == "torch":
+        return reference.evaluate_candidates(query, key, nnf, k, patch_size)
+    return _kernels(chosen).evaluate_candidates(query, key, nnf, k, patch_size)
 
 
 def _patch_match_int_seed(
@@ -374,6 +405,13 @@ def _patch_match_int_seed(
     if backend == "torch":
         return reference.patch_match(*args)
     return _kernels(backend).patch_match(*args)
+
+
+def _search_result_like(query: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """patch_match's (nnf, scores) for these features: half-precision ones score in float32."""
+    B, _, Hq, Wq = query.shape
+    dtype = torch.float32 if query.dtype in _HALF_DTYPES else query.dtype
+    return query.new_empty((B, k, Hq, Wq), dtype=torch.int32), query.new_empty((B, k, Hq, Wq), dtype=dtype)
 
 
 def _check_seed_tensor(seed: Tensor) -> None:
@@ -409,8 +447,7 @@ def _patch_match_tensor_seed(
 
 @_patch_match_tensor_seed.register_fake
 def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, backend, max_radius=None):
-    B, _, Hq, Wq = query.shape
-    return query.new_empty((B, k, Hq, Wq), dtype=torch.int32), query.new_empty((B, k, Hq, Wq))
+    return _search_result_like(query, k)
 
 
 def evaluate_candidates(
@@ -754,7 +791,7 @@ def _register_compiled_ops() -> None:
 
     @torch.library.register_fake(lib + "patch_match")
     def _(query, key, k, iters, init, patch_size, jumps, random_search, seed, max_radius=None):
-        return nnf_like(query, k)
+        return _search_result_like(query, k)
 
     @torch.library.register_fake(lib + "evaluate_candidates")
     def _(query, key, candidates, k, patch_size):

@@ -484,6 +484,15 @@ struct SearchBound {
   }
 };
 
+// How for_each_step_candidate reads a neighbour's k matches: one after another. (The GPU's lane
+// groups may read them together, see search.cu.)
+struct ListEntries {
+  template <typename Visit>
+  HOST_DEVICE void operator()(const int* matches, int k, Visit&& visit) const {
+    for (int i = 0; i < k; ++i) visit(matches[i]);
+  }
+};
+
 // Most candidates one PatchMatch iteration proposes for a pixel (see step_candidates).
 HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMaxRadii; }
 
@@ -494,10 +503,10 @@ HOST_DEVICE int max_step_candidates(int k) { return 4 * k + kSearchAnchors * kMa
 //    back by that distance in key pixels (dropped when outside the key map);
 //  * random search: for each of the best kSearchAnchors matches and each radius, one uniform
 //    draw in the square of that radius around it, clamped to the key map.
-template <typename Visit>
+template <typename Visit, typename Entries = ListEntries>
 HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs, MapSize ks, int qy, int qx, int step,
                                          const int* radii, int num_radii, uint32_t seed, int iteration,
-                                         uint32_t pixel, Visit&& visit) {
+                                         uint32_t pixel, Visit&& visit, const Entries& entries = Entries{}) {
   const int neighbour_dy[4] = {-step, step, 0, 0};
   const int neighbour_dx[4] = {0, 0, -step, step};
   const FastDivider by_width(ks.width);
@@ -508,12 +517,11 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
     if (!qs.contains(ny, nx)) continue;
     const int shift_y = scale_shift(neighbour_dy[n], ks.height, qs.height);
     const int shift_x = scale_shift(neighbour_dx[n], ks.width, qs.width);
-    const int* theirs = previous + static_cast<int64_t>(ny * qs.width + nx) * k;
-    for (int i = 0; i < k; ++i) {
-      const int row = by_width.quotient(theirs[i]);
-      const int ky = row - shift_y, kx = theirs[i] - row * ks.width - shift_x;
+    entries(previous + static_cast<int64_t>(ny * qs.width + nx) * k, k, [&](int match) {
+      const int row = by_width.quotient(match);
+      const int ky = row - shift_y, kx = match - row * ks.width - shift_x;
       if (ks.contains(ky, kx)) visit(ky * ks.width + kx, ky, kx);
-    }
+    });
   }
   const int* own = previous + static_cast<int64_t>(qy * qs.width + qx) * k;
   const int anchors = k < kSearchAnchors ? k : kSearchAnchors;
@@ -532,28 +540,20 @@ HOST_DEVICE void for_each_step_candidate(const int* previous, int k, MapSize qs,
   }
 }
 
-// One double-buffered PatchMatch iteration for one pixel: its previous matches (`previous`,
-// `previous_score`: this batch item's NNF before the iteration, (Hq, Wq, k)) compete with the
-// step candidates inside `window`. The result goes to `list`, whose storage must not alias
-// `previous`. With `scratch` (room for max_step_candidates(k)) the candidates are listed first,
-// so the CPU can prefetch their key rows; without it (the GPU, which hides latency with other
-// threads) each is offered as it is proposed. The result is the same: the CPU leaves out of its
-// list the candidates already among the previous matches, which an offer skips while they are
-// listed and could not bring back once displaced (the list only improves), and so scans the
-// window for fewer.
+// One double-buffered PatchMatch iteration for one pixel on the CPU: its previous matches
+// (`previous`, `previous_score`: this batch item's NNF before the iteration, (Hq, Wq, k)) compete
+// with the step candidates inside `window`. The result goes to `list`, whose storage must not
+// alias `previous`. The candidates are listed in `scratch` (room for max_step_candidates(k))
+// first, so their key rows can be prefetched. The GPU (search.cu) offers each as it is proposed
+// instead, with the same result: the list here leaves out the candidates already among the
+// previous matches, which an offer skips while they are listed and could not bring back once
+// displaced (the list only improves), and so scans the window for fewer.
 template <typename T, typename Score, typename List>
 HOST_DEVICE void patch_match_step(List& list, int* scratch, const Score& scorer, const int* previous,
                                   const T* previous_score, int step, const int* radii, int num_radii,
                                   const SearchWindow& window, uint32_t seed, int iteration, uint32_t pixel) {
   const int64_t own = scorer.qy * scorer.qs.width + scorer.qx;
   list.assign(previous + own * list.k, previous_score + own * list.k);
-  if (scratch == nullptr) {
-    for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii,
-                            seed, iteration, pixel, [&](int candidate, int ky, int kx) {
-                              if (window.allows(ky, kx)) offer(list, scorer, candidate);
-                            });
-    return;
-  }
   int count = 0;
   for_each_step_candidate(previous, list.k, scorer.qs, scorer.ks, scorer.qy, scorer.qx, step, radii, num_radii, seed,
                           iteration, pixel, [&](int candidate, int ky, int kx) {

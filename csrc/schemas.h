@@ -4,7 +4,26 @@
 
 #include <torch/library.h>
 
+#include <atomic>
+
+#include "cuda/kernels.h"
+
 namespace cocosnet_ops {
+
+// The search-step kernel variant (cuda::SearchVariant bits) that the CUDA patch_match launches
+// in this process: the A/B knob of benchmarks/bench_search_variants.py, 0 (the default kernel)
+// unless set. Each library (cocosnet_ops, cocosnet_ops_emulated) has its own.
+inline std::atomic<int>& search_variant() {
+  static std::atomic<int> variant{0};
+  return variant;
+}
+
+// Sets the variant, returns the previous one.
+inline int64_t set_search_variant(int64_t variant) {
+  TORCH_CHECK_VALUE(variant >= 0 && variant < cuda::kSearchVariants, "variant: expected search variant bits in [0, ",
+                    cuda::kSearchVariants, "), got ", variant);
+  return search_variant().exchange(static_cast<int>(variant));
+}
 
 inline void define_schemas(torch::Library& m) {
   m.def(
@@ -18,6 +37,7 @@ inline void define_schemas(torch::Library& m) {
       "nnf_upsample(Tensor nnf, int[] coarse_key_size, int[] key_size, int[] query_size, int window, int dilation) "
       "-> Tensor");
   m.def("exact_knn(Tensor query, Tensor key, int k) -> (Tensor, Tensor)");
+  m.def("_set_search_variant(int variant) -> int", &set_search_variant);
   m.def("weighted_gather(Tensor query, Tensor key, Tensor value, Tensor nnf, float temperature) -> Tensor");
   m.def(
       "weighted_gather_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor nnf, "

@@ -60,8 +60,9 @@ def test_bounded_patch_match_equals_cpu_and_reference(case, max_radius):
 
     def search(backend, radius):
         device = CUDA if backend == "cuda" else torch.device("cpu")
-        out = cocosnet_ops.patch_match(fq.to(device), fk.to(device), init=init.to(device), max_radius=radius,
-                                       backend=backend, **args)
+        out = cocosnet_ops.patch_match(
+            fq.to(device), fk.to(device), init=init.to(device), max_radius=radius, backend=backend, **args
+        )
         return out[0].cpu(), out[1].cpu()
 
     nnf, scores = search("cuda", max_radius)
@@ -137,6 +138,47 @@ def test_out_of_range_indices_never_read_outside():
     assert int(nnf.min()) >= 0 and int(nnf.max()) < 25
     up = torch.ops.cocosnet_ops.nnf_upsample(bad[:, :2, :2, :2].contiguous(), [2, 2], [5, 5], [6, 6], 2, 1)
     assert int(up.min()) >= 0 and int(up.max()) < 25
+
+
+@pytest.mark.parametrize("variant", range(1, 8))
+def test_search_variants_return_the_default_kernels_results(variant):
+    """Every search-step variant (kernels.h's SearchVariant bits) gives the default kernel's
+    results bit for bit, on the GPU (tests/test_emulated_cuda.py checks the same in the emulator)."""
+    g = torch.Generator().manual_seed(variant)
+    ops = torch.ops.cocosnet_ops
+    cases = [
+        (unit_features(g, 2, 32, 33, 29), unit_features(g, 2, 32, 31, 35), 16, 1),
+        (unit_features(g, 1, 64, 20, 21), unit_features(g, 1, 64, 22, 19), 12, 1),
+        (unit_features(g, 1, 6, 20, 21), unit_features(g, 1, 6, 22, 19), 9, 3),
+    ]
+    for fq, fk, k, patch_size in cases:
+        args = (fq.to(CUDA), fk.to(CUDA), k, 4, None, patch_size, [4, 2, 1], True, 3)
+        ops._set_search_variant(0)
+        expected = ops.patch_match(*args)
+        ops._set_search_variant(variant)
+        try:
+            got = ops.patch_match(*args)
+        finally:
+            ops._set_search_variant(0)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_patch_match_reads_half_precision_features(dtype):
+    """Read without a float32 copy and scored in float32: the float32 kernel's results on the same
+    values; score_dtype rescores in float32 and keeps the float32 contract; opcheck on the op."""
+    g = torch.Generator().manual_seed(13)
+    fq, fk = unit_features(g, 2, 32, 40, 36).to(CUDA), unit_features(g, 2, 32, 38, 42).to(CUDA)
+    half = cocosnet_ops.patch_match(fq.to(dtype), fk.to(dtype), k=16, iters=4)
+    widened = cocosnet_ops.patch_match(fq.to(dtype).float(), fk.to(dtype).float(), k=16, iters=4)
+    assert half[1].dtype == torch.float32
+    assert torch.equal(half[0], widened[0]) and torch.equal(half[1], widened[1])
+    nnf, scores = cocosnet_ops.patch_match(fq, fk, k=16, iters=4, score_dtype=dtype)
+    torch.testing.assert_close(scores, reference.patch_scores(fq, fk, nnf), rtol=1e-5, atol=1e-6)
+    ops = torch.ops.cocosnet_ops
+    torch.library.opcheck(
+        ops.patch_match.default, (fq.to(dtype), fk.to(dtype), 8, 2, None, 1, [2, 1], True, 3)
+    )
 
 
 def test_k_above_the_list_bound_is_a_clear_error():

@@ -76,6 +76,94 @@ def test_patch_match_float_features_take_the_vector_loads():
     torch.testing.assert_close(scores, cocosnet_ops.reference.patch_scores(fq, fk, nnf), rtol=1e-5, atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- search variants
+
+VARIANTS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers"}
+ALL_VARIANTS = range(1, 8)
+
+# (B, C, Hq, Wq, Hk, Wk, k, patch_size): k in (8, 16], the list bound the variants are built for;
+# 32 and 64 channels take the pipelined rows, 6 the scalar path and patch 3 the plain offers.
+VARIANT_CASES = [
+    (2, 32, 9, 11, 10, 8, 16, 1),
+    (1, 64, 7, 9, 9, 12, 12, 1),
+    (1, 6, 8, 7, 9, 9, 9, 1),
+    (1, 32, 7, 8, 8, 9, 10, 3),
+    (1, 68, 6, 7, 7, 6, 11, 1),  # past the pipeline's 64 channels: plain offers
+]
+
+
+@pytest.fixture
+def search_variant():
+    """Sets the emulated library's search-step variant for one test, then the default again."""
+    chosen = []
+
+    def choose(variant: int) -> None:
+        chosen.append(EMULATED._set_search_variant(variant))
+
+    yield choose
+    EMULATED._set_search_variant(0)
+
+
+def variant_name(bits: int) -> str:
+    return "+".join(name for bit, name in VARIANTS.items() if bits & bit)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS, ids=variant_name)
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=str)
+def test_search_variants_return_the_default_kernels_results(case, variant, search_variant):
+    """Every variant gives the default kernel's matches and scores bit for bit: on integer
+    features (the cpu kernels' too) and on unit features (rounding, where order would show)."""
+    B, C, Hq, Wq, Hk, Wk, k, patch_size = case
+    g = torch.Generator().manual_seed(sum(case) + variant)
+    integer = integer_features(g, B, C, Hq, Wq), integer_features(g, B, C, Hk, Wk)
+    unit = unit_features(g, B, C, Hq, Wq), unit_features(g, B, C, Hk, Wk)
+    init = init_with_holes(g, B, 5, Hq, Wq, Hk * Wk)
+    calls = [
+        (*integer, k, 3, None, patch_size, [], True, 7),
+        (*unit, k, 3, init, patch_size, [4, 1], True, 2, 2),
+    ]
+    default = [EMULATED.patch_match(*args) for args in calls]
+    search_variant(variant)
+    for args, expected in zip(calls, default, strict=True):
+        assert_same(EMULATED.patch_match(*args), expected)
+    assert_same(default[0], CPU.patch_match(*calls[0]))
+
+
+@pytest.mark.parametrize("variant", [-1, 8])
+def test_unknown_search_variant_is_refused(variant):
+    with pytest.raises(ValueError, match="variant"):
+        EMULATED._set_search_variant(variant)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("channels", "patch_size", "variant"), [(32, 1, 0), (32, 1, 3), (6, 1, 0), (12, 3, 0)]
+)
+def test_patch_match_reads_half_precision_features(dtype, channels, patch_size, variant, search_variant):
+    """Half-precision features are read as they are, widened exactly, scored in float32: the
+    float32 kernel's results on the same values, bit for bit; the cpu kernels' on integers."""
+    g = torch.Generator().manual_seed(channels + patch_size)
+    fq = unit_features(g, 2, channels, 9, 10).to(dtype)
+    fk = unit_features(g, 2, channels, 8, 11).to(dtype)
+    fk[0, :3, 0, 0] = torch.tensor([3e-7, -5e-6, 6e-5], dtype=dtype)  # subnormal in float16
+    search_variant(variant)
+    args = (13, 2, None, patch_size, [], True, 5)
+    nnf, scores = EMULATED.patch_match(fq, fk, *args)
+    assert nnf.dtype == torch.int32 and scores.dtype == torch.float32
+    assert_same((nnf, scores), EMULATED.patch_match(fq.float(), fk.float(), *args))
+    iq, ik = integer_features(g, 1, channels, 7, 6), integer_features(g, 1, channels, 6, 9)
+    assert_same(EMULATED.patch_match(iq.to(dtype), ik.to(dtype), *args), CPU.patch_match(iq, ik, *args))
+
+
+def test_half_precision_features_must_match_in_dtype():
+    g = torch.Generator().manual_seed(0)
+    fq, fk = unit_features(g, 1, 8, 5, 5), unit_features(g, 1, 8, 5, 5)
+    with pytest.raises(TypeError, match="key"):
+        EMULATED.patch_match(fq.half(), fk.bfloat16(), 4, 1, None, 1, [], True, 0)
+    with pytest.raises(TypeError, match="key"):
+        EMULATED.patch_match(fq.half(), fk, 4, 1, None, 1, [], True, 0)
+
+
 @pytest.mark.parametrize("candidates", [1, 5, 40])
 @pytest.mark.parametrize("patch_size", [1, 3])
 def test_evaluate_candidates_equals_cpu(candidates, patch_size):

@@ -24,6 +24,7 @@ QUICK_STEPS = [
     "CUDA and Triton tests",
     "compute-sanitizer memcheck",
     "warp benchmark",
+    "search variants A/B",
     "training smoke, one process",
     "training smoke, torchrun",
 ]
@@ -78,6 +79,7 @@ def script_arguments(commands: list[list[str]], script: str) -> list[list[str]]:
 def test_the_python_commands_of_the_quick_run_parse(tmp_path):
     """A renamed flag in bench_warp.py or gpu_train_smoke.py would fail on the GPU only: parse
     the dry run's arguments with the scripts' own parsers here."""
+    import bench_search_variants
     import bench_warp
     import gpu_train_smoke
 
@@ -86,6 +88,9 @@ def test_the_python_commands_of_the_quick_run_parse(tmp_path):
     # bench_warp refuses --device cuda without a GPU; the rest of the list is what is checked.
     args = bench_warp.parse_args([("cpu" if a == "cuda" else a) for a in warp])
     assert args.sides == [512, 1024] and "patchmatch_triton" in args.methods
+    (variants,) = script_arguments(commands, "benchmarks/bench_search_variants.py")
+    args = bench_search_variants.parse_args(variants)
+    assert args.sides == [512, 1024] and args.k == 16 and args.out.name == "search_variants.csv"
     smokes = script_arguments(commands, "benchmarks/gpu_train_smoke.py")
     assert len(smokes) == 2
     for smoke in smokes:
@@ -130,3 +135,62 @@ def test_training_smoke_asks_for_a_gpu_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--device" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_search_variants_ab_on_the_emulator_writes_its_table(tmp_path):
+    """The A/B loop gpu_check.sh runs, on the CPU emulator of the CUDA kernels at a small size:
+    every variant returns the default kernel's results, half-precision scoring mostly the same
+    best matches; the CSV and its table are written."""
+    pytest.importorskip("cocosnet_ops._C_emulated")  # conftest.py requires it where CI runs
+    out = tmp_path / "variants.csv"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_search_variants.py"), "--emulated", "--sides", "10",
+         "--rounds", "1", "--iters", "2", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == [str(bits) for bits in range(8)] + ["0", "0"]
+    assert all(r["same_results"] == "True" for r in rows[:8])
+    assert all(float(r["top1_agreement"]) >= 0.9 for r in rows[8:])
+    assert out.with_suffix(".md").read_text().count("\n| ") == len(rows) + 1
+
+
+def test_search_variants_ab_refuses_k_outside_the_variants_bound(tmp_path):
+    import bench_search_variants
+
+    with pytest.raises(SystemExit) as raised:
+        bench_search_variants.parse_args(["--k", "32"])
+    assert raised.value.code == 2
+
+
+def test_kernel_resources_reads_ptxas_reports():
+    """benchmarks/kernel_resources.py's parser on ptxas's own lines (nvcc 13, sm_90): a kernel's
+    stack and spill line comes before its register line; non-search kernels are left out."""
+    import kernel_resources
+
+    step = "_Z4stepv"
+    log = "\n".join(
+        [
+            f"ptxas info    : Compiling entry function '{step}' for 'sm_90'",
+            f"ptxas info    : Function properties for {step}",
+            "    320 bytes stack frame, 792 bytes spill stores, 820 bytes spill loads",
+            "ptxas info    : Used 64 registers, used 0 barriers, 320 bytes cumulative stack size",
+            "ptxas info    : Compiling entry function '_Z8upsamplev' for 'sm_90'",
+            "ptxas info    : Used 40 registers, used 0 barriers",
+        ]
+    )
+    names = {
+        step: "void cocosnet_ops::cuda::(anonymous namespace)::search_step_kernel<float, "
+        "cocosnet_ops::cuda::HalfBits, 16, 5>(cocosnet_ops::cuda::SearchArgs<float, float>, int)",
+        "_Z8upsamplev": "void cocosnet_ops::cuda::nnf_upsample_kernel(int const*, int*)",
+    }
+    (row,) = kernel_resources.parse_ptxas(log, names.__getitem__)
+    assert row == {
+        "kernel": "search_step_kernel", "scores": "float", "features": "HalfBits", "list_bound": 16,
+        "variant": "coalesced_lists+bounded_registers", "registers": 64, "stack_bytes": 320,
+        "spill_stores": 792, "spill_loads": 820, "blocks_per_sm": 8, "occupancy": "0.500",
+    }  # fmt: skip
+    assert kernel_resources.occupancy(128) == (4, 0.25) and kernel_resources.occupancy(255) == (2, 0.125)

@@ -22,6 +22,33 @@ def test_patch_match_equals_reference(case):
     assert torch.equal(scores, ref_scores)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("score_dtype", [torch.float16, torch.bfloat16])
+def test_patch_match_score_dtype(backend, score_dtype):
+    """The search on rounded copies, the matches scored again from the features as given: on
+    integer features (exact in half precision) the plain search's results; on unit features
+    the float32 scores of the matches found, best first, no index twice."""
+    g = torch.Generator().manual_seed(12)
+    fq, fk = integer_features(g, 2, 8, 9, 11), integer_features(g, 2, 8, 10, 7)
+    args = dict(k=6, iters=3, backend=backend)
+    plain = cocosnet_ops.patch_match(fq, fk, **args)
+    rounded = cocosnet_ops.patch_match(fq, fk, score_dtype=score_dtype, **args)
+    assert torch.equal(rounded[0], plain[0]) and torch.equal(rounded[1], plain[1])
+    uq, uk = unit_features(g, 2, 16, 9, 11), unit_features(g, 2, 16, 10, 7)
+    nnf, scores = cocosnet_ops.patch_match(uq, uk, score_dtype=score_dtype, **args)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores.double(), reference.patch_scores(uq.double(), uk.double(), nnf))
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+    assert bool((nnf.sort(1).values.diff(dim=1) != 0).all())
+
+
+@pytest.mark.parametrize("score_dtype", [torch.float32, "float16", torch.int8])
+def test_patch_match_score_dtype_must_be_half_precision(score_dtype):
+    fq = torch.randn(1, 4, 5, 5)
+    with pytest.raises(TypeError, match="^score_dtype"):
+        cocosnet_ops.patch_match(fq, fq, k=2, score_dtype=score_dtype)
+
+
 def test_patch_match_with_init_equals_reference():
     g = torch.Generator().manual_seed(3)
     fq, fk = integer_features(g, 2, 6, 10, 12), integer_features(g, 2, 6, 9, 7)
@@ -39,8 +66,15 @@ def test_bounded_patch_match_equals_reference(case, max_radius):
     g = torch.Generator().manual_seed(hash(case) % 2**31)
     fq, fk = integer_features(g, B, C, Hq, Wq), integer_features(g, B, C, Hk, Wk)
     init = init_with_holes(g, B, 3, Hq, Wq, Hk * Wk)
-    args = dict(k=k, iters=iters, init=init, patch_size=patch_size, random_search=random_search, seed=seed,
-                max_radius=max_radius)
+    args = dict(
+        k=k,
+        iters=iters,
+        init=init,
+        patch_size=patch_size,
+        random_search=random_search,
+        seed=seed,
+        max_radius=max_radius,
+    )
     nnf, scores = cocosnet_ops.patch_match(fq, fk, backend="cpu", **args)
     ref_nnf, ref_scores = cocosnet_ops.patch_match(fq, fk, backend="torch", **args)
     assert torch.equal(nnf, ref_nnf)
@@ -77,8 +111,10 @@ def test_patch_match_float_features_equal_reference_search(channels):
             assert torch.equal(nnf, ref_nnf) and torch.equal(scores, ref_scores)
         else:
             torch.testing.assert_close(scores, ref_scores, rtol=1e-6, atol=1e-6)
-            tied = (reference.patch_scores(fq.double(), fk.double(), nnf, patch_size)
-                    - reference.patch_scores(fq.double(), fk.double(), ref_nnf, patch_size)).abs() <= 1e-6
+            tied = (
+                reference.patch_scores(fq.double(), fk.double(), nnf, patch_size)
+                - reference.patch_scores(fq.double(), fk.double(), ref_nnf, patch_size)
+            ).abs() <= 1e-6
             assert ((nnf == ref_nnf) | tied).all()
 
 

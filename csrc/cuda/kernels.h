@@ -5,6 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+#endif
 
 #include "../patch_match.h"
 
@@ -17,11 +22,53 @@ using Error = const char*;
 // one template instance per bound (8, 16, 32, 64).
 constexpr int kMaxK = 64;
 
+// Half-precision feature maps as the search kernels read them: the 16 bits of an IEEE half
+// (torch.float16) or of a bfloat16 (torch.bfloat16), converted to float32 for every product
+// (exactly: both widen without rounding), so the scores accumulate in float32.
+struct HalfBits {
+  uint16_t bits;
+};
+struct BFloat16Bits {
+  uint16_t bits;
+};
+
+HOST_DEVICE float widen(float x) { return x; }
+HOST_DEVICE double widen(double x) { return x; }
+HOST_DEVICE float widen(BFloat16Bits x) {
+  const uint32_t bits = uint32_t{x.bits} << 16;
+  float out;
+  memcpy(&out, &bits, sizeof out);
+  return out;
+}
+HOST_DEVICE float widen(HalfBits x) {
+#ifdef __CUDA_ARCH__
+  return __half2float(__ushort_as_half(x.bits));
+#else
+  const uint32_t sign = uint32_t{x.bits & 0x8000u} << 16;
+  const uint32_t exponent = (x.bits >> 10) & 0x1fu, mantissa = x.bits & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1fu) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, NaN
+  } else if (exponent == 0) {
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;  // subnormal: m * 2^-24
+    memcpy(&bits, &magnitude, sizeof bits);
+    bits |= sign;
+  } else {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  }
+  float out;
+  memcpy(&out, &bits, sizeof out);
+  return out;
+#endif
+}
+
 // What every search kernel needs: channels-last features of the whole batch and the shapes.
-template <typename T>
+// Scores are T; the features are stored as S: T itself, or, with T = float, HalfBits or
+// BFloat16Bits (patch_match on half-precision features, read without a float32 copy).
+template <typename T, typename S = T>
 struct SearchArgs {
-  const T* query;  // (B, Hq, Wq, C)
-  const T* key;    // (B, Hk, Wk, C)
+  const S* query;  // (B, Hq, Wq, C)
+  const S* key;    // (B, Hk, Wk, C)
   int channels;
   MapSize qs;
   MapSize ks;
@@ -29,14 +76,23 @@ struct SearchArgs {
   int k;
   int radius;  // patch_size / 2
   uint32_t seed;
+  // Rows are read four channels per load: channels a multiple of 4 and both maps aligned to
+  // 4 * sizeof(S) bytes.
+  bool vector_rows;
 
   HOST_DEVICE int64_t pixels() const { return int64_t{batch} * qs.pixels(); }
-
-  HOST_DEVICE Scorer<T> scorer(int b, int p) const {
-    return {query + int64_t{b} * qs.pixels() * channels, key + int64_t{b} * ks.pixels() * channels, channels, qs, ks,
-            p / qs.width, p % qs.width, radius};
-  }
 };
+
+// Variants of the search-step kernel, as bits: benchmarks/bench_search_variants.py times them
+// against the default (0) on a GPU, and each stays a variant until such a run measures it
+// faster. Every variant returns the default kernel's results bit for bit. They are built for
+// float32 scores and k <= 16 (the list bound the benchmarks use); other calls run the default.
+enum SearchVariant : int {
+  kCoalescedLists = 1,    // a neighbour's k matches read by the lane group in one load each 8, passed by shuffle
+  kPipelinedRows = 2,     // a candidate's key row requested when it is proposed, reduced at the next proposal
+  kBoundedRegisters = 4,  // __launch_bounds__ asking for 8 blocks per SM: at most 64 registers a thread
+};
+constexpr int kSearchVariants = 8;  // every combination of the bits
 
 // The random-search radii, by value: kernel arguments need a fixed size.
 struct Radii {
@@ -46,16 +102,17 @@ struct Radii {
 
 // The first top-K of every pixel from `count` candidates each ((B, Hq, Wq, count), < 0 for
 // none), topped up at random; writes (B, Hq, Wq, k) indices and scores.
-template <typename T>
-Error launch_initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
+template <typename T, typename S>
+Error launch_initial_search(const SearchArgs<T, S>& args, const int* candidates, int count, int* index, T* score,
                             void* stream);
 
 // One double-buffered PatchMatch iteration: reads (previous_index, previous_score), writes
 // (index, score), all (B, Hq, Wq, k). `bound` (max_radius) reads its init candidates on the device.
-template <typename T>
-Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step,
+// `variant`: SearchVariant bits, in [0, kSearchVariants).
+template <typename T, typename S>
+Error launch_search_step(const SearchArgs<T, S>& args, const Radii& radii, const SearchBound& bound, int step,
                          int iteration, const int* previous_index, const T* previous_score, int* index, T* score,
-                         void* stream);
+                         int variant, void* stream);
 
 // share_matches: every pixel's own matches `nnf` (B, Hq, Wq, k) with their scores `own_score`
 // compete with the first `top` matches of its `count` neighbours (B, Hq, Wq, count); writes

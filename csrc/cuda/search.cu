@@ -1,5 +1,6 @@
 // CUDA kernels of the search ops. They run the per-pixel code of patch_match.h that the CPU
 // kernels run too, on a group of kLanes lanes per query pixel that share each inner product.
+// patch_match also reads half-precision features directly (kernels.h's HalfBits, BFloat16Bits).
 // Every lane keeps the pixel's top-K list in registers (RegisterTopK, one instance per bound on
 // k) and scores each candidate as it is proposed. Every iteration is its own launch reading the
 // previous NNF and writing the next (double-buffered), so the result does not depend on
@@ -22,35 +23,55 @@ Error launch_error() {
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
-// Lanes that search for one query pixel together. Each reads every kLanes-th channel of a
-// candidate's key row, so the group reads the row in contiguous runs (one lane per row would
-// touch a cache line per lane and load), and a butterfly of shuffles sums the partial
-// products. Every lane ends with the same sum (each addition is commutative), so all lanes of
-// a group keep identical lists and take identical branches.
+// Lanes that search for one query pixel together. Each reads every kLanes-th group of four
+// channels of a candidate's key row, so the group reads the row in contiguous runs (one lane per
+// row would touch a cache line per lane and load), and a butterfly of shuffles sums the partial
+// products. Every lane ends with the same sum (each addition is commutative), so all lanes of a
+// group keep identical lists and take identical branches.
 constexpr int kLanes = 8;
 
-template <typename T>
-struct LaneGroupScorer : Scorer<T> {
+// Four consecutive channels of a row, from chunk `chunk` (channels 4 * chunk ..), as float32:
+// one 16-byte load of float32, one 8-byte load of half precision (widened exactly), so both
+// give the same products.
+__device__ __forceinline__ float4 load4(const float* row, int chunk) {
+  return __ldg(reinterpret_cast<const float4*>(row) + chunk);
+}
+template <typename H>
+__device__ __forceinline__ float4 load4(const H* row, int chunk) {
+  const uint2 bits = __ldg(reinterpret_cast<const uint2*>(row) + chunk);
+  return {widen(H{static_cast<uint16_t>(bits.x & 0xffffu)}), widen(H{static_cast<uint16_t>(bits.x >> 16)}),
+          widen(H{static_cast<uint16_t>(bits.y & 0xffffu)}), widen(H{static_cast<uint16_t>(bits.y >> 16)})};
+}
+
+__device__ __forceinline__ float dot4(float4 x, float4 y) { return (x.x * y.x + x.y * y.y) + (x.z * y.z + x.w * y.w); }
+
+// Scores key indices for one query pixel, as Scorer does on the CPU (patch_match.h's search
+// functions take either), with features stored as S and scores T.
+template <typename T, typename S>
+struct LaneGroupScorer {
+  const S* query;  // this batch item's query map, channels-last
+  const S* key;    // this batch item's key map, channels-last
+  int channels;
+  MapSize qs;
+  MapSize ks;
+  int qy;
+  int qx;
+  int radius;  // patch_size / 2
+  bool vector_rows;
   int lane;           // 0 .. kLanes - 1
   unsigned int mask;  // this group's lanes within the warp
 
   __device__ T pixel_dot(int query_pixel, int key_pixel) const {
-    const T* a = this->query + int64_t{query_pixel} * this->channels;
-    const T* b = this->key + int64_t{key_pixel} * this->channels;
+    const S* a = query + int64_t{query_pixel} * channels;
+    const S* b = key + int64_t{key_pixel} * channels;
     T sum = 0;
     if constexpr (std::is_same_v<T, float>) {
-      // Rows of a multiple of 4 channels start 16-byte aligned: one 16-byte load per lane and step.
-      if (this->channels % 4 == 0) {
-        const float4* a4 = reinterpret_cast<const float4*>(a);
-        const float4* b4 = reinterpret_cast<const float4*>(b);
-        for (int c = lane; c < this->channels / 4; c += kLanes) {
-          const float4 x = a4[c], y = __ldg(b4 + c);
-          sum += (x.x * y.x + x.y * y.y) + (x.z * y.z + x.w * y.w);
-        }
+      if (vector_rows) {
+        for (int c = lane; c < channels / 4; c += kLanes) sum += dot4(load4(a, c), load4(b, c));
         return group_sum(sum);
       }
     }
-    for (int c = lane; c < this->channels; c += kLanes) sum += a[c] * b[c];
+    for (int c = lane; c < channels; c += kLanes) sum += widen(a[c]) * widen(b[c]);
     return group_sum(sum);
   }
 
@@ -61,33 +82,109 @@ struct LaneGroupScorer : Scorer<T> {
   }
 
   __device__ T operator()(int candidate) const {
-    if (this->radius == 0) return rankable(pixel_dot(this->qy * this->qs.width + this->qx, candidate));
+    if (radius == 0) return rankable(pixel_dot(qy * qs.width + qx, candidate));
     const auto dot = [this](int query_pixel, int key_pixel) { return pixel_dot(query_pixel, key_pixel); };
-    const int ky = candidate / this->ks.width;
-    return patch_score_with<T>(dot, this->qs, this->ks, this->qy, this->qx, ky, candidate - ky * this->ks.width,
-                               this->radius);
+    const int ky = candidate / ks.width;
+    return patch_score_with<T>(dot, qs, ks, qy, qx, ky, candidate - ky * ks.width, radius);
   }
 };
 
 // This thread's pixel (batch-wide flat index) and its group's scorer; false past the last pixel.
-template <typename T>
-__device__ bool group_scorer(const SearchArgs<T>& args, int64_t& pixel, LaneGroupScorer<T>& scorer) {
+template <typename T, typename S>
+__device__ bool group_scorer(const SearchArgs<T, S>& args, int64_t& pixel, LaneGroupScorer<T, S>& scorer) {
   const int64_t thread = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   pixel = thread / kLanes;
   if (pixel >= args.pixels()) return false;
   const int b = static_cast<int>(pixel / args.qs.pixels()), p = static_cast<int>(pixel % args.qs.pixels());
-  static_cast<Scorer<T>&>(scorer) = args.scorer(b, p);
-  scorer.lane = static_cast<int>(thread % kLanes);
-  scorer.mask = ((1u << kLanes) - 1) << (threadIdx.x % 32 / kLanes * kLanes);
+  scorer = {args.query + int64_t{b} * args.qs.pixels() * args.channels,
+            args.key + int64_t{b} * args.ks.pixels() * args.channels,
+            args.channels,
+            args.qs,
+            args.ks,
+            p / args.qs.width,
+            p % args.qs.width,
+            args.radius,
+            args.vector_rows,
+            static_cast<int>(thread % kLanes),
+            ((1u << kLanes) - 1) << (threadIdx.x % 32 / kLanes * kLanes)};
   return true;
 }
 
-template <typename T, int KMax>
+// kCoalescedLists: a neighbour's k matches (contiguous in the (Hq, Wq, k) NNF) read by the
+// group's lanes together, one entry each per load, then passed to every lane by shuffle in list
+// order, instead of every lane loading every entry itself.
+struct GroupEntries {
+  int lane;
+  unsigned int mask;
+
+  template <typename Visit>
+  __device__ void operator()(const int* matches, int k, Visit&& visit) const {
+    for (int first = 0; first < k; first += kLanes) {
+      const int mine = first + lane < k ? __ldg(matches + first + lane) : 0;
+      const int count = k - first < kLanes ? k - first : kLanes;
+      for (int j = 0; j < count; ++j) visit(__shfl_sync(mask, mine, j, kLanes));
+    }
+  }
+};
+
+// kPipelinedRows: candidates offered one proposal late. A candidate's key row is requested when
+// it is proposed and reduced when the next one is, so its load overlaps the previous
+// candidate's shuffles and list update instead of stalling them. For patch_size 1 and vector
+// rows of at most 4 * kLanes * kChunks channels (see applies); the query row stays in
+// registers. The scores are pixel_dot's bit for bit: the same products summed in the same order.
+template <typename S, int KMax>
+struct PipelinedOffers {
+  static constexpr int kChunks = 2;
+  const LaneGroupScorer<float, S>& scorer;
+  float4 query[kChunks];
+  float4 row[kChunks];  // this lane's chunks of the pending candidate's key row
+  int pending = -1;
+
+  __device__ static bool applies(const LaneGroupScorer<float, S>& s) {
+    return s.radius == 0 && s.vector_rows && s.channels <= 4 * kLanes * kChunks;
+  }
+
+  __device__ explicit PipelinedOffers(const LaneGroupScorer<float, S>& s) : scorer(s) {
+    load(query, s.query + int64_t{s.qy * s.qs.width + s.qx} * s.channels);
+  }
+
+  __device__ void offer(RegisterTopK<float, KMax>& list, int candidate) {
+    float4 next[kChunks];
+    load(next, scorer.key + int64_t{candidate} * scorer.channels);
+    flush(list);
+    pending = candidate;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) row[j] = next[j];
+  }
+
+  // Scores the pending candidate and offers it to the list (as offer() does).
+  __device__ void flush(RegisterTopK<float, KMax>& list) {
+    if (pending < 0) return;
+    float sum = 0;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j)
+      if (scorer.lane + j * kLanes < scorer.channels / 4) sum += dot4(query[j], row[j]);
+    const float s = rankable(scorer.group_sum(sum));
+    if (list.admits(s, pending) && !list.contains(pending)) list.insert(pending, s);
+    pending = -1;
+  }
+
+ private:
+  __device__ void load(float4 (&to)[kChunks], const S* from) const {
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int chunk = scorer.lane + j * kLanes;
+      to[j] = chunk < scorer.channels / 4 ? load4(from, chunk) : float4{0, 0, 0, 0};
+    }
+  }
+};
+
+template <typename T, typename S, int KMax>
 __global__ void __launch_bounds__(kThreads)
-    initial_search_kernel(SearchArgs<T> args, const int* __restrict__ candidates, int count, int* __restrict__ index,
+    initial_search_kernel(SearchArgs<T, S> args, const int* __restrict__ candidates, int count, int* __restrict__ index,
                           T* __restrict__ score) {
   int64_t pixel;
-  LaneGroupScorer<T> scorer;
+  LaneGroupScorer<T, S> scorer;
   if (!group_scorer(args, pixel, scorer)) return;
   RegisterTopK<T, KMax> list(args.k);
   initial_topk(list, scorer, candidates + pixel * count, count, 1, args.seed,
@@ -95,19 +192,48 @@ __global__ void __launch_bounds__(kThreads)
   if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
-template <typename T, int KMax>
-__global__ void __launch_bounds__(kThreads)
-    search_step_kernel(SearchArgs<T> args, Radii radii, SearchBound bound, int step, int iteration,
+// One double-buffered PatchMatch iteration (patch_match_step's, with every candidate offered as
+// it is proposed: other warps hide the latency a CPU hides by prefetching). `Variant`:
+// SearchVariant bits, 0 for the default kernel.
+template <typename T, typename S, int KMax, int Variant>
+__global__ void __launch_bounds__(kThreads, (Variant & kBoundedRegisters) ? 8 : 0)
+    search_step_kernel(SearchArgs<T, S> args, Radii radii, SearchBound bound, int step, int iteration,
                        const int* __restrict__ previous_index, const T* __restrict__ previous_score,
                        int* __restrict__ index, T* __restrict__ score) {
+  static_assert(Variant == 0 || std::is_same_v<T, float>, "the variants are built for float32 scores");
   int64_t pixel;
-  LaneGroupScorer<T> scorer;
+  LaneGroupScorer<T, S> scorer;
   if (!group_scorer(args, pixel, scorer)) return;
   RegisterTopK<T, KMax> list(args.k);
   const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
-  patch_match_step(list, static_cast<int*>(nullptr), scorer, previous_index + batch_nnf, previous_score + batch_nnf,
-                   step, radii.value, radii.count, bound.window(pixel, args.ks), args.seed, iteration,
-                   static_cast<uint32_t>(pixel % args.qs.pixels()));
+  const int* previous = previous_index + batch_nnf;
+  const int64_t own = (scorer.qy * scorer.qs.width + scorer.qx) * int64_t{args.k};
+  list.assign(previous + own, previous_score + batch_nnf + own);
+  const SearchWindow window = bound.window(pixel, args.ks);
+  const auto propose = [&](auto&& offer_to_list) {
+    const auto visit = [&](int candidate, int ky, int kx) {
+      if (window.allows(ky, kx)) offer_to_list(candidate);
+    };
+    const uint32_t p = static_cast<uint32_t>(pixel % args.qs.pixels());
+    if constexpr ((Variant & kCoalescedLists) != 0)
+      for_each_step_candidate(previous, args.k, args.qs, args.ks, scorer.qy, scorer.qx, step, radii.value,
+                              radii.count, args.seed, iteration, p, visit, GroupEntries{scorer.lane, scorer.mask});
+    else
+      for_each_step_candidate(previous, args.k, args.qs, args.ks, scorer.qy, scorer.qx, step, radii.value,
+                              radii.count, args.seed, iteration, p, visit);
+  };
+  const auto offer_now = [&](int candidate) { offer(list, scorer, candidate); };
+  if constexpr ((Variant & kPipelinedRows) != 0) {
+    if (PipelinedOffers<S, KMax>::applies(scorer)) {
+      PipelinedOffers<S, KMax> offers(scorer);
+      propose([&](int candidate) { offers.offer(list, candidate); });
+      offers.flush(list);
+    } else {
+      propose(offer_now);
+    }
+  } else {
+    propose(offer_now);
+  }
   if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
@@ -117,7 +243,7 @@ __global__ void __launch_bounds__(kThreads)
                          const int* __restrict__ neighbours, int count, int top, int* __restrict__ index,
                          T* __restrict__ score) {
   int64_t pixel;
-  LaneGroupScorer<T> scorer;
+  LaneGroupScorer<T, T> scorer;
   if (!group_scorer(args, pixel, scorer)) return;
   RegisterTopK<T, KMax> list(args.k);
   const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
@@ -154,53 +280,75 @@ __global__ void __launch_bounds__(kThreads)
                                        radius);
 }
 
-template <typename T, int KMax>
-Error initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
+template <typename T, typename S, int KMax>
+Error initial_search(const SearchArgs<T, S>& args, const int* candidates, int count, int* index, T* score,
                      cudaStream_t stream) {
-  launch_kernel(initial_search_kernel<T, KMax>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream, args,
+  launch_kernel(initial_search_kernel<T, S, KMax>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream, args,
                 candidates, count, index, score);
   return launch_error();
 }
 
-template <typename T, int KMax>
-Error search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step, int iteration,
+// The search-step kernel for one list bound, variant `Variant`.
+template <typename T, typename S, int KMax, int Variant = 0>
+Error search_step(const SearchArgs<T, S>& args, const Radii& radii, const SearchBound& bound, int step, int iteration,
                   const int* previous_index, const T* previous_score, int* index, T* score, cudaStream_t stream) {
-  launch_kernel(search_step_kernel<T, KMax>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream, args, radii,
-                bound, step, iteration, previous_index, previous_score, index, score);
+  launch_kernel(search_step_kernel<T, S, KMax, Variant>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream,
+                args, radii, bound, step, iteration, previous_index, previous_score, index, score);
   return launch_error();
+}
+
+// Bound 16 with float32 scores, the one the variants are built for: `variant` picks the kernel.
+template <typename S, int Variant = 0>
+Error search_step_variant(const SearchArgs<float, S>& args, const Radii& radii, const SearchBound& bound, int step,
+                          int iteration, const int* previous_index, const float* previous_score, int* index,
+                          float* score, int variant, cudaStream_t stream) {
+  if constexpr (Variant + 1 < kSearchVariants) {
+    if (variant != Variant)
+      return search_step_variant<S, Variant + 1>(args, radii, bound, step, iteration, previous_index, previous_score,
+                                                 index, score, variant, stream);
+  }
+  return search_step<float, S, 16, Variant>(args, radii, bound, step, iteration, previous_index, previous_score,
+                                            index, score, stream);
 }
 
 constexpr const char* kTooManyMatches = "k exceeds the largest list the CUDA search kernels keep";
 
 }  // namespace
 
-template <typename T>
-Error launch_initial_search(const SearchArgs<T>& args, const int* candidates, int count, int* index, T* score,
+template <typename T, typename S>
+Error launch_initial_search(const SearchArgs<T, S>& args, const int* candidates, int count, int* index, T* score,
                             void* stream) {
   if (args.pixels() == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
-  if (args.k <= 8) return initial_search<T, 8>(args, candidates, count, index, score, s);
-  if (args.k <= 16) return initial_search<T, 16>(args, candidates, count, index, score, s);
-  if (args.k <= 32) return initial_search<T, 32>(args, candidates, count, index, score, s);
-  if (args.k <= kMaxK) return initial_search<T, kMaxK>(args, candidates, count, index, score, s);
+  if (args.k <= 8) return initial_search<T, S, 8>(args, candidates, count, index, score, s);
+  if (args.k <= 16) return initial_search<T, S, 16>(args, candidates, count, index, score, s);
+  if (args.k <= 32) return initial_search<T, S, 32>(args, candidates, count, index, score, s);
+  if (args.k <= kMaxK) return initial_search<T, S, kMaxK>(args, candidates, count, index, score, s);
   return kTooManyMatches;
 }
 
-template <typename T>
-Error launch_search_step(const SearchArgs<T>& args, const Radii& radii, const SearchBound& bound, int step,
+template <typename T, typename S>
+Error launch_search_step(const SearchArgs<T, S>& args, const Radii& radii, const SearchBound& bound, int step,
                          int iteration, const int* previous_index, const T* previous_score, int* index, T* score,
-                         void* stream) {
+                         int variant, void* stream) {
+  if (variant < 0 || variant >= kSearchVariants) return "unknown search kernel variant";
   if (args.pixels() == 0) return nullptr;
   const auto s = static_cast<cudaStream_t>(stream);
   if (args.k <= 8)
-    return search_step<T, 8>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
-  if (args.k <= 16)
-    return search_step<T, 16>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
+    return search_step<T, S, 8>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
+  if (args.k <= 16) {
+    if constexpr (std::is_same_v<T, float>)
+      return search_step_variant<S>(args, radii, bound, step, iteration, previous_index, previous_score, index, score,
+                                    variant, s);
+    else
+      return search_step<T, S, 16>(args, radii, bound, step, iteration, previous_index, previous_score, index, score,
+                                   s);
+  }
   if (args.k <= 32)
-    return search_step<T, 32>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
+    return search_step<T, S, 32>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
   if (args.k <= kMaxK)
-    return search_step<T, kMaxK>(args, radii, bound, step, iteration, previous_index, previous_score, index, score,
-                                 s);
+    return search_step<T, S, kMaxK>(args, radii, bound, step, iteration, previous_index, previous_score, index, score,
+                                    s);
   return kTooManyMatches;
 }
 
@@ -246,12 +394,18 @@ Error launch_bilinear_scores(const T* query, const T* key, const T* coords, T* s
   return launch_error();
 }
 
-template Error launch_initial_search<float>(const SearchArgs<float>&, const int*, int, int*, float*, void*);
-template Error launch_initial_search<double>(const SearchArgs<double>&, const int*, int, int*, double*, void*);
-template Error launch_search_step<float>(const SearchArgs<float>&, const Radii&, const SearchBound&, int, int,
-                                         const int*, const float*, int*, float*, void*);
-template Error launch_search_step<double>(const SearchArgs<double>&, const Radii&, const SearchBound&, int, int,
-                                          const int*, const double*, int*, double*, void*);
+template Error launch_initial_search(const SearchArgs<float>&, const int*, int, int*, float*, void*);
+template Error launch_initial_search(const SearchArgs<float, HalfBits>&, const int*, int, int*, float*, void*);
+template Error launch_initial_search(const SearchArgs<float, BFloat16Bits>&, const int*, int, int*, float*, void*);
+template Error launch_initial_search(const SearchArgs<double>&, const int*, int, int*, double*, void*);
+template Error launch_search_step(const SearchArgs<float>&, const Radii&, const SearchBound&, int, int, const int*,
+                                  const float*, int*, float*, int, void*);
+template Error launch_search_step(const SearchArgs<float, HalfBits>&, const Radii&, const SearchBound&, int, int,
+                                  const int*, const float*, int*, float*, int, void*);
+template Error launch_search_step(const SearchArgs<float, BFloat16Bits>&, const Radii&, const SearchBound&, int, int,
+                                  const int*, const float*, int*, float*, int, void*);
+template Error launch_search_step(const SearchArgs<double>&, const Radii&, const SearchBound&, int, int, const int*,
+                                  const double*, int*, double*, int, void*);
 template Error launch_share_matches<float>(const SearchArgs<float>&, const int*, const float*, const int*, int, int,
                                            int*, float*, void*);
 template Error launch_share_matches<double>(const SearchArgs<double>&, const int*, const double*, const int*, int,

@@ -33,6 +33,9 @@ struct uint3 {
 struct alignas(16) float4 {
   float x, y, z, w;
 };
+struct alignas(8) uint2 {
+  unsigned int x, y;
+};
 using cudaStream_t = struct EmulatedStream*;
 enum cudaError_t { cudaSuccess = 0, cudaErrorLaunchFailure = 719 };
 
@@ -74,6 +77,16 @@ T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
   if (source / width != lane / width) source = lane;  // outside this lane's segment: its own value
   T out;
   ::cocosnet_ops::emulated::exchange(mask, &value, sizeof(T), source, &out);
+  return out;
+}
+
+// Lane `source_lane` of this lane's segment of `width` lanes.
+template <typename T>
+T __shfl_sync(unsigned int mask, T value, int source_lane, int width = 32) {
+  static_assert(sizeof(T) <= 16 && std::is_trivially_copyable_v<T>, "shuffles move up to 16 bytes");
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  T out;
+  ::cocosnet_ops::emulated::exchange(mask, &value, sizeof(T), lane / width * width + source_lane % width, &out);
   return out;
 }
 
