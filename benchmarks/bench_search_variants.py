@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-VARIANT_BITS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers"}
+VARIANT_BITS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers", 8: "split_lists"}
 COLUMNS = (
     "config",
     "variant",
@@ -57,7 +57,7 @@ def variant_name(bits: int) -> str:
 
 def configurations() -> list[tuple[str, int, torch.dtype | None]]:
     """(name, variant bits, score_dtype): the default first, every variant, half-precision scoring."""
-    configs = [(variant_name(bits), bits, None) for bits in range(8)]
+    configs = [(variant_name(bits), bits, None) for bits in range(16)]
     configs += [
         (f"score_{dtype}".replace("torch.", ""), 0, dtype) for dtype in (torch.float16, torch.bfloat16)
     ]

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANT_BITS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers"}
+VARIANT_BITS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers", 8: "split_lists"}
 FIELDS = (
     "kernel",
     "scores",

@@ -140,7 +140,7 @@ def test_out_of_range_indices_never_read_outside():
     assert int(up.min()) >= 0 and int(up.max()) < 25
 
 
-@pytest.mark.parametrize("variant", range(1, 8))
+@pytest.mark.parametrize("variant", range(1, 16))
 def test_search_variants_return_the_default_kernels_results(variant):
     """Every search-step variant (kernels.h's SearchVariant bits) gives the default kernel's
     results bit for bit, on the GPU (tests/test_emulated_cuda.py checks the same in the emulator)."""

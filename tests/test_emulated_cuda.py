@@ -78,8 +78,8 @@ def test_patch_match_float_features_take_the_vector_loads():
 
 # ----------------------------------------------------------------------------- search variants
 
-VARIANTS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers"}
-ALL_VARIANTS = range(1, 8)
+VARIANTS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers", 8: "split_lists"}
+ALL_VARIANTS = range(1, 16)
 
 # (B, C, Hq, Wq, Hk, Wk, k, patch_size): k in (8, 16], the list bound the variants are built for;
 # 32 and 64 channels take the pipelined rows, 6 the scalar path and patch 3 the plain offers.
@@ -129,7 +129,7 @@ def test_search_variants_return_the_default_kernels_results(case, variant, searc
     assert_same(default[0], CPU.patch_match(*calls[0]))
 
 
-@pytest.mark.parametrize("variant", [-1, 8])
+@pytest.mark.parametrize("variant", [-1, 16])
 def test_unknown_search_variant_is_refused(variant):
     with pytest.raises(ValueError, match="variant"):
         EMULATED._set_search_variant(variant)

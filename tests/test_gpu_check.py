@@ -152,9 +152,9 @@ def test_search_variants_ab_on_the_emulator_writes_its_table(tmp_path):
     assert done.returncode == 0, done.stderr
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == [str(bits) for bits in range(8)] + ["0", "0"]
-    assert all(r["same_results"] == "True" for r in rows[:8])
-    assert all(float(r["top1_agreement"]) >= 0.9 for r in rows[8:])
+    assert [r["variant"] for r in rows] == [str(bits) for bits in range(16)] + ["0", "0"]
+    assert all(r["same_results"] == "True" for r in rows[:16])
+    assert all(float(r["top1_agreement"]) >= 0.9 for r in rows[16:])
     assert out.with_suffix(".md").read_text().count("\n| ") == len(rows) + 1
 
 

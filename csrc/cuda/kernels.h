@@ -86,13 +86,14 @@ struct SearchArgs {
 // Variants of the search-step kernel, as bits: benchmarks/bench_search_variants.py times them
 // against the default (0) on a GPU, and each stays a variant until such a run measures it
 // faster. Every variant returns the default kernel's results bit for bit. They are built for
-// float32 scores and k <= 16 (the list bound the benchmarks use); other calls run the default.
+// float32 features and k in 9..16 (the list bound the benchmarks use); other calls run the default.
 enum SearchVariant : int {
   kCoalescedLists = 1,    // a neighbour's k matches read by the lane group in one load each 8, passed by shuffle
   kPipelinedRows = 2,     // a candidate's key row requested when it is proposed, reduced at the next proposal
   kBoundedRegisters = 4,  // __launch_bounds__ asking for 8 blocks per SM: at most 64 registers a thread
+  kSplitLists = 8,        // the top-K list split across the lane group (2 entries a lane) instead of copied
 };
-constexpr int kSearchVariants = 8;  // every combination of the bits
+constexpr int kSearchVariants = 16;  // every combination of the bits
 
 // The random-search radii, by value: kernel arguments need a fixed size.
 struct Radii {

@@ -132,7 +132,7 @@ struct GroupEntries {
 // candidate's shuffles and list update instead of stalling them. For patch_size 1 and vector
 // rows of at most 4 * kLanes * kChunks channels (see applies); the query row stays in
 // registers. The scores are pixel_dot's bit for bit: the same products summed in the same order.
-template <typename S, int KMax>
+template <typename S, typename List>
 struct PipelinedOffers {
   static constexpr int kChunks = 2;
   const LaneGroupScorer<float, S>& scorer;
@@ -148,7 +148,7 @@ struct PipelinedOffers {
     load(query, s.query + int64_t{s.qy * s.qs.width + s.qx} * s.channels);
   }
 
-  __device__ void offer(RegisterTopK<float, KMax>& list, int candidate) {
+  __device__ void offer(List& list, int candidate) {
     float4 next[kChunks];
     load(next, scorer.key + int64_t{candidate} * scorer.channels);
     flush(list);
@@ -158,7 +158,7 @@ struct PipelinedOffers {
   }
 
   // Scores the pending candidate and offers it to the list (as offer() does).
-  __device__ void flush(RegisterTopK<float, KMax>& list) {
+  __device__ void flush(List& list) {
     if (pending < 0) return;
     float sum = 0;
 #pragma unroll
@@ -176,6 +176,120 @@ struct PipelinedOffers {
       const int chunk = scorer.lane + j * kLanes;
       to[j] = chunk < scorer.channels / 4 ? load4(from, chunk) : float4{0, 0, 0, 0};
     }
+  }
+};
+
+// kSplitLists: the list of RegisterTopK (the same entries in the same order, so the same
+// results) split across the lane group: lane l holds entries l * kPerLane .. l * kPerLane +
+// kPerLane - 1, where every lane of a RegisterTopK holds all of them. An insertion shifts each
+// entry the candidate ranks before by one place, the first of a lane coming from the previous
+// lane's last by shuffle; membership is a vote. The bound on the list's last entry (what
+// `admits` compares with) is copied in every lane, so the group branches alike.
+template <int KMax>
+struct SplitTopK {
+  static_assert(KMax % kLanes == 0, "a split list gives every lane as many entries");
+  static constexpr bool kScoreFirst = true;
+  static constexpr int kPerLane = KMax / kLanes;
+  static constexpr int kNone = RegisterTopK<float, KMax>::kNone;
+  int index[kPerLane];
+  float score[kPerLane];
+  int k;
+  int count;
+  int lane;
+  unsigned int mask;
+  int worst_index;  // entry k - 1 (the sentinel while the list is not full)
+  float worst_score;
+
+  __device__ SplitTopK(int k_, int lane_, unsigned int mask_) : k(k_), count(0), lane(lane_), mask(mask_) {
+    worst_index = kNone;
+    worst_score = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      index[j] = kNone;
+      score[j] = -INFINITY;
+    }
+  }
+
+  __device__ bool contains(int candidate) const {
+    bool found = false;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) found |= index[j] == candidate;
+    return __any_sync(mask, found) != 0;
+  }
+
+  __device__ bool full() const { return count == k; }
+
+  __device__ bool admits(float s, int candidate) const {
+    return count < k || ranks_before(s, candidate, worst_score, worst_index);
+  }
+
+  __device__ void insert(int candidate, float s) {
+    // The entry before this lane's first: the previous lane's last (lane 0 has none).
+    const int before_index = __shfl_up_sync(mask, index[kPerLane - 1], 1, kLanes);
+    const float before_score = __shfl_up_sync(mask, score[kPerLane - 1], 1, kLanes);
+    // Whether the entry before ranks before the candidate; lane 0's first has none: the candidate
+    // goes first when it ranks before that entry.
+    bool previous_stays = lane == 0 || !ranks_before(s, candidate, before_score, before_index);
+    int previous_index = before_index;
+    float previous_score = before_score;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int position = lane * kPerLane + j;
+      const int own_index = index[j];
+      const float own_score = score[j];
+      const bool stays = !ranks_before(s, candidate, own_score, own_index);
+      if (position >= k) {
+        index[j] = kNone;  // past the list: what is carried here drops out
+        score[j] = -INFINITY;
+      } else if (!stays) {
+        index[j] = previous_stays ? candidate : previous_index;
+        score[j] = previous_stays ? s : previous_score;
+      }
+      previous_stays = stays;
+      previous_index = own_index;
+      previous_score = own_score;
+    }
+    count += count < k;
+    update_worst();
+  }
+
+  __device__ void assign(const int* from_index, const float* from_score) {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int position = lane * kPerLane + j;
+      index[j] = position < k ? from_index[position] : kNone;
+      score[j] = position < k ? from_score[position] : -INFINITY;
+    }
+    count = k;
+    update_worst();
+  }
+
+  // Every lane writes its own entries (RegisterTopK's are written by lane 0 alone).
+  __device__ void store(int* to_index, float* to_score) const {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int position = lane * kPerLane + j;
+      if (position < k) {
+        to_index[position] = index[j];
+        to_score[position] = score[j];
+      }
+    }
+  }
+
+ private:
+  __device__ void update_worst() {
+    const int last = k - 1;
+    int mine_index = index[0];
+    float mine_score = score[0];
+#pragma unroll
+    for (int j = 1; j < kPerLane; ++j) {
+      if (j == last % kPerLane) {
+        mine_index = index[j];
+        mine_score = score[j];
+      }
+    }
+    worst_index = __shfl_sync(mask, mine_index, last / kPerLane, kLanes);
+    worst_score = __shfl_sync(mask, mine_score, last / kPerLane, kLanes);
   }
 };
 
@@ -200,11 +314,17 @@ __global__ void __launch_bounds__(kThreads, (Variant & kBoundedRegisters) ? 8 : 
     search_step_kernel(SearchArgs<T, S> args, Radii radii, SearchBound bound, int step, int iteration,
                        const int* __restrict__ previous_index, const T* __restrict__ previous_score,
                        int* __restrict__ index, T* __restrict__ score) {
-  static_assert(Variant == 0 || std::is_same_v<T, float>, "the variants are built for float32 scores");
+  static_assert(Variant == 0 || std::is_same_v<S, float>, "the variants are built for float32 features");
   int64_t pixel;
   LaneGroupScorer<T, S> scorer;
   if (!group_scorer(args, pixel, scorer)) return;
-  RegisterTopK<T, KMax> list(args.k);
+  using List = std::conditional_t<(Variant & kSplitLists) != 0, SplitTopK<KMax>, RegisterTopK<T, KMax>>;
+  List list = [&] {
+    if constexpr ((Variant & kSplitLists) != 0)
+      return List(args.k, scorer.lane, scorer.mask);
+    else
+      return List(args.k);
+  }();
   const int64_t batch_nnf = pixel / args.qs.pixels() * args.qs.pixels() * args.k;
   const int* previous = previous_index + batch_nnf;
   const int64_t own = (scorer.qy * scorer.qs.width + scorer.qx) * int64_t{args.k};
@@ -224,8 +344,8 @@ __global__ void __launch_bounds__(kThreads, (Variant & kBoundedRegisters) ? 8 : 
   };
   const auto offer_now = [&](int candidate) { offer(list, scorer, candidate); };
   if constexpr ((Variant & kPipelinedRows) != 0) {
-    if (PipelinedOffers<S, KMax>::applies(scorer)) {
-      PipelinedOffers<S, KMax> offers(scorer);
+    if (PipelinedOffers<S, List>::applies(scorer)) {
+      PipelinedOffers<S, List> offers(scorer);
       propose([&](int candidate) { offers.offer(list, candidate); });
       offers.flush(list);
     } else {
@@ -234,7 +354,8 @@ __global__ void __launch_bounds__(kThreads, (Variant & kBoundedRegisters) ? 8 : 
   } else {
     propose(offer_now);
   }
-  if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
+  if (std::is_same_v<List, SplitTopK<KMax>> || scorer.lane == 0)
+    list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
 template <typename T, int KMax>
@@ -337,7 +458,7 @@ Error launch_search_step(const SearchArgs<T, S>& args, const Radii& radii, const
   if (args.k <= 8)
     return search_step<T, S, 8>(args, radii, bound, step, iteration, previous_index, previous_score, index, score, s);
   if (args.k <= 16) {
-    if constexpr (std::is_same_v<T, float>)
+    if constexpr (std::is_same_v<S, float>)
       return search_step_variant<S>(args, radii, bound, step, iteration, previous_index, previous_score, index, score,
                                     variant, s);
     else

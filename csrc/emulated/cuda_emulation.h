@@ -90,6 +90,30 @@ T __shfl_sync(unsigned int mask, T value, int source_lane, int width = 32) {
   return out;
 }
 
+// Lane `lane - delta` of this lane's segment of `width` lanes; the lanes below keep their own value.
+template <typename T>
+T __shfl_up_sync(unsigned int mask, T value, unsigned int delta, int width = 32) {
+  static_assert(sizeof(T) <= 16 && std::is_trivially_copyable_v<T>, "shuffles move up to 16 bytes");
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int source = lane % width >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
+  T out;
+  ::cocosnet_ops::emulated::exchange(mask, &value, sizeof(T), source, &out);
+  return out;
+}
+
+// Whether `predicate` is non-zero in any lane of `mask`: one exchange round per lane of the mask,
+// which every lane of it runs alike.
+inline int __any_sync(unsigned int mask, int predicate) {
+  int any = 0;
+  for (int source = 0; source < 32; ++source) {
+    if (((mask >> source) & 1u) == 0) continue;
+    int theirs = 0;
+    ::cocosnet_ops::emulated::exchange(mask, &predicate, sizeof predicate, source, &theirs);
+    any |= theirs != 0;
+  }
+  return any;
+}
+
 inline void __syncwarp(unsigned int mask = 0xffffffffu) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   int ignored = 0;
