@@ -53,7 +53,7 @@ def parse_signature(demangled: str) -> dict[str, object] | None:
     if match is None:
         return None
     arguments = [a.strip() for a in match.group(2).split(",")]
-    kernel = match.group(1)
+    kernel = match.group(1).removeprefix("bounded_")  # kBoundedRegisters' kernel: its variant bits say so
     row: dict[str, object] = {"kernel": kernel, "scores": arguments[0].split("::")[-1]}
     if kernel in ("initial_search_kernel", "search_step_kernel"):
         row["features"] = arguments[1].split("::")[-1]

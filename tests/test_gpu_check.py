@@ -183,7 +183,7 @@ def test_kernel_resources_reads_ptxas_reports():
         ]
     )
     names = {
-        step: "void cocosnet_ops::cuda::(anonymous namespace)::search_step_kernel<float, "
+        step: "void cocosnet_ops::cuda::(anonymous namespace)::bounded_search_step_kernel<float, "
         "cocosnet_ops::cuda::HalfBits, 16, 5>(cocosnet_ops::cuda::SearchArgs<float, float>, int)",
         "_Z8upsamplev": "void cocosnet_ops::cuda::nnf_upsample_kernel(int const*, int*)",
     }

@@ -306,14 +306,15 @@ __global__ void __launch_bounds__(kThreads)
   if (scorer.lane == 0) list.store(index + pixel * args.k, score + pixel * args.k);
 }
 
-// One double-buffered PatchMatch iteration (patch_match_step's, with every candidate offered as
-// it is proposed: other warps hide the latency a CPU hides by prefetching). `Variant`:
-// SearchVariant bits, 0 for the default kernel.
+// One double-buffered PatchMatch iteration for this thread's pixel (patch_match_step's, with
+// every candidate offered as it is proposed: other warps hide the latency a CPU hides by
+// prefetching). `Variant`: SearchVariant bits, 0 for the default kernel.
 template <typename T, typename S, int KMax, int Variant>
-__global__ void __launch_bounds__(kThreads, (Variant & kBoundedRegisters) ? 8 : 0)
-    search_step_kernel(SearchArgs<T, S> args, Radii radii, SearchBound bound, int step, int iteration,
-                       const int* __restrict__ previous_index, const T* __restrict__ previous_score,
-                       int* __restrict__ index, T* __restrict__ score) {
+__device__ __forceinline__ void search_step_pixel(const SearchArgs<T, S>& args, const Radii& radii,
+                                                  const SearchBound& bound, int step, int iteration,
+                                                  const int* __restrict__ previous_index,
+                                                  const T* __restrict__ previous_score, int* __restrict__ index,
+                                                  T* __restrict__ score) {
   static_assert(Variant == 0 || std::is_same_v<S, float>, "the variants are built for float32 features");
   int64_t pixel;
   LaneGroupScorer<T, S> scorer;
@@ -356,6 +357,25 @@ __global__ void __launch_bounds__(kThreads, (Variant & kBoundedRegisters) ? 8 : 
   }
   if (std::is_same_v<List, SplitTopK<KMax>> || scorer.lane == 0)
     list.store(index + pixel * args.k, score + pixel * args.k);
+}
+
+// The search step without a bound on registers (ptxas chooses), and with kBoundedRegisters'.
+template <typename T, typename S, int KMax, int Variant>
+__global__ void __launch_bounds__(kThreads)
+    search_step_kernel(SearchArgs<T, S> args, Radii radii, SearchBound bound, int step, int iteration,
+                       const int* __restrict__ previous_index, const T* __restrict__ previous_score,
+                       int* __restrict__ index, T* __restrict__ score) {
+  search_step_pixel<T, S, KMax, Variant>(args, radii, bound, step, iteration, previous_index, previous_score, index,
+                                         score);
+}
+
+template <typename T, typename S, int KMax, int Variant>
+__global__ void __launch_bounds__(kThreads, 8)
+    bounded_search_step_kernel(SearchArgs<T, S> args, Radii radii, SearchBound bound, int step, int iteration,
+                               const int* __restrict__ previous_index, const T* __restrict__ previous_score,
+                               int* __restrict__ index, T* __restrict__ score) {
+  search_step_pixel<T, S, KMax, Variant>(args, radii, bound, step, iteration, previous_index, previous_score, index,
+                                         score);
 }
 
 template <typename T, int KMax>
@@ -413,8 +433,13 @@ Error initial_search(const SearchArgs<T, S>& args, const int* candidates, int co
 template <typename T, typename S, int KMax, int Variant = 0>
 Error search_step(const SearchArgs<T, S>& args, const Radii& radii, const SearchBound& bound, int step, int iteration,
                   const int* previous_index, const T* previous_score, int* index, T* score, cudaStream_t stream) {
-  launch_kernel(search_step_kernel<T, S, KMax, Variant>, blocks_for(args.pixels() * kLanes), kThreads, 0, stream,
-                args, radii, bound, step, iteration, previous_index, previous_score, index, score);
+  const unsigned int blocks = blocks_for(args.pixels() * kLanes);
+  if constexpr ((Variant & kBoundedRegisters) != 0)
+    launch_kernel(bounded_search_step_kernel<T, S, KMax, Variant>, blocks, kThreads, 0, stream, args, radii, bound,
+                  step, iteration, previous_index, previous_score, index, score);
+  else
+    launch_kernel(search_step_kernel<T, S, KMax, Variant>, blocks, kThreads, 0, stream, args, radii, bound, step,
+                  iteration, previous_index, previous_score, index, score);
   return launch_error();
 }
 
