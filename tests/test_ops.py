@@ -303,3 +303,14 @@ def test_torch_compile_fullgraph_with_max_radius_matches_eager():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         eager = search(fq, fk, init, seed)
         assert torch.equal(eager[0], want[0]) and torch.equal(eager[1], want[1])
+
+
+def test_torch_compile_fullgraph_with_score_dtype_matches_eager():
+    g = torch.Generator().manual_seed(7)
+    fq, fk = unit_features(g, 1, 8, 12, 10), unit_features(g, 1, 8, 9, 11)
+
+    def search(query, key):
+        return cocosnet_ops.patch_match(query, key, k=4, iters=3, score_dtype=torch.bfloat16)
+
+    got, want = torch.compile(search, fullgraph=True, backend="aot_eager")(fq, fk), search(fq, fk)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
