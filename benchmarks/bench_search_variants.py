@@ -148,6 +148,24 @@ def device_description(device: torch.device) -> dict[str, str]:
     }
 
 
+def faster_everywhere(rows: list[dict]) -> list[str]:
+    """The configurations below the default kernel's time at every side, fastest first by their
+    worst ratio; a variant must also have returned the default's results."""
+    worst: dict[str, float] = {}
+    for row in rows:
+        if row["config"] == "default":
+            continue
+        ratio = float(row["ratio_to_default"])
+        if not row["score_dtype"] and not row["same_results"]:
+            ratio = float("inf")
+        worst[row["config"]] = max(worst.get(row["config"], 0.0), ratio)
+    return [
+        f"{name} (x{ratio:.3f})"
+        for name, ratio in sorted(worst.items(), key=lambda item: item[1])
+        if ratio < 1
+    ]
+
+
 def write_outputs(rows: list[dict], out: Path, command: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
@@ -159,6 +177,8 @@ def write_outputs(rows: list[dict], out: Path, command: str) -> None:
         "",
         f"Command: `{command}` ({rows[0]['device']}, torch {rows[0]['torch']}, "
         f"CUDA {rows[0]['cuda'] or 'none'}).",
+        "",
+        f"Faster than the default kernel at every side: {', '.join(faster_everywhere(rows)) or 'none'}.",
         "",
         "| config | side | C | k | iters | median ms | time / default's | same results | top-1 as default |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|",

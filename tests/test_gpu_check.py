@@ -194,3 +194,25 @@ def test_kernel_resources_reads_ptxas_reports():
         "spill_stores": 792, "spill_loads": 820, "blocks_per_sm": 8, "occupancy": "0.500",
     }  # fmt: skip
     assert kernel_resources.occupancy(128) == (4, 0.25) and kernel_resources.occupancy(255) == (2, 0.125)
+
+
+def test_search_variants_ab_names_what_beats_the_default_at_every_side():
+    """A variant counts only below the default's time at every side and with its results; a
+    half-precision row by time alone (it searches on rounded features)."""
+    import bench_search_variants
+
+    def rows(config, bits, dtype, ratios, same=True):
+        return [
+            dict(config=config, variant=bits, score_dtype=dtype, ratio_to_default=r, same_results=same)
+            for r in ratios
+        ]
+
+    table = (
+        rows("default", 0, "", ["1.000", "1.000"])
+        + rows("coalesced_lists", 1, "", ["0.800", "0.900"])
+        + rows("pipelined_rows", 2, "", ["0.700", "1.100"])
+        + rows("split_lists", 8, "", ["0.500", "0.500"], same=False)
+        + rows("score_float16", 0, "float16", ["0.600", "0.650"])
+    )
+    faster = bench_search_variants.faster_everywhere(table)
+    assert faster == ["score_float16 (x0.650)", "coalesced_lists (x0.900)"]
