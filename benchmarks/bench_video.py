@@ -51,6 +51,10 @@ in RGB units of [0, 1]; figure flicker (synthetic): the same over the pixels the
 shows (``exemplar_valid``), the only ones with a true match in it, and ``truth_figure_flicker``
 that of the true correspondence's warp (each pixel's exemplar point, rounded): the flicker a
 perfect match has, from rounding and the figure's own change, a reference for the searches'.
+``whole_pixel_flicker``: the flicker of ``per_frame``'s frame t-1 warp carried to frame t along
+the true motion rounded to whole pixels, against the same warp moved bilinearly: what carrying
+every match exactly costs, since matches are whole key pixels and the motion is not (a floor
+for the hysteresis, which at best keeps every carried match).
 "iterations for equal recall" is the fewest ``iters`` whose recall@1 reaches ``per_frame``'s.
 Over several ``--seeds``, rows with seed "mean" hold each method's
 mean over the seeds and, in the ``_sd`` columns, the sample standard deviation. The markdown
@@ -114,6 +118,7 @@ COLUMNS = (
     "figure_flicker",
     "figure_flicker_over_per_frame",
     "truth_figure_flicker",
+    "whole_pixel_flicker",
     "output_flicker",
     "output_flicker_over_per_frame",
     "full_searches",
@@ -176,6 +181,12 @@ def moved(image: Tensor, points: Tensor) -> Tensor:
     return F.grid_sample(image[None], grid[None], align_corners=True)[0]
 
 
+def nearest(image: Tensor, points: Tensor) -> Tensor:
+    """``image`` (3, S, S) at the points (S, S, 2) rounded to whole pixels (clamped to the image)."""
+    x, y = points.round().long().clamp(0, image.shape[-1] - 1).unbind(-1)
+    return image[:, y, x]
+
+
 def true_nnf(truth: Tensor, key_width: int) -> Tensor:
     """The true exemplar points (S, S, 2) rounded to flat key indices, shaped as an NNF (1, 1, S, S)."""
     x, y = truth.round().long().unbind(-1)
@@ -216,6 +227,7 @@ def measure(args: argparse.Namespace, name: str, processor: str, seed: int | str
     stats = {m: {**{f: [] for f in fields}, "full": 0} for m in methods}
     previous_warps: dict[str, Tensor] = {}
     truth_flicker: list[float] = []
+    whole_pixel: list[float] = []
     for t, query in enumerate(queries):
         results, seconds = {}, {}
         for method in methods:
@@ -247,6 +259,9 @@ def measure(args: argparse.Namespace, name: str, processor: str, seed: int | str
                 if clip.exemplar_xy is not None:
                     s["epe"].append(epe(nnf, clip.exemplar_xy[t], clip.exemplar_valid[t], key.shape[3]))
                 before = moved(previous_warps[method], clip.previous_xy[t])
+                if method == "per_frame":
+                    carried = nearest(previous_warps[method], clip.previous_xy[t])
+                    whole_pixel.append((carried - before).abs().mean(0)[clip.previous_valid[t]].mean().item())
                 difference = (current - before).abs().mean(0)
                 s["flicker"].append(difference[clip.previous_valid[t]].mean().item())
                 if clip.exemplar_xy is not None:
@@ -260,6 +275,7 @@ def measure(args: argparse.Namespace, name: str, processor: str, seed: int | str
     base = {"clip": name, "seed": seed, "side": args.side, "frames": args.frames, "k": args.k}
     base.update(threads=args.threads, processor=processor)
     base["truth_figure_flicker"] = statistics.mean(truth_flicker) if truth_flicker else ""
+    base["whole_pixel_flicker"] = statistics.mean(whole_pixel)
     per_frame_flicker = statistics.mean(stats["per_frame"]["flicker"])
     per_frame_figure = statistics.mean(stats["per_frame"]["figure"]) if truth_flicker else 0.0
     out = []
@@ -295,7 +311,8 @@ def over_seeds(rows: list[dict]) -> list[dict]:
             values = [r[name] for r in group]
             if values[0] != "":
                 mean[name], mean[f"{name}_sd"] = statistics.mean(values), statistics.stdev(values)
-        mean["truth_figure_flicker"] = statistics.mean(r["truth_figure_flicker"] for r in group)
+        for name in ("truth_figure_flicker", "whole_pixel_flicker"):
+            mean[name] = statistics.mean(r[name] for r in group)
         mean["full_searches"] = sum(r["full_searches"] for r in group)
         out.append(mean)
     return out
@@ -482,6 +499,8 @@ def write_markdown(rows: list[dict], model_rows: list[dict], path: Path, command
             truth = group[0]["truth_figure_flicker"]
             lines.append(
                 f"* {clip}{'' if seed == '' else f' seed {seed}'}: "
+                + f"per_frame's flicker {group[0]['flicker']:.4f}, carried along the true motion in whole "
+                f"pixels {group[0]['whole_pixel_flicker']:.4f}; "
                 + ("" if truth == "" else f"the true correspondence's figure flicker {truth:.4f}; ")
                 + "carried iterations for per_frame's "
                 f"recall@1: {equal_recall_iters(group)}; flicker <= 0.5x per_frame's: "
