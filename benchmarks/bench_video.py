@@ -9,7 +9,7 @@ The model level (``python demo.py`` first trains the demo's model into runs/demo
     python benchmarks/bench_video.py --clips --checkpoint runs/demo/trained/checkpoints/step_00000300.pt \
         --out benchmarks/results/video_model.csv
 
-The temporal margin over three synthetic clips (the issue's measurement; about 15 minutes):
+The temporal margin over three synthetic clips (the issue's measurement; about 17 minutes under load 3):
 
     python benchmarks/bench_video.py --seeds 0 1 2 --carried-iters 1 2 --hysteresis 0 0.01 0.03 0.1 \
         --out benchmarks/results/video.csv
