@@ -460,7 +460,11 @@ def write_plot(rows: list[dict], path: Path) -> None:
     clips = list(dict.fromkeys(r["clip"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for column, (field, label) in enumerate(
-        (("median_s", "seconds per frame (median)"), ("recall_at_1", "recall@1"), ("flicker", "flicker"))
+        (
+            ("over_per_frame", "time / per_frame's (median)"),
+            ("recall_at_1", "recall@1"),
+            ("flicker_over_per_frame", "flicker / per_frame's"),
+        )
     ):
         ax = axes[column]
         width = 0.8 / len(clips)
