@@ -53,8 +53,8 @@ that of the true correspondence's warp (each pixel's exemplar point, rounded): t
 perfect match has, from rounding and the figure's own change, a reference for the searches'.
 ``whole_pixel_flicker``: the flicker of ``per_frame``'s frame t-1 warp carried to frame t along
 the true motion rounded to whole pixels, against the same warp moved bilinearly: what carrying
-every match exactly costs, since matches are whole key pixels and the motion is not (a floor
-for the hysteresis, which at best keeps every carried match).
+every match exactly costs, since matches are whole key pixels and the motion is not (what the
+hysteresis would reach keeping every match, were its motion the true one).
 "iterations for equal recall" is the fewest ``iters`` whose recall@1 reaches ``per_frame``'s.
 Over several ``--seeds``, rows with seed "mean" hold each method's
 mean over the seeds and, in the ``_sd`` columns, the sample standard deviation. The markdown
