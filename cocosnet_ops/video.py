@@ -19,6 +19,12 @@ whose carried best matches (each pixel's frame t-1 best match, moved) score on a
 ``cut_ratio`` times what the best matches of frame t-1 scored there.
 ``carry`` is the carried step alone, a function of tensors that ``torch.compile(fullgraph=True)``
 traces; ``track`` runs a ``Tracker`` over a whole clip.
+
+``hysteresis`` (off by default) is a temporal term: the exact best match of every frame jumps
+wherever the features' nearest neighbour jumps, even when a match almost as good is the one the
+pixel had in frame t-1. With a margin m > 0 the carried best (frame t-1's best, moved by the
+motion) stays the top-1 unless the best match found scores more than m above it (scores are
+cosines, in [-1, 1]), at the cost of top-1s up to m below the exact best.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ def _check_options(
     motion_iters: int,
     motion_radius: int | None,
     fresh: int,
+    hysteresis: float,
     patch_size: int,
     seed: int,
 ) -> None:
@@ -96,6 +103,10 @@ def _check_options(
     level = _fresh_level(key.shape[2:])
     coarse_pixels = math.ceil(key.shape[2] / 2**level) * math.ceil(key.shape[3] / 2**level)
     _check_int("fresh", fresh, 0, coarse_pixels)
+    if isinstance(hysteresis, bool) or not isinstance(hysteresis, (int, float)):
+        raise TypeError(f"hysteresis: expected a float, got {_type_name(hysteresis)}")
+    if not 0.0 <= hysteresis < math.inf:
+        raise ValueError(f"hysteresis: expected a finite number >= 0, got {hysteresis}")
     _check_patch_size(patch_size)
     _check_int("seed", seed, 0, ops.MAX_SEED)
 
@@ -145,6 +156,7 @@ def carry(
     motion_iters: int = 2,
     motion_radius: int | None = None,
     fresh: int = 4,
+    hysteresis: float = 0.0,
     patch_size: int = 1,
     seed: int = 0,
     backend: str | None = None,
@@ -164,6 +176,11 @@ def carry(
     * ``fresh``: global candidates per pixel from exact kNN at a coarse level (0: none).
     * ``iters``, ``rounds``: ``patch_match`` iterations from the candidates, then rounds of
       ``share_matches`` as ``match`` runs them.
+    * ``hysteresis``: a margin m >= 0 on the top-1 only (the match a warp uses): where the
+      carried best (``previous_nnf[:, 0]`` moved by ``motion[:, 0]``) scores at most m below the
+      best match found, it is entry 0, and entries 1 .. K-1 are the rest of the list best first
+      (without it). Every score stays the true score of its index, so entry 0 may score up to m
+      below entry 1. 0 (the default): the list of the search, best first.
     * ``patch_size``, ``seed``, ``backend``: as for ``match`` (every search uses them).
     """
     _check_pair(query, key)
@@ -172,13 +189,13 @@ def carry(
     if previous_motion is not None:
         _check_index_map("previous_motion", previous_motion, query, query.shape[2] * query.shape[3])
     k = previous_nnf.shape[1]
-    _check_options(key, k, iters, rounds, motion_iters, motion_radius, fresh, patch_size, seed)
+    _check_options(key, k, iters, rounds, motion_iters, motion_radius, fresh, hysteresis, patch_size, seed)
     search = _search(patch_size, seed, backend, query.device)
     ops._check_cuda_k(k, search.search)
     query, previous_query, key = (_channels_last(t) for t in (query, previous_query, key))
     return _carry(
         search, query, previous_query, key, previous_nnf, previous_motion,
-        iters, rounds, motion_iters, motion_radius, fresh,
+        iters, rounds, motion_iters, motion_radius, fresh, float(hysteresis),
     )[:3]  # fmt: skip
 
 
@@ -194,6 +211,7 @@ def _carry(
     motion_iters: int,
     motion_radius: int | None,
     fresh: int,
+    hysteresis: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``carry`` past its checks, on channels-last float features; also the score of every
     pixel's carried best match (B, Hq, Wq), before any search: what a scene cut collapses."""
@@ -216,7 +234,36 @@ def _carry(
     init = torch.cat(candidates, 1).contiguous()
     nnf, scores = search.patch_match(query, key, k, iters, init, search.patch_size)
     nnf, scores = share_rounds(search, query, key, nnf, scores, rounds, None)
+    if hysteresis:
+        nnf, scores = _hold(nnf, scores, candidates[0][:, :1], carried_best, hysteresis)
     return nnf, scores, motion, carried_best
+
+
+def _hold(
+    nnf: Tensor, scores: Tensor, carried: Tensor, carried_score: Tensor, margin: float
+) -> tuple[Tensor, Tensor]:
+    """The list (B, K, H, W) with the carried best ``carried`` (B, 1, H, W) as entry 0 where it
+    scores at most ``margin`` below the best; the rest keep their order, without it (or without
+    the last entry where the list lacks it). Entry by entry: reductions across the K planes of a
+    (B, K, H, W) map are several times slower on CPU than these elementwise steps."""
+    k = nnf.shape[1]
+    carried_score = carried_score[:, None].to(scores.dtype)
+    # above[j]: whether the carried match is among entries 0 .. j-1; where it is listed, the
+    # score the search gave it (the same number as its entry, not a recomputed one).
+    seen, above = torch.zeros_like(carried, dtype=torch.bool), []
+    for j in range(k):
+        above.append(seen)
+        here = nnf[:, j : j + 1] == carried
+        carried_score = torch.where(here, scores[:, j : j + 1], carried_score)
+        seen = seen | here
+    hold = (scores[:, :1] - carried_score <= margin) & (nnf[:, :1] != carried)
+    nnf_planes = [torch.where(hold, carried, nnf[:, :1])]
+    score_planes = [torch.where(hold, carried_score, scores[:, :1])]
+    for j in range(1, k):  # held: entries before the carried match's own move down one
+        down = hold & ~above[j]
+        nnf_planes.append(torch.where(down, nnf[:, j - 1 : j], nnf[:, j : j + 1]))
+        score_planes.append(torch.where(down, scores[:, j - 1 : j], scores[:, j : j + 1]))
+    return torch.cat(nnf_planes, 1), torch.cat(score_planes, 1)
 
 
 def moved_matches(
@@ -287,7 +334,8 @@ class Tracker:
     times its previous frame's best matches (a scene cut), get the full search ``match(query,
     key, k, patch_size=, seed=, backend=)``; every other item ``carry`` (see it for ``iters``,
     ``rounds``, ``motion_iters``, ``motion_radius`` and ``fresh``). ``cuts`` holds which items
-    the last step searched in full (bool (B,)). ``reset()`` starts a new video.
+    the last step searched in full (bool (B,)). ``hysteresis``: ``carry``'s temporal margin on
+    the top-1 (0: off). ``reset()`` starts a new video.
     """
 
     def __init__(
@@ -301,12 +349,15 @@ class Tracker:
         motion_radius: int | None = None,
         fresh: int = 4,
         cut_ratio: float = 0.7,
+        hysteresis: float = 0.0,
         patch_size: int = 1,
         seed: int = 0,
         backend: str | None = None,
     ) -> None:
         _check_features("key", key)
-        _check_options(key, k, iters, rounds, motion_iters, motion_radius, fresh, patch_size, seed)
+        _check_options(
+            key, k, iters, rounds, motion_iters, motion_radius, fresh, hysteresis, patch_size, seed
+        )
         if isinstance(cut_ratio, bool) or not isinstance(cut_ratio, (int, float)):
             raise TypeError(f"cut_ratio: expected a float, got {_type_name(cut_ratio)}")
         if not 0.0 <= cut_ratio <= 1.0:
@@ -317,6 +368,7 @@ class Tracker:
         self.iters, self.rounds, self.fresh = iters, rounds, fresh
         self.motion_iters, self.motion_radius = motion_iters, motion_radius
         self.cut_ratio, self.patch_size, self.seed = float(cut_ratio), patch_size, seed
+        self.hysteresis = float(hysteresis)
         self._key = _channels_last(key)
         self.reset()
 
@@ -345,6 +397,7 @@ class Tracker:
             nnf, scores, motion, carried_best = _carry(
                 self.search, query, self.previous_query, self._key, self.nnf, self.motion,
                 self.iters, self.rounds, self.motion_iters, self.motion_radius, self.fresh,
+                self.hysteresis,
             )  # fmt: skip
             # A scene cut: the carried matches score far below what they scored in frame t-1.
             cuts = carried_best.mean((1, 2)) < self.cut_ratio * self.scores[:, 0].mean((1, 2))

