@@ -18,7 +18,8 @@ inline std::atomic<int>& search_variant() {
   return variant;
 }
 
-// Sets the variant, returns the previous one.
+// Sets the variant, returns the previous one. A process setting, not a tensor op: defined with
+// its function (no dispatch key), its name starting with an underscore like every such setting.
 inline int64_t set_search_variant(int64_t variant) {
   TORCH_CHECK_VALUE(variant >= 0 && variant < cuda::kSearchVariants, "variant: expected search variant bits in [0, ",
                     cuda::kSearchVariants, "), got ", variant);

@@ -17,9 +17,20 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "csrc" / "schemas.h"
 
 
 def defined_ops() -> list[str]:
+    """The ops whose kernels register per device: every schema but the process settings (a
+    leading underscore, defined with their function: no tensors, so no dispatch key)."""
     names = re.findall(r'm\.def\(\s*"(\w+)\(', SCHEMAS.read_text())
     assert len(names) >= 10, f"expected the op schemas in {SCHEMAS}, found {names}"
-    return names
+    return [name for name in names if not name.startswith("_")]
+
+
+@pytest.mark.skipif(not cocosnet_ops.HAS_COMPILED, reason="cocosnet_ops._C is not built")
+def test_the_search_variant_setting_is_callable_and_restores():
+    ops = torch.ops.cocosnet_ops
+    assert ops._set_search_variant(5) == 0
+    assert ops._set_search_variant(0) == 5
+    with pytest.raises(ValueError, match="^variant"):
+        ops._set_search_variant(16)
 
 
 def test_cuda_kernels_expected_by_the_build_are_there():
