@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+from kernel_resources import variant_name
 
-VARIANT_BITS = {1: "coalesced_lists", 2: "pipelined_rows", 4: "bounded_registers", 8: "split_lists"}
 COLUMNS = (
     "config",
     "variant",
@@ -49,10 +49,6 @@ COLUMNS = (
     "torch",
     "cuda",
 )
-
-
-def variant_name(bits: int) -> str:
-    return "+".join(name for bit, name in VARIANT_BITS.items() if bits & bit) or "default"
 
 
 def configurations() -> list[tuple[str, int, torch.dtype | None]]:
@@ -78,6 +74,7 @@ class Search:
         self.emulated = emulated
         self.ops = torch.ops.cocosnet_ops_emulated if emulated else torch.ops.cocosnet_ops
         self.evaluate = cocosnet_ops.evaluate_candidates
+        self.default_jumps = cocosnet_ops.reference.default_jumps
         self.patch_match = cocosnet_ops.patch_match
 
     def __call__(self, query, key, k, iters, variant, score_dtype):
@@ -86,7 +83,7 @@ class Search:
             if not self.emulated:
                 return self.patch_match(query, key, k=k, iters=iters, score_dtype=score_dtype, backend="cuda")
             # The emulator's op takes the kernels' arguments; score_dtype as patch_match does it.
-            jumps = [max(1, 8 >> i) for i in range(iters)]
+            jumps = self.default_jumps(query.shape[2], query.shape[3], iters)
             searched = (query.to(score_dtype), key.to(score_dtype)) if score_dtype else (query, key)
             nnf, scores = self.ops.patch_match(*searched, k, iters, None, 1, jumps, True, 0)
             return self.evaluate(query, key, nnf, k, backend="cpu") if score_dtype else (nnf, scores)

@@ -382,10 +382,7 @@ def patch_match(
     if not rescore:
         return nnf, scores
     # The k distinct matches found, scored from the features as given and sorted again.
-    query, key = _search_input(query), _search_input(key)
-    if chosen == "torch":
-        return reference.evaluate_candidates(query, key, nnf, k, patch_size)
-    return _kernels(chosen).evaluate_candidates(query, key, nnf, k, patch_size)
+    return evaluate_candidates(query, key, nnf, k, patch_size, backend=chosen)
 
 
 def _patch_match_int_seed(

@@ -349,6 +349,13 @@ struct Scorer {
   }
 };
 
+// Offer a candidate of known score: kept when it ranks in the top k and, for a list that scores
+// first (List::kScoreFirst), is not listed yet (other lists have checked that before scoring).
+template <typename List, typename T>
+HOST_DEVICE void offer_scored(List& list, int candidate, T s) {
+  if (list.admits(s, candidate) && (!List::kScoreFirst || !list.contains(candidate))) list.insert(candidate, s);
+}
+
 // Offer a candidate: skipped when already listed, scored, kept when it ranks in the top k.
 // `List` is TopK or RegisterTopK, and `Score` a Scorer or a type derived from it that scores
 // the same way (the GPU's, which splits each inner product across lanes), here and below.
@@ -357,8 +364,7 @@ HOST_DEVICE void offer(List& list, const Score& scorer, int candidate) {
   // Whether a candidate is listed and whether its score would enter the list are independent,
   // and it enters only when both allow: a list tests the cheaper one first (List::kScoreFirst).
   if (!List::kScoreFirst && list.contains(candidate)) return;
-  const auto s = scorer(candidate);
-  if (list.admits(s, candidate) && (!List::kScoreFirst || !list.contains(candidate))) list.insert(candidate, s);
+  offer_scored(list, candidate, scorer(candidate));
 }
 
 // How many candidates ahead of the one being scored the CPU asks for its key row: rows are

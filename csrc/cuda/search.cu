@@ -157,15 +157,14 @@ struct PipelinedOffers {
     for (int j = 0; j < kChunks; ++j) row[j] = next[j];
   }
 
-  // Scores the pending candidate and offers it to the list (as offer() does).
+  // Scores the pending candidate and offers it to the list, as offer() does.
   __device__ void flush(List& list) {
     if (pending < 0) return;
     float sum = 0;
 #pragma unroll
     for (int j = 0; j < kChunks; ++j)
       if (scorer.lane + j * kLanes < scorer.channels / 4) sum += dot4(query[j], row[j]);
-    const float s = rankable(scorer.group_sum(sum));
-    if (list.admits(s, pending) && !list.contains(pending)) list.insert(pending, s);
+    offer_scored(list, pending, rankable(scorer.group_sum(sum)));
     pending = -1;
   }
 
